@@ -1,0 +1,1 @@
+"""Read data sets and prompt files into typed records."""

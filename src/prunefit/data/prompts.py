@@ -1,0 +1,135 @@
+"""Read prompt files (txt, csv, jsonl) and inline prompts into ``PromptRecord``s with stable ids.
+
+Formats:
+- ``.txt``: one prompt a line; blank lines are skipped; ids are the line's position among prompts.
+- ``.csv``: a ``prompt`` column (I2P, the artist CSVs, COCO caption dumps); optional ``id`` (or
+  ``case_number``) and ``seed`` / ``evaluation_seed`` columns; other columns are kept as ``extra``.
+- ``.jsonl``: one object a line with ``prompt`` and optional ``id`` / ``seed``.
+Ids become file names (``images/<id>.png``), so they must be unique and filesystem-safe.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from prunefit.errors import DataError
+
+MAX_PROMPT_FILE_BYTES = 512 * 1024 * 1024
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ID_COLUMNS = ("id", "case_number", "image_id")
+_SEED_COLUMNS = ("seed", "evaluation_seed", "sd_seed")
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One prompt to generate: its id (the image's file name), text, optional fixed seed, other columns."""
+
+    id: str
+    prompt: str
+    seed: Optional[int] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _auto_id(i: int) -> str:
+    return f"{i:05d}"
+
+
+def _parse_seed(value: Any, where: str) -> Optional[int]:
+    if value is None or value == "":
+        return None
+    try:
+        seed = int(float(value))
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: seed {value!r} is not an integer") from None
+    if seed < 0:
+        raise DataError(f"{where}: seed {seed} is negative")
+    return seed
+
+
+def _record(i: int, row: dict[str, Any], where: str) -> PromptRecord:
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"{where}: missing or empty 'prompt'")
+    rid = next((row[c] for c in _ID_COLUMNS if row.get(c) not in (None, "")), None)
+    rid = _auto_id(i) if rid is None else str(rid).strip()
+    seed = next((_parse_seed(row[c], where) for c in _SEED_COLUMNS if row.get(c) not in (None, "")), None)
+    extra = {k: v for k, v in row.items() if k not in ("prompt", *_ID_COLUMNS, *_SEED_COLUMNS)}
+    return PromptRecord(id=rid, prompt=prompt.strip(), seed=seed, extra=extra)
+
+
+def _rows_txt(path: Path) -> Iterable[tuple[str, dict]]:
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    for n, line in enumerate(ln for ln in lines if ln):
+        yield f"{path}: prompt {n + 1}", {"prompt": line}
+
+
+def _rows_csv(path: Path) -> Iterable[tuple[str, dict]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or "prompt" not in reader.fieldnames:
+            raise DataError(f"{path}: a CSV prompt file needs a 'prompt' column; found {reader.fieldnames}")
+        for n, row in enumerate(reader):
+            yield f"{path}: row {n + 2}", row
+
+
+def _rows_jsonl(path: Path) -> Iterable[tuple[str, dict]]:
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}: line {n + 1} is not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: line {n + 1} must be a JSON object with a 'prompt' key")
+            yield f"{path}: line {n + 1}", row
+
+
+_READERS = {".txt": _rows_txt, ".csv": _rows_csv, ".jsonl": _rows_jsonl}
+
+
+def _finish(records: list[PromptRecord], source: str) -> list[PromptRecord]:
+    if not records:
+        raise DataError(f"{source} holds no prompts")
+    seen: set[str] = set()
+    for r in records:
+        if not _ID_RE.match(r.id):
+            raise DataError(f"{source}: prompt id {r.id!r} is not usable as a file name "
+                            "(letters, digits, '_', '-', '.'; at most 128 characters)")
+        if r.id in seen:
+            raise DataError(f"{source}: prompt id {r.id!r} appears twice; ids must be unique")
+        seen.add(r.id)
+    return records
+
+
+def read_prompt_file(path: str | Path, limit: Optional[int] = None) -> list[PromptRecord]:
+    """Read ``path`` (.txt / .csv / .jsonl) into prompt records (the first ``limit`` if given)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"prompt file not found: {path}")
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unsupported prompt file type {path.suffix!r}; use .txt, .csv or .jsonl")
+    if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+        raise DataError(f"{path} is larger than {MAX_PROMPT_FILE_BYTES >> 20} MiB; split it into several files")
+    records = []
+    try:
+        for where, row in reader(path):
+            if limit is not None and len(records) >= limit:
+                break
+            records.append(_record(len(records), row, where))
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text") from None
+    return _finish(records, str(path))
+
+
+def inline_prompts(prompts: list[str], limit: Optional[int] = None) -> list[PromptRecord]:
+    """Prompts given on the command line or in the config, with positional ids."""
+    records = [PromptRecord(id=_auto_id(i), prompt=p.strip()) for i, p in enumerate(prompts) if p and p.strip()]
+    return _finish(records[:limit] if limit else records, "the prompts given")

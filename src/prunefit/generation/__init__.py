@@ -1,0 +1,1 @@
+"""Turn prompts into images with per-prompt seeds, a manifest and a contact sheet."""

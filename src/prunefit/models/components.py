@@ -1,0 +1,142 @@
+"""Load Stable Diffusion components (toy world, tiny, local diffusers folder or hub id) and build pipelines."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunefit.errors import ModelLoadError
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class Components:
+    """The parts of an SD pipeline, plus where they came from (recorded in manifests and results)."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    source: str
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def native_resolution(self) -> int:
+        size = self.unet.config.sample_size
+        size = size[0] if isinstance(size, (list, tuple)) else size
+        return int(size) * self.vae_scale_factor
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.get("prediction_type", "epsilon")
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Components":
+        for m in (self.unet, self.vae, self.text_encoder):
+            if m.device != torch.device(device) or (dtype is not None and m.dtype != dtype):
+                m.to(device=device, dtype=dtype)
+        return self
+
+    def with_unet(self, unet: Any, source: str | None = None) -> "Components":
+        """The same components with another UNet (an expert, an erased copy)."""
+        return replace(self, unet=unet, source=source or self.source)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {name!r}; available: {sorted(_DTYPES)}") from None
+
+
+def toyworld_teacher_dir() -> Path:
+    """Folder of the shipped toy-world teacher pipeline (inside the installed package)."""
+    return Path(__file__).resolve().parent.parent / "toyworld" / "assets" / "teacher"
+
+
+def _check_pipeline_folder(path: Path) -> None:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json); "
+                             "pass a folder saved by StableDiffusionPipeline.save_pretrained or a hub id")
+    try:
+        info = json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{index} is not valid JSON ({exc.msg}); the pipeline folder is corrupt") from None
+    missing = [k for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if k not in info]
+    if missing:
+        raise ModelLoadError(f"{path} is not a Stable Diffusion pipeline: model_index.json lacks {missing}")
+
+
+def _load_pipeline_parts(spec: str, dtype: torch.dtype) -> Components:
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(spec).expanduser()
+    is_local = path.exists()
+    if is_local:
+        _check_pipeline_folder(path)
+    elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ModelLoadError(f"model folder not found: {spec}")
+    kwargs = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False, dtype=dtype)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(str(path) if is_local else spec,
+                                                       local_files_only=is_local or None, **kwargs)
+    except (OSError, ValueError) as exc:
+        if not is_local:
+            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+            hint = ("HF_HUB_OFFLINE is set and it is not in the local cache; download it on a machine with "
+                    "internet or pass a local folder") if offline else "check the id, your network and HF token"
+            raise ModelLoadError(f"cannot load model {spec!r} from the hub: {hint}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load pipeline folder {path}: {first}") from None
+    return Components(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                      scheduler=pipe.scheduler, source=spec)
+
+
+def load_components(spec: str, dtype: str = "float32", device: str = "cpu") -> Components:
+    """Load components named by ``spec``: 'toyworld', 'tiny', 'tiny-v' (v-prediction), a folder or a hub id."""
+    dt = torch_dtype(dtype)
+    if spec in ("tiny", "tiny-v"):
+        from prunefit.models.tiny import TinySDConfig, tiny_components
+
+        comps = tiny_components(TinySDConfig(prediction_type="v_prediction" if spec == "tiny-v" else "epsilon"))
+        comps.source = spec
+    elif spec == "toyworld":
+        folder = toyworld_teacher_dir()
+        if not (folder / "model_index.json").is_file():
+            raise ModelLoadError("the toy-world teacher is not built in this installation; "
+                                 "run `prunefit toyworld build` (or use model=tiny for a smoke test)")
+        comps = _load_pipeline_parts(str(folder), dt)
+        comps.source = "toyworld"
+    else:
+        comps = _load_pipeline_parts(spec, dt)
+    for m in (comps.unet, comps.vae, comps.text_encoder):
+        m.eval().requires_grad_(False)
+    return comps.to(device, dt)
+
+
+def make_pipeline(components: Components, scheduler: Any | None = None):
+    """A stock ``StableDiffusionPipeline`` over ``components`` (no safety checker; sampler optional)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        unet=components.unet,
+        scheduler=scheduler or components.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

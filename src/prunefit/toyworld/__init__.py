@@ -1,0 +1,1 @@
+"""The embedded toy world: renderer, caption grammar, prompt sets, judge, teacher build and metrics."""

@@ -1,0 +1,297 @@
+"""Train the toy world's tokenizer, VAE, judge and teacher (resumable stages), then export and measure it.
+
+Stages run in order and each leaves a ``DONE.json`` in ``build_dir/<stage>/``; re-running skips
+finished stages and resumes the teacher from its last checkpoint, so a long CPU build can be spread
+over several sessions (``teacher_steps`` may be raised between runs to train further). Every random
+draw is a function of (seed, step), so a resumed build equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from prunefit.config.schema import ToyworldBuildConfig
+from prunefit.losses.diffusion import diffusion_target, min_snr_weights, snr, weighted_mse
+from prunefit.models.schedulers import sd_training_scheduler_config
+from prunefit.models.tiny import TinySDConfig, build_text_encoder, build_unet, build_vae
+from prunefit.models.tokenizer import trained_bpe_tokenizer
+from prunefit.toyworld.judge import Judge, judge_accuracy, load_judge, train_judge
+from prunefit.toyworld.world import Scene, caption, render, sample_scene
+from prunefit.utils.optim import warmup_cosine_scheduler
+
+TEACHER_SIZES = TinySDConfig(
+    unet_channels=(32, 64, 64), layers_per_block=2, attention_heads=4, norm_groups=8, cross_attention_dim=64,
+    latent_size=8, vae_channels=(32, 64, 64), text_hidden=64, text_layers=2, text_heads=4, max_text_length=32,
+)
+"""Sizes of the shipped teacher: SD 2.x block structure at toy width; 32x32 images, 8x8x4 latents (VAE factor 4)."""
+
+
+def default_assets_dir() -> Path:
+    return Path(__file__).resolve().parent / "assets"
+
+
+def _done(stage_dir: Path) -> Optional[dict]:
+    f = stage_dir / "DONE.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _mark_done(stage_dir: Path, info: dict) -> None:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / "DONE.json").write_text(json.dumps(info, indent=2))
+
+
+def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
+    """Write a folder into a temporary sibling, then swap it in (never a half-written ``final``)."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _scenes_and_images(rng: np.random.Generator, n: int, p_unsafe: float = 0.15) -> tuple[list[Scene], torch.Tensor]:
+    scenes = [sample_scene(rng, p_artist=0.5, p_unsafe=p_unsafe) for _ in range(n)]
+    x = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return scenes, x
+
+
+# ---------------------------------------------------------------- stages
+
+def build_tokenizer(cfg: ToyworldBuildConfig, out: Path) -> CLIPTokenizer:
+    if _done(out):
+        return CLIPTokenizer.from_pretrained(out)
+    rng = np.random.default_rng([cfg.seed, 1])
+    corpus = [caption(sample_scene(rng, p_unsafe=0.3), rng) for _ in range(20000)]
+    tok = trained_bpe_tokenizer(corpus, cfg.vocab_size, model_max_length=TEACHER_SIZES.max_text_length)
+    tok.save_pretrained(out)
+    _mark_done(out, {"vocab": len(tok)})
+    return tok
+
+
+def build_vae(cfg: ToyworldBuildConfig, out: Path) -> AutoencoderKL:
+    if _done(out):
+        return AutoencoderKL.from_pretrained(out).eval().requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    from prunefit.models.tiny import build_vae as make_vae
+
+    vae = make_vae(TEACHER_SIZES)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = warmup_cosine_scheduler(opt, cfg.vae_steps, max(1, cfg.vae_steps // 20))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    t0, bar = time.time(), tqdm(range(cfg.vae_steps), desc="vae", unit="step", mininterval=5)
+    for step in bar:
+        _, x = _scenes_and_images(np.random.default_rng([cfg.seed, 2, step]), cfg.vae_batch_size, p_unsafe=0.3)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=gen)).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():  # SD convention: scale latents to unit variance
+        _, x = _scenes_and_images(np.random.default_rng([cfg.seed, 3]), 512)
+        std = vae.encode(x).latent_dist.mode().std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    vae.save_pretrained(out)
+    _mark_done(out, {"seconds": round(time.time() - t0, 1), "latent_std": std})
+    return vae
+
+
+def vae_roundtrip(vae: AutoencoderKL) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: vae.decode(vae.encode(x).latent_dist.mode()).sample
+
+
+def build_judge(cfg: ToyworldBuildConfig, out: Path, vae: AutoencoderKL) -> Judge:
+    if _done(out):
+        return load_judge(out)
+    t0 = time.time()
+    judge = train_judge(cfg.judge_steps, cfg.judge_batch_size, seed=cfg.seed, roundtrip=vae_roundtrip(vae))
+    acc = judge_accuracy(judge)
+    judge.save(out, {"held_out_accuracy": acc, "steps": cfg.judge_steps})
+    _mark_done(out, {"seconds": round(time.time() - t0, 1), "held_out_accuracy": acc})
+    return judge
+
+
+@dataclass
+class TeacherState:
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    ema: dict[str, torch.Tensor]
+    opt: torch.optim.Optimizer
+    step: int
+
+
+def _ema_params(state: TeacherState) -> dict[str, torch.Tensor]:
+    params = {f"unet.{k}": v for k, v in state.unet.named_parameters()}
+    params.update({f"text.{k}": v for k, v in state.text_encoder.named_parameters()})
+    return params
+
+
+def _save_teacher_ckpt(state: TeacherState, ckpt_root: Path, keep: int = 2) -> None:
+    def write(d: Path) -> None:
+        save_file({k: v.detach().contiguous() for k, v in _ema_params(state).items()}, str(d / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in state.ema.items()}, str(d / "ema.safetensors"))
+        torch.save(state.opt.state_dict(), d / "optimizer.pt")
+        (d / "state.json").write_text(json.dumps({"step": state.step}))
+
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    _atomic_dir(ckpt_root / f"step-{state.step:07d}", write)
+    for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_teacher_ckpt(state: TeacherState, ckpt_root: Path) -> None:
+    ckpts = sorted(ckpt_root.glob("step-*")) if ckpt_root.is_dir() else []
+    if not ckpts:
+        return
+    d = ckpts[-1]
+    weights = load_file(str(d / "model.safetensors"))
+    with torch.no_grad():
+        for k, p in _ema_params(state).items():
+            p.copy_(weights[k])
+    state.ema = load_file(str(d / "ema.safetensors"))
+    state.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+    state.step = json.loads((d / "state.json").read_text())["step"]
+
+
+def train_teacher(cfg: ToyworldBuildConfig, out: Path, tok: CLIPTokenizer, vae: AutoencoderKL,
+                  log: Callable[[str], None] = print) -> TeacherState:
+    """Train UNet + text encoder jointly on fresh renders (EMA, min-SNR, caption dropout); resumable."""
+    torch.manual_seed(cfg.seed)
+    unet, text_encoder = build_unet(TEACHER_SIZES), build_text_encoder(TEACHER_SIZES, tok)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.teacher_lr, betas=(0.9, 0.999), weight_decay=1e-2)
+    state = TeacherState(unet, text_encoder, {}, opt, 0)
+    state.ema = {k: v.detach().clone() for k, v in _ema_params(state).items()}
+    _load_teacher_ckpt(state, out / "checkpoints")
+    if state.step:
+        log(f"teacher: resumed at step {state.step}")
+    noise_sched = DDPMScheduler.from_config(sd_training_scheduler_config("epsilon"))
+    acp = noise_sched.alphas_cumprod
+    sf = vae.config.scaling_factor
+    unet.train()
+    text_encoder.train()
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=cfg.teacher_steps, initial=state.step, desc="teacher", unit="step", mininterval=10)
+    logf = (out / "log.jsonl").open("a")
+    while state.step < cfg.teacher_steps:
+        step = state.step
+        rng = np.random.default_rng([cfg.seed, 4, step])
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        scenes, x = _scenes_and_images(rng, cfg.teacher_batch_size)
+        texts = ["" if rng.random() < cfg.caption_dropout else caption(s, rng) for s in scenes]
+        with torch.no_grad():
+            latents = vae.encode(x).latent_dist.sample(generator=gen) * sf
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(x),), generator=gen)
+        noisy = noise_sched.add_noise(latents, noise, t)
+        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids
+        pred = unet(noisy, t, text_encoder(ids)[0]).sample
+        target = diffusion_target("epsilon", latents, noise, acp, t)
+        loss = weighted_mse(pred, target, min_snr_weights(snr(acp, t), cfg.min_snr_gamma, "epsilon"))
+        for g in opt.param_groups:
+            g["lr"] = cfg.teacher_lr * min(1.0, (step + 1) / cfg.teacher_warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, p in _ema_params(state).items():
+                state.ema[k].lerp_(p.detach(), 1 - decay)
+        state.step += 1
+        bar.update(1)
+        if state.step % 50 == 0:
+            value = loss.item()
+            bar.set_postfix(loss=f"{value:.4f}")
+            logf.write(json.dumps({"step": state.step, "loss": value, "time": time.time()}) + "\n")
+            logf.flush()
+        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.teacher_steps:
+            _save_teacher_ckpt(state, out / "checkpoints")
+    bar.close()
+    logf.close()
+    return state
+
+
+def teacher_pipeline(state: TeacherState, tok: CLIPTokenizer, vae: AutoencoderKL, use_ema: bool = True):
+    """The teacher as a stock StableDiffusionPipeline (EMA weights by default)."""
+    from diffusers import StableDiffusionPipeline
+
+    unet, text_encoder = build_unet(TEACHER_SIZES), build_text_encoder(TEACHER_SIZES, tok)
+    src = state.ema if use_ema else {k: v.detach() for k, v in _ema_params(state).items()}
+    unet.load_state_dict({k[5:]: v for k, v in src.items() if k.startswith("unet.")})
+    text_encoder.load_state_dict({k[5:]: v for k, v in src.items() if k.startswith("text.")}, strict=False)
+    scheduler = PNDMScheduler.from_config({**sd_training_scheduler_config("epsilon"), "skip_prk_steps": True})
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tok, unet=unet.eval(),
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def run_build(cfg: ToyworldBuildConfig, log: Callable[[str], None] = print) -> Path:
+    """Run every stage, export teacher + judge + prompt sets, measure quality, write the model card."""
+    from prunefit.toyworld.card import write_model_card
+    from prunefit.toyworld.prompts import write_prompt_sets
+    from prunefit.toyworld.quality import measure_quality
+
+    torch.set_num_threads(cfg.threads)
+    root = Path(cfg.build_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    tok = build_tokenizer(cfg, root / "tokenizer")
+    log(f"tokenizer: {len(tok)} tokens")
+    vae = build_vae(cfg, root / "vae")
+    log(f"vae: {_done(root / 'vae')}")
+    judge = build_judge(cfg, root / "judge", vae)
+    log(f"judge: {_done(root / 'judge')}")
+    state = train_teacher(cfg, root / "teacher", tok, vae, log)
+    pipe = teacher_pipeline(state, tok, vae)
+    assets = Path(cfg.export_dir) if cfg.export_dir else default_assets_dir()
+    assets.mkdir(parents=True, exist_ok=True)
+    _atomic_dir(assets / "teacher", lambda d: pipe.save_pretrained(d))
+    _atomic_dir(assets / "judge", lambda d: shutil.copytree(root / "judge", d, dirs_exist_ok=True))
+    _atomic_dir(assets / "prompts", lambda d: write_prompt_sets(d, seed=cfg.seed))
+    log(f"exported teacher, judge and prompt sets to {assets}")
+    quality = measure_quality(assets / "teacher", judge, assets / "prompts", n=cfg.eval_prompts)
+    info = {"config": asdict(cfg), "teacher_step": state.step, "build_seconds_this_run": round(time.time() - t0, 1),
+            "judge_held_out": _done(root / "judge")["held_out_accuracy"], "quality": quality,
+            "vae": _done(root / "vae"), "teacher_log": _log_summary(root / "teacher" / "log.jsonl")}
+    (assets / "quality.json").write_text(json.dumps(info, indent=2))
+    write_model_card(assets, info)
+    log(f"model card: {assets / 'MODEL_CARD.md'}")
+    return assets
+
+
+def _log_summary(path: Path) -> dict:
+    """Wall-clock seconds spent on teacher steps (summed over runs) and the last logged loss."""
+    if not path.is_file():
+        return {}
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    seconds = sum(max(0.0, b["time"] - a["time"]) for a, b in zip(rows, rows[1:]) if b["step"] > a["step"]
+                  and b["time"] - a["time"] < 600)
+    return {"seconds": round(seconds, 1), "last_loss": rows[-1]["loss"] if rows else math.nan,
+            "steps_logged": rows[-1]["step"] if rows else 0}
