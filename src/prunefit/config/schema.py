@@ -93,10 +93,10 @@ class ToyworldBuildConfig:
     seed: int = 0
     threads: int = 2
     vocab_size: int = 1024
-    vae_steps: int = 2000
-    vae_batch_size: int = 64
+    vae_steps: int = 1200
+    vae_batch_size: int = 32
     vae_lr: float = 1e-3
-    judge_steps: int = 4000
+    judge_steps: int = 3000
     judge_batch_size: int = 128
     teacher_steps: int = 60000
     teacher_batch_size: int = 32
