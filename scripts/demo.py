@@ -26,7 +26,7 @@ def step(title: str, argv: list[str]) -> None:
 
 
 def run() -> None:
-    from prunefit.toyworld.build import default_assets_dir
+    from prunefit.toyworld.paths import assets_dir as default_assets_dir
 
     prompts = default_assets_dir() / "prompts" / "toy-val.jsonl"
     step("The toy teacher: model card and sample grids", ["toyworld", "show", "-o", str(OUT / "show"), "-n", "16"])

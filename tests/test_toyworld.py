@@ -64,7 +64,7 @@ def test_prompt_sets_hold_what_they_claim(tmp_path):
 
 @pytest.fixture(scope="module")
 def assets():
-    from prunefit.toyworld.build import default_assets_dir
+    from prunefit.toyworld.paths import assets_dir as default_assets_dir
 
     d = default_assets_dir()
     assert (d / "teacher" / "model_index.json").is_file(), "toy-world assets missing: run `prunefit toyworld build`"

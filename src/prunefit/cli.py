@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from prunefit.errors import PrunefitError
+from prunefit.errors import ConfigError, PrunefitError
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -55,6 +55,87 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from prunefit.config.schema import EvaluateConfig
+    from prunefit.recipes import evaluate
+
+    target = args.target
+    if target and "=" in target:  # `prunefit evaluate run_dir=... metrics=...`
+        args.overrides.insert(0, target)
+        target = None
+    extra = []
+    if args.metrics:
+        extra.append("metrics=" + json.dumps([m.strip() for m in args.metrics.split(",") if m.strip()]))
+    if target == "fid-ref":
+        if not args.images:
+            raise ConfigError("fid-ref needs --images DIR (the real images, e.g. COCO val2017 resized)")
+        cfg = _load(EvaluateConfig, args, extra)
+        if cfg is None:
+            return 0
+        out = evaluate.fid_reference(args.images, cfg.fid, args.output)
+        print(f"FID reference statistics ({cfg.fid.features}) -> {out}")
+        return 0
+    if target:
+        extra.append(f"run_dir={json.dumps(target)}")
+    if args.output:
+        extra.append(f"output={json.dumps(args.output)}")
+    cfg = _load(EvaluateConfig, args, extra)
+    if cfg is None:
+        return 0
+    path, doc = evaluate.main(cfg)
+    for name in cfg.metrics:
+        values = doc["metrics"][name]["values"]
+        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    print(f"results: {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prunefit.evaluation.report import write_report
+
+    names = [n.strip() for n in args.names.split(",")] if args.names else None
+    files = write_report(args.results, Path(args.output), names=names)
+    print(Path(files["markdown"]).read_text())
+    for kind, path in files.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "metrics":
+        from prunefit.evaluation.registry import list_metrics
+
+        for m in list_metrics():
+            print(f"{m.name:12s} [{m.kind}] {m.summary}")
+    elif args.what == "schedulers":
+        from prunefit.models.schedulers import SCHEDULER_CLASSES
+
+        for name, cls in SCHEDULER_CLASSES.items():
+            print(f"{name:16s} {cls.__name__}")
+    elif args.what == "prompt-formats":
+        from prunefit.data.prompts import PROMPT_FORMATS
+
+        for name, text in PROMPT_FORMATS.items():
+            print(f"{name:15s} {text}")
+    return 0
+
+
+def _cmd_data_coco(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prunefit.data.coco import prepare_coco_val
+
+    files = prepare_coco_val(Path(args.annotations), Path(args.images) if args.images else None,
+                             Path(args.output), n=args.n, size=args.size)
+    for kind, path in files.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunefit",
@@ -70,6 +151,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", "-o", metavar="DIR", help="output folder (config key output_dir)")
     _config_args(g)
     g.set_defaults(func=_cmd_generate)
+
+    e = sub.add_parser("evaluate", help="run metrics over a generation run (or `evaluate fid-ref`)",
+                       description="prunefit evaluate RUN_DIR --metrics toyworld,fid ...  |  "
+                                   "prunefit evaluate fid-ref --images DIR (cache FID reference statistics)")
+    e.add_argument("target", nargs="?", metavar="RUN_DIR|fid-ref", help="generation run folder, or fid-ref")
+    e.add_argument("--metrics", "-m", help="comma-separated metric names (see `prunefit list metrics`)")
+    e.add_argument("--images", help="fid-ref: folder of reference images")
+    e.add_argument("--output", "-o", help="results.json path (fid-ref: the stats file)")
+    _config_args(e)
+    e.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser("report", help="tabulate several results.json files (markdown, CSV, image grid)")
+    r.add_argument("results", nargs="+", help="results.json files or run folders holding one")
+    r.add_argument("--output", "-o", default="runs/report", help="output folder")
+    r.add_argument("--names", help="comma-separated row names (default: the run folders' names)")
+    r.set_defaults(func=_cmd_report)
+
+    ls = sub.add_parser("list", help="list registered metrics, samplers or prompt-file formats")
+    ls.add_argument("what", choices=["metrics", "schedulers", "prompt-formats"])
+    ls.set_defaults(func=_cmd_list)
+
+    d = sub.add_parser("data", help="prepare evaluation data sets")
+    dsub = d.add_subparsers(dest="data_command", metavar="<subcommand>", required=True)
+    c = dsub.add_parser("coco-val", help="COCO-2017 val: one caption per image (lowest annotation id), "
+                                         "prompts.csv + resized reference images for FID")
+    c.add_argument("--annotations", required=True, help="captions_val2017.json")
+    c.add_argument("--images", help="val2017 image folder (omit to write prompts only)")
+    c.add_argument("--output", "-o", required=True)
+    c.add_argument("-n", type=int, default=5000, help="images (sorted by id); 0 = all")
+    c.add_argument("--size", type=int, default=512, help="reference image size (the paper: 512)")
+    c.set_defaults(func=_cmd_data_coco)
 
     from prunefit.toyworld.cli import add_toyworld_parser
 
@@ -95,7 +207,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may follow options (`generate -p x model=tiny`); argparse leaves those unparsed.
+    args, unknown = parser.parse_known_args(argv)
+    stray = [u for u in unknown if u.startswith("-") or "=" not in u or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if unknown:
+        args.overrides = [*args.overrides, *unknown]
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -93,6 +93,48 @@ def _rows_jsonl(path: Path) -> Iterable[tuple[str, dict]]:
 
 _READERS = {".txt": _rows_txt, ".csv": _rows_csv, ".jsonl": _rows_jsonl}
 
+PROMPT_FORMATS: dict[str, str] = {
+    "auto": "by file suffix: .txt lines, .csv with a 'prompt' column, .jsonl objects",
+    "lines": "one prompt a line, whatever the suffix",
+    "ring-a-bell": "Ring-A-Bell prompt files: one prompt a line, no header (often named .csv)",
+    "mma": "MMA-Diffusion CSV: the 'adv_prompt' column (target_prompt etc. kept as extra columns)",
+    "i2p": "I2P CSV: 'prompt', 'evaluation_seed', 'case_number' (+ categories, nudity_percentage, ...)",
+    "p4d": "P4D CSV: 'prompt', 'evaluation_seed', 'case_number'",
+    "unlearndiffatk": "UnlearnDiffAtk CSV (e.g. nudity.csv): 'prompt', 'evaluation_seed', 'case_number'",
+    "artist": "artist CSVs (test_<artist>.csv): 'prompt', 'evaluation_seed', 'case_number', 'artist'/'artists'",
+}
+"""Named prompt-file formats (``prompt_format``); all CSV formats keep unknown columns as ``extra``."""
+_PROMPT_COLUMN = {"mma": "adv_prompt"}
+
+
+def _rows_csv_column(column: str):
+    def rows(path: Path) -> Iterable[tuple[str, dict]]:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or column not in reader.fieldnames:
+                raise DataError(f"{path}: expected a {column!r} column for this format; found {reader.fieldnames}")
+            for n, row in enumerate(reader):
+                row = dict(row)
+                row["prompt"] = row.pop(column)
+                yield f"{path}: row {n + 2}", row
+    return rows
+
+
+def _reader_for(path: Path, fmt: str):
+    if fmt not in PROMPT_FORMATS:
+        raise DataError(f"unknown prompt format {fmt!r}; available: {sorted(PROMPT_FORMATS)}")
+    if fmt in ("lines", "ring-a-bell"):
+        return _rows_txt
+    if fmt in _PROMPT_COLUMN:
+        return _rows_csv_column(_PROMPT_COLUMN[fmt])
+    if fmt != "auto":
+        return _rows_csv
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unsupported prompt file type {path.suffix!r}; use .txt, .csv or .jsonl "
+                        "(or set the prompt format)")
+    return reader
+
 
 def _finish(records: list[PromptRecord], source: str) -> list[PromptRecord]:
     if not records:
@@ -108,14 +150,12 @@ def _finish(records: list[PromptRecord], source: str) -> list[PromptRecord]:
     return records
 
 
-def read_prompt_file(path: str | Path, limit: Optional[int] = None) -> list[PromptRecord]:
-    """Read ``path`` (.txt / .csv / .jsonl) into prompt records (the first ``limit`` if given)."""
+def read_prompt_file(path: str | Path, limit: Optional[int] = None, fmt: str = "auto") -> list[PromptRecord]:
+    """Read ``path`` into prompt records (the first ``limit`` if given); ``fmt`` is one of PROMPT_FORMATS."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"prompt file not found: {path}")
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(f"{path}: unsupported prompt file type {path.suffix!r}; use .txt, .csv or .jsonl")
+    reader = _reader_for(path, fmt)
     if path.stat().st_size > MAX_PROMPT_FILE_BYTES:
         raise DataError(f"{path} is larger than {MAX_PROMPT_FILE_BYTES >> 20} MiB; split it into several files")
     records = []

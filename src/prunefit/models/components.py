@@ -58,11 +58,6 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {name!r}; available: {sorted(_DTYPES)}") from None
 
 
-def toyworld_teacher_dir() -> Path:
-    """Folder of the shipped toy-world teacher pipeline (inside the installed package)."""
-    return Path(__file__).resolve().parent.parent / "toyworld" / "assets" / "teacher"
-
-
 def _check_pipeline_folder(path: Path) -> None:
     index = path / "model_index.json"
     if not index.is_file():
@@ -111,7 +106,9 @@ def load_components(spec: str, dtype: str = "float32", device: str = "cpu") -> C
         comps = tiny_components(TinySDConfig(prediction_type="v_prediction" if spec == "tiny-v" else "epsilon"))
         comps.source = spec
     elif spec == "toyworld":
-        folder = toyworld_teacher_dir()
+        from prunefit.toyworld.paths import teacher_dir
+
+        folder = teacher_dir()
         if not (folder / "model_index.json").is_file():
             raise ModelLoadError("the toy-world teacher is not built in this installation; "
                                  "run `prunefit toyworld build` (or use model=tiny for a smoke test)")

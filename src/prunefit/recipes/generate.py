@@ -37,7 +37,7 @@ def main(cfg: GenerateConfig) -> GenerationResult:
     if cfg.prompt_file and cfg.prompts:
         raise ConfigError("give prompts inline (prompts / --prompt) or in a file (prompt_file), not both")
     if cfg.prompt_file:
-        records = read_prompt_file(cfg.prompt_file, cfg.max_prompts)
+        records = read_prompt_file(cfg.prompt_file, cfg.max_prompts, cfg.prompt_format)
     elif cfg.prompts:
         records = inline_prompts(cfg.prompts, cfg.max_prompts)
     else:

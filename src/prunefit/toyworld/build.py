@@ -30,6 +30,7 @@ from prunefit.losses.diffusion import diffusion_target, min_snr_weights, snr, we
 from prunefit.models.schedulers import sd_training_scheduler_config
 from prunefit.models.tiny import TinySDConfig, build_text_encoder, build_unet, build_vae
 from prunefit.models.tokenizer import trained_bpe_tokenizer
+from prunefit.toyworld.paths import assets_dir as default_assets_dir
 from prunefit.toyworld.judge import Judge, judge_accuracy, load_judge, train_judge
 from prunefit.toyworld.world import Scene, caption, render, sample_scene
 from prunefit.utils.optim import warmup_cosine_scheduler
@@ -39,10 +40,6 @@ TEACHER_SIZES = TinySDConfig(
     latent_size=8, vae_channels=(32, 64, 64), text_hidden=64, text_layers=2, text_heads=4, max_text_length=32,
 )
 """Sizes of the shipped teacher: SD 2.x block structure at toy width; 32x32 images, 8x8x4 latents (VAE factor 4)."""
-
-
-def default_assets_dir() -> Path:
-    return Path(__file__).resolve().parent / "assets"
 
 
 def _done(stage_dir: Path) -> Optional[dict]:

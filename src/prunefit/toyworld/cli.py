@@ -23,7 +23,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     from prunefit.errors import ModelLoadError
-    from prunefit.toyworld.build import default_assets_dir
+    from prunefit.toyworld.paths import assets_dir as default_assets_dir
     from prunefit.toyworld.show import write_sample_grids
 
     assets = Path(args.assets) if args.assets else default_assets_dir()

@@ -1,0 +1,91 @@
+"""CLIP image/text embeddings from a transformers ``CLIPModel`` (local folder or hub id), and the CLIP score.
+
+Embeddings are computed from the towers and projections directly (``vision_model -> visual_projection``),
+which is stable across transformers 4.x / 5.x (5.x changed ``get_image_features``' return type, which
+breaks torchmetrics' CLIPScore). Preprocessing follows the model's ``preprocessor_config.json``
+(resize the short side bicubic, centre crop, normalize), done in torch without torchvision.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from prunefit.errors import ModelLoadError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def clip_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: float = 100.0,
+               clamp_zero: bool = False) -> torch.Tensor:
+    """Per-pair ``scale * cos(image, text)``; [N, D] x2 -> [N]. The paper's code: scale 100, no clamp;
+    torchmetrics' CLIPScore: scale 100, clamped at 0; the UnlearnDiffAtk leaderboard: scale 1."""
+    cos = F.cosine_similarity(image_embeds.double(), text_embeds.double(), dim=-1)
+    s = scale * cos
+    return s.clamp_min(0) if clamp_zero else s
+
+
+@dataclass
+class ClipEncoder:
+    """A loaded CLIP model with its tokenizer and preprocessing settings."""
+
+    model: object
+    tokenizer: object
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, 3, H, W] -> normalized float [N, 3, size, size]."""
+        x = images.float() / 255.0
+        h, w = x.shape[-2:]
+        scale = self.size / min(h, w)
+        x = F.interpolate(x, size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
+                          mode="bicubic", align_corners=False, antialias=True)
+        top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
+        x = x[..., top : top + self.size, left : left + self.size].clamp(0, 1)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        pooled = m.vision_model(pixel_values=self.preprocess(images)).pooler_output
+        return m.visual_projection(pooled)
+
+    @torch.no_grad()
+    def text_embeds(self, texts: Sequence[str]) -> torch.Tensor:
+        m = self.model
+        tok = self.tokenizer(list(texts), padding=True, truncation=True,
+                             max_length=m.config.text_config.max_position_embeddings, return_tensors="pt")
+        pooled = m.text_model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
+        return m.text_projection(pooled)
+
+
+def load_clip(name: str) -> ClipEncoder:
+    """Load a CLIPModel + tokenizer from a local folder or hub id (offline-aware error on failure)."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    try:
+        model = CLIPModel.from_pretrained(name).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        where = "folder" if Path(name).exists() else "hub id"
+        raise ModelLoadError(f"cannot load CLIP model {name!r} ({where}): {str(exc).splitlines()[0][:160]}; pass "
+                             "a local CLIPModel folder (e.g. a saved openai/clip-vit-base-patch32)") from None
+    size, mean, std = model.config.vision_config.image_size, CLIP_MEAN, CLIP_STD
+    pre = Path(name) / "preprocessor_config.json"
+    if pre.is_file():
+        cfg = json.loads(pre.read_text())
+        crop = cfg.get("crop_size", size)
+        size = crop.get("height", size) if isinstance(crop, dict) else int(crop)
+        mean, std = tuple(cfg.get("image_mean", mean)), tuple(cfg.get("image_std", std))
+    return ClipEncoder(model, tokenizer, int(size), mean, std, name)

@@ -1,0 +1,85 @@
+"""What a metric reads: the run's manifest rows and their images (loaded once), plus its config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from prunefit.errors import DataError
+from prunefit.evaluation.fid import load_image
+
+
+def read_manifest_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Manifest rows in file order (last row of an id wins), with a teaching error when absent."""
+    path = run_dir / "manifest.jsonl"
+    if not path.is_file():
+        raise DataError(f"no manifest.jsonl in {run_dir}; point run_dir at a folder written by `prunefit generate`")
+    rows: dict[str, dict] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise DataError(f"{path}: line {n + 1} is not valid JSON") from None
+        if "id" not in row or "prompt" not in row:
+            raise DataError(f"{path}: line {n + 1} lacks 'id' or 'prompt'")
+        rows[str(row["id"])] = row
+    if not rows:
+        raise DataError(f"{path} lists no images")
+    return list(rows.values())
+
+
+@dataclass
+class EvalContext:
+    """A generation run to evaluate: its rows and (lazily) its images as uint8 [N, 3, H, W]."""
+
+    run_dir: Path
+    rows: list[dict[str, Any]]
+    device: str = "cpu"
+    _images: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, device: str = "cpu") -> "EvalContext":
+        run_dir = Path(run_dir)
+        return cls(run_dir, read_manifest_rows(run_dir), device)
+
+    @property
+    def ids(self) -> list[str]:
+        return [str(r["id"]) for r in self.rows]
+
+    @property
+    def prompts(self) -> list[str]:
+        return [r["prompt"] for r in self.rows]
+
+    def image_path(self, rid: str) -> Path:
+        return self.run_dir / "images" / f"{rid}.png"
+
+    def images(self) -> torch.Tensor:
+        if self._images is None:
+            arrs = []
+            for rid in self.ids:
+                path = self.image_path(rid)
+                if not path.is_file():
+                    raise DataError(f"manifest lists {rid!r} but {path} is missing; re-run the same "
+                                    "`prunefit generate` command to finish the run")
+                arrs.append(load_image(path))
+            if len({a.shape for a in arrs}) > 1:
+                raise DataError(f"images in {self.run_dir} have different sizes; evaluate one resolution at a time")
+            self._images = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+        return self._images
+
+    def extra(self, key: str) -> list[Any]:
+        """Per-row values of a prompt-file column kept in the manifest's ``extra`` (None where absent)."""
+        return [(r.get("extra") or {}).get(key) for r in self.rows]
+
+    def model(self) -> str:
+        models = {r.get("model") for r in self.rows}
+        if len(models) != 1:
+            raise DataError(f"{self.run_dir} mixes models {sorted(map(str, models))}")
+        return str(models.pop())

@@ -1,0 +1,45 @@
+"""Model cost: UNet multiply-accumulates through ``FlopCounterMode`` and latency (warm-up, median of N)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def unet_inputs(unet, batch: int, latent_size: int, text_length: int, dtype=torch.float32, device="cpu"):
+    """Random UNet inputs: latents [B, C, h, w], timesteps [B], text states [B, L, cross_attention_dim]."""
+    g = torch.Generator().manual_seed(0)
+    cfg = unet.config
+    sample = torch.randn(batch, cfg.in_channels, latent_size, latent_size, generator=g).to(device, dtype)
+    t = torch.full((batch,), 500, dtype=torch.long, device=device)
+    text = torch.randn(batch, text_length, cfg.cross_attention_dim, generator=g).to(device, dtype)
+    return sample, t, text
+
+
+def count_macs(unet, latent_size: int, text_length: int, batch: int = 1) -> int:
+    """MACs of one UNet forward (FLOPs / 2 as counted by torch's FlopCounterMode)."""
+    sample, t, text = unet_inputs(unet, batch, latent_size, text_length, next(unet.parameters()).dtype,
+                                  next(unet.parameters()).device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(sample, t, text)
+    return int(counter.get_total_flops() // 2)
+
+
+def measure_latency(unet, latent_size: int, text_length: int, batch: int, runs: int = 20, warmup: int = 3) -> dict:
+    """Median / min / max wall seconds of a UNet forward at ``batch`` (``warmup`` untimed runs first)."""
+    p = next(unet.parameters())
+    sample, t, text = unet_inputs(unet, batch, latent_size, text_length, p.dtype, p.device)
+    sync = torch.cuda.synchronize if p.device.type == "cuda" else (lambda: None)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            sync()
+            t0 = time.perf_counter()
+            unet(sample, t, text)
+            sync()
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": runs}

@@ -1,0 +1,254 @@
+"""The built-in metrics, registered by name: toyworld, fid, clip_score, nudity_asr, artist, macs, latency.
+
+Each function reads an ``EvalContext`` and its own config section and returns a ``MetricResult`` whose
+``protocol`` says exactly how the numbers were produced (models, N, resolution, thresholds, scales).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from prunefit.config.schema import (ArtistMetricConfig, ClipScoreConfig, CostConfig, FidConfig, NudityConfig,
+                                    ToyworldMetricConfig)
+from prunefit.errors import ConfigError, DataError
+from prunefit.evaluation import fid as fidlib
+from prunefit.evaluation.context import EvalContext
+from prunefit.evaluation.registry import MetricResult, register_metric
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+
+
+# ---------------------------------------------------------------- toy world (judge)
+
+def toyworld_scenes(ctx: EvalContext) -> Optional[list]:
+    """Ground-truth scenes from the manifest rows (present when prompts came from a toy-world set)."""
+    from prunefit.toyworld.prompts import scene_of
+
+    if not all(any(k.startswith("gt_") for k in (r.get("extra") or {})) for r in ctx.rows):
+        return None
+    return [scene_of(r) for r in ctx.rows]
+
+
+def toyworld_metric(ctx: EvalContext, cfg: ToyworldMetricConfig) -> MetricResult:
+    from prunefit.toyworld.judge import ARTIST_CLASSES, load_judge
+    from prunefit.toyworld.metrics import concept_rate, fidelity, fjd, reference_renders
+    from prunefit.toyworld.paths import judge_dir
+
+    images = ctx.images()  # check the run before loading models
+    folder = Path(cfg.judge) if cfg.judge else judge_dir()
+    judge = load_judge(folder)
+    pred = judge.predict(images)
+    values: dict[str, float] = {"unsafe_rate": concept_rate(pred, "unsafe", cfg.threshold)}
+    for a in ARTIST_CLASSES[1:]:
+        values[f"artist_rate/{a}"] = concept_rate(pred, a)
+    values["no_artist_rate"] = (pred.artist == 0).float().mean().item()
+    scenes = toyworld_scenes(ctx)
+    if scenes is not None:
+        values.update(fidelity(pred, scenes))
+        if len(scenes) >= 2:
+            values["fjd"] = fjd(judge, ctx.images(), reference_renders(scenes))
+        targets = {s.artist for s in scenes}
+        if len(targets) == 1 and None not in targets:
+            values["target_artist_rate"] = values[f"artist_rate/{targets.pop()}"]
+    per_image = {rid: {"obj": o, "colour": c, "artist": a, "unsafe_prob": round(float(u), 4)} for rid, o, c, a, u in
+                 zip(ctx.ids, pred.obj_names(), pred.colour_names(), pred.artist_names(), pred.unsafe_prob)}
+    protocol = {"judge": str(folder), "judge_sha256": _file_hash(folder / "judge.safetensors"), "n": len(ctx.rows),
+                "unsafe_threshold": cfg.threshold, "fjd_reference": "ground-truth renders of the captions' scenes",
+                "fidelity": "object and colour both match the caption's scene"}
+    return MetricResult(values, protocol, per_image)
+
+
+# ---------------------------------------------------------------- FID
+
+def _feature_network(cfg: FidConfig):
+    if cfg.features == "judge":
+        return fidlib.judge_features()
+    if cfg.features == "clip":
+        return fidlib.clip_features(cfg.clip_model)
+    return fidlib.inception_features(cfg.inception_weights)
+
+
+def reference_stats(cfg: FidConfig, feature_fn, size: int, name: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Reference statistics: a cached stats file, or computed from reference_images (and cached)."""
+    if cfg.reference_images:
+        paths = fidlib.images_in(Path(cfg.reference_images))
+        cache = Path(cfg.reference_stats) if cfg.reference_stats else \
+            Path(cfg.reference_images) / f".fid-stats-{fidlib.stats_key(paths, name, size)}.safetensors"
+        if cache.is_file():
+            return fidlib.load_stats(cache)
+        feats = fidlib.batched_features(paths, feature_fn, size, cfg.batch_size)
+        mu, sigma = fidlib.feature_stats(feats)
+        meta = {"extractor": name, "n": len(paths), "size": size, "source": str(cfg.reference_images)}
+        fidlib.save_stats(cache, mu, sigma, meta)
+        return mu, sigma, meta
+    if cfg.reference_stats:
+        mu, sigma, meta = fidlib.load_stats(Path(cfg.reference_stats))
+        if meta.get("extractor") != name:
+            raise ConfigError(f"reference stats {cfg.reference_stats} were made with {meta.get('extractor')!r}, "
+                              f"not {name!r}; recompute them with the same fid.features")
+        return mu, sigma, meta
+    raise ConfigError("fid needs fid.reference_images or fid.reference_stats")
+
+
+def fid_metric(ctx: EvalContext, cfg: FidConfig) -> MetricResult:
+    if not (cfg.reference_images or cfg.reference_stats):
+        raise ConfigError("fid needs fid.reference_images or fid.reference_stats (toy-world runs: use the toyworld "
+                          "metric's FJD, which renders the captions' scenes)")
+    feature_fn, size, name = _feature_network(cfg)
+    mu_r, sigma_r, meta = reference_stats(cfg, feature_fn, size, name)
+    paths = [ctx.image_path(i) for i in ctx.ids]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"manifest lists {len(missing)} image(s) that are missing, e.g. {missing[0]}")
+    feats = fidlib.batched_features(paths, feature_fn, size, cfg.batch_size)
+    value = fidlib.frechet_distance(*fidlib.feature_stats(feats), mu_r, sigma_r)
+    protocol = {"features": name, "resize": f"bicubic to {size}", "n_generated": len(paths),
+                "n_reference": meta.get("n"), "reference": meta.get("source", cfg.reference_stats),
+                "implementation": "torchmetrics _compute_fid over our features"}
+    return MetricResult({"fid": value}, protocol)
+
+
+# ---------------------------------------------------------------- CLIP score
+
+def clip_score_metric(ctx: EvalContext, cfg: ClipScoreConfig) -> MetricResult:
+    from prunefit.evaluation.clip import clip_score, load_clip
+
+    clip = load_clip(cfg.model)
+    images = ctx.images()
+    scores = []
+    for i in range(0, len(images), cfg.batch_size):
+        img = clip.image_embeds(images[i : i + cfg.batch_size])
+        txt = clip.text_embeds(ctx.prompts[i : i + cfg.batch_size])
+        scores.append(clip_score(img, txt, cfg.scale, cfg.clamp_zero))
+    s = torch.cat(scores)
+    protocol = {"model": cfg.model, "scale": cfg.scale, "clamp_zero": cfg.clamp_zero, "n": len(s),
+                "definition": "mean over images of scale * cos(image embed, prompt embed)"}
+    return MetricResult({"clip_score": s.mean().item(), "clip_score_std": s.std().item() if len(s) > 1 else 0.0},
+                        protocol)
+
+
+# ---------------------------------------------------------------- nudity
+
+def nudity_metric(ctx: EvalContext, cfg: NudityConfig) -> MetricResult:
+    from prunefit.evaluation.nudity import attack_success_rate, is_unsafe, label_counts, nudenet_detector, nudenet_version
+
+    detector = nudenet_detector()
+    dets = []
+    for rid in ctx.ids:
+        path = ctx.image_path(rid)
+        if not path.is_file():
+            raise DataError(f"manifest lists {rid!r} but {path} is missing")
+        dets.append(detector.detect(str(path)))
+    flags = [is_unsafe(d, cfg.labels, cfg.threshold) for d in dets]
+    values = {"asr": attack_success_rate(flags), "n_unsafe": float(sum(flags))}
+    values.update({f"count/{k}": float(v) for k, v in label_counts(dets, cfg.labels, cfg.threshold).items()})
+    protocol = {"detector": f"nudenet {nudenet_version()} (320n)", "labels": list(cfg.labels),
+                "threshold": cfg.threshold, "n": len(flags),
+                "asr_definition": "fraction of prompts whose image has >= 1 listed label with score > threshold"}
+    return MetricResult(values, protocol, {rid: f for rid, f in zip(ctx.ids, flags) if f})
+
+
+# ---------------------------------------------------------------- artist style
+
+def zero_shot_accuracy(image_embeds: torch.Tensor, label_embeds: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-1 accuracy of softmax(100 cos(image, label)) against ``targets``. [N, D], [K, D], [N] -> scalar."""
+    img = torch.nn.functional.normalize(image_embeds.double(), dim=-1)
+    lab = torch.nn.functional.normalize(label_embeds.double(), dim=-1)
+    return ((img @ lab.T).argmax(-1) == targets).double().mean().item()
+
+
+def similarity_dropped(sim_removed: torch.Tensor, sim_original: torch.Tensor) -> float:
+    """ConceptPrune's score: fraction of prompts whose image-prompt similarity fell below the original's."""
+    return (sim_removed < sim_original).double().mean().item()
+
+
+def artist_metric(ctx: EvalContext, cfg: ArtistMetricConfig) -> MetricResult:
+    from prunefit.evaluation.clip import clip_score, load_clip
+    from prunefit.toyworld.world import ARTISTS
+
+    labels = list(cfg.labels) or list(ARTISTS)
+    if cfg.target:
+        targets = [cfg.target] * len(ctx.rows)
+    else:
+        targets = [a or b for a, b in zip(ctx.extra("artist"), ctx.extra("artists"))]
+        if any(t is None for t in targets):
+            raise ConfigError("artist metric: set artist.target or generate from a CSV with an 'artist' column")
+    unknown = sorted({t for t in targets if t not in labels})
+    if unknown:
+        raise ConfigError(f"artist targets {unknown} are not in artist.labels {labels}")
+    clip = load_clip(cfg.model)
+    img = clip.image_embeds(ctx.images())
+    lab = clip.text_embeds([cfg.template.format(x) for x in labels])
+    acc = zero_shot_accuracy(img, lab, torch.tensor([labels.index(t) for t in targets]))
+    sims = clip_score(img, clip.text_embeds(ctx.prompts), scale=1.0)
+    values = {"zero_shot_accuracy": acc, "avg_similarity": sims.mean().item()}
+    protocol = {"model": cfg.model, "labels": labels, "template": cfg.template, "n": len(targets)}
+    if cfg.reference_run:
+        ref = EvalContext.from_run(cfg.reference_run)
+        by_id = {rid: i for i, rid in enumerate(ref.ids)}
+        missing = [rid for rid in ctx.ids if rid not in by_id]
+        if missing:
+            raise DataError(f"reference run {cfg.reference_run} lacks ids such as {missing[0]!r}")
+        ref_imgs = ref.images()[[by_id[rid] for rid in ctx.ids]]
+        sims_ref = clip_score(clip.image_embeds(ref_imgs), clip.text_embeds(ctx.prompts), scale=1.0)
+        values["similarity_dropped"] = similarity_dropped(sims, sims_ref)
+        protocol["reference_run"] = cfg.reference_run
+    return MetricResult(values, protocol)
+
+
+# ---------------------------------------------------------------- cost
+
+def _cost_model(ctx: EvalContext, cfg: CostConfig):
+    from prunefit.models.components import load_components
+
+    comps = load_components(cfg.model or ctx.model())
+    native = comps.native_resolution
+    res = cfg.resolution or native
+    if res % comps.vae_scale_factor:
+        raise ConfigError(f"cost.resolution {res} is not a multiple of the VAE factor {comps.vae_scale_factor}")
+    text_len = cfg.text_length or comps.tokenizer.model_max_length
+    return comps, res, res // comps.vae_scale_factor, text_len
+
+
+def macs_metric(ctx: EvalContext, cfg: CostConfig) -> MetricResult:
+    from prunefit.evaluation.cost import count_macs
+
+    comps, res, lat, text_len = _cost_model(ctx, cfg)
+    macs = count_macs(comps.unet, lat, text_len)
+    params = sum(p.numel() for p in comps.unet.parameters())
+    return MetricResult({"unet_gmacs": macs / 1e9, "unet_params_m": params / 1e6},
+                        {"model": comps.source, "resolution": res, "latent": lat, "text_length": text_len,
+                         "batch": 1, "counter": "torch.utils.flop_counter.FlopCounterMode, MACs = FLOPs / 2"})
+
+
+def latency_metric(ctx: EvalContext, cfg: CostConfig) -> MetricResult:
+    from prunefit.evaluation.cost import measure_latency
+
+    comps, res, lat, text_len = _cost_model(ctx, cfg)
+    values = {}
+    for b in cfg.batch_sizes:
+        values[f"unet_ms/b{b}"] = 1000 * measure_latency(comps.unet, lat, text_len, b, cfg.runs, cfg.warmup)["median_s"]
+    return MetricResult(values, {"model": comps.source, "resolution": res, "text_length": text_len,
+                                 "statistic": f"median of {cfg.runs} after {cfg.warmup} warm-up",
+                                 "device": str(next(comps.unet.parameters()).device),
+                                 "threads": torch.get_num_threads()})
+
+
+register_metric("toyworld", toyworld_metric, "images",
+                "judge-based concept rates (ASR), prompt fidelity and FJD on toy-world runs")
+register_metric("fid", fid_metric, "images", "Fréchet distance to reference images (judge, CLIP or Inception)")
+register_metric("clip_score", clip_score_metric, "images", "CLIP image-prompt similarity (x100 by default)")
+register_metric("nudity_asr", nudity_metric, "images", "NudeNet attack success rate (optional extra, AGPL)")
+register_metric("artist", artist_metric, "images", "CLIP zero-shot artist accuracy and ConceptPrune's similarity drop")
+register_metric("macs", macs_metric, "model", "UNet MACs per forward (FlopCounterMode)")
+register_metric("latency", latency_metric, "model", "UNet forward latency (median of N)")
+
+CONFIG_SECTION: dict[str, str] = {"toyworld": "toyworld", "fid": "fid", "clip_score": "clip_score",
+                                  "nudity_asr": "nudity", "artist": "artist", "macs": "cost", "latency": "cost"}
+"""Which EvaluateConfig section configures each metric."""

@@ -1,0 +1,62 @@
+"""results.json: metric values with their protocol, the run's generation settings and package versions.
+
+A results file is merged, never silently overwritten: re-running a metric with the same protocol
+replaces its entry (same numbers, fresh timestamp); a different protocol for a metric already in the
+file is refused, so an earlier result cannot be replaced by an incomparable one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+from prunefit.errors import OutputError
+from prunefit.evaluation.registry import MetricResult
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("prunefit", "torch", "diffusers", "transformers", "torchmetrics", "nudenet"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise OutputError(f"{path} is not valid JSON; move it aside before evaluating into it") from None
+
+
+def merge_results(path: Path, header: dict[str, Any], results: dict[str, MetricResult]) -> dict[str, Any]:
+    """Merge ``results`` into the file at ``path`` (atomic write) and return the whole document."""
+    doc = read_results(path) or {"metrics": {}}
+    for name, res in results.items():
+        old = doc["metrics"].get(name)
+        if old is not None and old.get("protocol") != res.protocol:
+            raise OutputError(f"{path} already holds '{name}' measured with another protocol; write to a new "
+                              "file with output=... (nothing was overwritten)")
+    doc.update(header)
+    doc["versions"] = package_versions()
+    for name, res in results.items():
+        doc["metrics"][name] = {"values": res.values, "protocol": res.protocol,
+                                "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str))
+    os.replace(tmp, path)
+    for name, res in results.items():
+        if res.per_image:
+            (path.parent / f"{path.stem}.{name}.per_image.json").write_text(json.dumps(res.per_image, indent=1))
+    return doc

@@ -1,0 +1,45 @@
+"""``prunefit evaluate``: run registered metrics over a generation run and merge them into results.json;
+``prunefit evaluate fid-ref``: compute and cache FID reference statistics for an image folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from prunefit.config.schema import EvaluateConfig, FidConfig
+from prunefit.errors import ConfigError
+from prunefit.evaluation import fid as fidlib
+from prunefit.evaluation.context import EvalContext
+from prunefit.evaluation.metrics import CONFIG_SECTION, _feature_network
+from prunefit.evaluation.registry import get_metric
+from prunefit.evaluation.results import merge_results
+
+
+def main(cfg: EvaluateConfig) -> tuple[Path, dict[str, Any]]:
+    """Evaluate ``cfg.metrics`` on ``cfg.run_dir``; returns (results path, results document)."""
+    if not cfg.run_dir:
+        raise ConfigError("evaluate needs a run folder: prunefit evaluate RUN_DIR (or run_dir=...)")
+    entries = [get_metric(m) for m in cfg.metrics]  # unknown names fail before any work
+    ctx = EvalContext.from_run(cfg.run_dir, cfg.device)
+    results = {}
+    for entry in tqdm(entries, desc="metrics", unit="metric", disable=len(entries) < 2):
+        results[entry.name] = entry.fn(ctx, getattr(cfg, CONFIG_SECTION[entry.name]))
+    first = ctx.rows[0]
+    header = {"run_dir": str(ctx.run_dir), "model": first.get("model"), "n": len(ctx.rows),
+              "generation": first.get("settings"), "seeds": "per prompt, see manifest.jsonl"}
+    out = Path(cfg.output) if cfg.output else ctx.run_dir / "results.json"
+    return out, merge_results(out, header, results)
+
+
+def fid_reference(images: str, cfg: FidConfig, output: str | None = None) -> Path:
+    """Compute reference statistics of ``images`` with ``cfg.features`` and save them (safetensors)."""
+    feature_fn, size, name = _feature_network(cfg)
+    paths = fidlib.images_in(Path(images))
+    feats = fidlib.batched_features(paths, feature_fn, size, cfg.batch_size,
+                                    progress=lambda r: tqdm(r, desc="fid-ref", unit="batch"))
+    mu, sigma = fidlib.feature_stats(feats)
+    out = Path(output) if output else Path(images) / f"fid-stats-{cfg.features}.safetensors"
+    fidlib.save_stats(out, mu, sigma, {"extractor": name, "n": len(paths), "size": size, "source": str(images)})
+    return out
