@@ -95,7 +95,7 @@ class ToyworldBuildConfig:
     seed: int = 0
     threads: int = 2
     vocab_size: int = 1024
-    vae_steps: int = 1200
+    vae_steps: int = 1500
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     judge_steps: int = 3000

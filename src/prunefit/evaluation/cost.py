@@ -6,7 +6,23 @@ import statistics
 import time
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
+
+
+def _register_cpu_sdpa() -> None:
+    """torch's FlopCounterMode counts the CUDA attention kernels but not the CPU flash kernel that
+    ``scaled_dot_product_attention`` dispatches to on CPU, so attention silently counted 0 there."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or op in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op, get_raw=True)
+    def _cpu_sdpa_flop(query, key, value, *args, out_val=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query.shape, key.shape, value.shape)
+
+
+_register_cpu_sdpa()
 
 
 def unet_inputs(unet, batch: int, latent_size: int, text_length: int, dtype=torch.float32, device="cpu"):

@@ -24,6 +24,8 @@ class TinySDConfig:
     """Sizes of a tiny SD pipeline. Defaults give ~0.5M UNet parameters and 32x32 images."""
 
     unet_channels: tuple[int, ...] = (16, 32)
+    attention_levels: tuple[bool, ...] = ()
+    """Which resolution levels (high to low) get cross-attention blocks; () = SD 2.x: all but the lowest."""
     layers_per_block: int = 2
     attention_heads: int = 2
     norm_groups: int = 8
@@ -40,22 +42,28 @@ class TinySDConfig:
     def __post_init__(self) -> None:
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(f"prediction_type must be epsilon or v_prediction, got {self.prediction_type!r}")
+        if self.attention_levels and len(self.attention_levels) != len(self.unet_channels):
+            raise ConfigError("attention_levels needs one entry per unet_channels level")
         for c in self.unet_channels + self.vae_channels:
             if c % self.norm_groups:
                 raise ConfigError(f"channel width {c} is not divisible by norm_groups={self.norm_groups}")
 
 
 def build_unet(cfg: TinySDConfig) -> UNet2DConditionModel:
-    """An SD-2.x-structured UNet: CrossAttnDown x (n-1) + Down, then Up + CrossAttnUp x (n-1)."""
+    """An SD-2.x-structured UNet: CrossAttnDown x (n-1) + Down, then Up + CrossAttnUp x (n-1) by default;
+    ``attention_levels`` moves the cross-attention blocks to other resolutions."""
     n = len(cfg.unet_channels)
+    attn = cfg.attention_levels or (True,) * (n - 1) + (False,)
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn))
     return UNet2DConditionModel(
         sample_size=cfg.latent_size,
         in_channels=4,
         out_channels=4,
         block_out_channels=cfg.unet_channels,
         layers_per_block=cfg.layers_per_block,
-        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        down_block_types=down,
+        up_block_types=up,
         cross_attention_dim=cfg.cross_attention_dim,
         attention_head_dim=cfg.attention_heads,  # diffusers' name for the number of heads in SD 2.x
         use_linear_projection=True,

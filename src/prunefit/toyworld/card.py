@@ -22,7 +22,8 @@ def write_model_card(assets: Path, info: dict) -> Path:
         "",
         "## Teacher",
         "",
-        f"- UNet2DConditionModel, SD 2.x block structure: channels {list(TEACHER_SIZES.unet_channels)}, "
+        f"- UNet2DConditionModel, SD 2.x blocks: channels {list(TEACHER_SIZES.unet_channels)}, cross-attention at "
+        f"levels {[i for i, a in enumerate(TEACHER_SIZES.attention_levels) if a]} (0 = 16x16) and the mid block, "
         f"{TEACHER_SIZES.layers_per_block} layers per block, {TEACHER_SIZES.attention_heads} heads, GEGLU "
         f"feed-forward, linear projections, cross-attention dim {TEACHER_SIZES.cross_attention_dim}, "
         f"{TEACHER_SIZES.latent_size}x{TEACHER_SIZES.latent_size}x4 latents.",

@@ -1,0 +1,153 @@
+"""The gate layout of a stock ``UNet2DConditionModel`` (APTP): which widths and blocks can be pruned.
+
+Width gates: one per GroupNorm group of every resnet's ``norm2``; one per head of every attention
+(``attn1`` self, ``attn2`` cross); one per group of every GEGLU feed-forward's inner width (32 groups
+by default, as the official ``ff_gate_width``). Depth gates: the last resnet and the last transformer
+of every down and up block (the mid block has none).
+
+Order (identical to the official code, so architecture vectors line up): down blocks, mid, up blocks;
+inside a block all resnets, then all attentions; inside a transformer block [attn1 heads, attn2 heads,
+ffn]. On the SD 2.1 UNet this gives 70 width groups with 1,606 entries and 14 depth gates (1,620).
+A flat architecture vector is [width entries in order | depth entries].
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class WidthGroup:
+    """A group of width gates on one module. ``size`` gates, each covering ``per_gate`` channels."""
+
+    name: str
+    kind: str
+    """'resnet' (norm2 groups), 'heads' (attention heads) or 'ffn' (GEGLU inner-width groups)."""
+    module: str
+    """Path of the resnet, the Attention, or the FeedForward module."""
+    size: int
+    per_gate: int
+    unit: str
+    """Path of the resnet or Transformer2DModel this group belongs to (its depth unit)."""
+
+
+@dataclass(frozen=True)
+class DepthGate:
+    """A removable block: the last resnet or the last transformer of a down / up block."""
+
+    name: str
+    kind: str
+    """'resnet' or 'transformer'."""
+    module: str
+    out_channels: int
+    """Channels of the identity path (an up-block resnet's input also holds the skip connection)."""
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    width: tuple[WidthGroup, ...]
+    depth: tuple[DepthGate, ...]
+
+    @property
+    def width_dim(self) -> int:
+        return sum(g.size for g in self.width)
+
+    @property
+    def depth_dim(self) -> int:
+        return len(self.depth)
+
+    @property
+    def dim(self) -> int:
+        return self.width_dim + self.depth_dim
+
+    def split(self, vector: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """[B, dim] -> ([B, size_i] per width group, [B, depth_dim])."""
+        if vector.shape[-1] != self.dim:
+            raise ValueError(f"architecture vector has {vector.shape[-1]} entries; this UNet's layout has {self.dim}")
+        widths = list(torch.split(vector[..., : self.width_dim], [g.size for g in self.width], dim=-1))
+        return widths, vector[..., self.width_dim :]
+
+    def join(self, widths: list[torch.Tensor], depth: torch.Tensor) -> torch.Tensor:
+        return torch.cat([*widths, depth], dim=-1)
+
+    def ones(self, batch: int = 1) -> torch.Tensor:
+        return torch.ones(batch, self.dim)
+
+    def group_template(self) -> torch.Tensor:
+        """[dim]: 1/size for each width entry of a group of ``size``, 1 for depth entries (APTP's wdn template)."""
+        parts = [torch.full((g.size,), 1.0 / g.size) for g in self.width]
+        return torch.cat(parts + [torch.ones(self.depth_dim)])
+
+    def to_json(self) -> dict:
+        return {"width": [asdict(g) for g in self.width], "depth": [asdict(d) for d in self.depth]}
+
+
+def _resnet_group(path: str, resnet) -> WidthGroup:
+    g = resnet.norm2.num_groups
+    return WidthGroup(f"{path}.width", "resnet", path, g, resnet.norm2.num_channels // g, path)
+
+
+def _transformer_groups(path: str, transformer, ffn_groups: int) -> list[WidthGroup]:
+    out = []
+    for j, blk in enumerate(transformer.transformer_blocks):
+        bp = f"{path}.transformer_blocks.{j}"
+        for an in ("attn1", "attn2"):
+            attn = getattr(blk, an, None)
+            if attn is None:
+                continue
+            heads = attn.heads
+            out.append(WidthGroup(f"{bp}.{an}.heads", "heads", f"{bp}.{an}", heads, attn.inner_dim // heads, path))
+        proj = blk.ff.net[0].proj
+        inner = proj.out_features // 2
+        g = min(ffn_groups, inner)
+        if inner % g:
+            raise ValueError(f"{bp}.ff inner width {inner} is not divisible into {g} gate groups")
+        out.append(WidthGroup(f"{bp}.ff.width", "ffn", f"{bp}.ff", g, inner // g, path))
+    return out
+
+
+def _block_gates(path: str, block, depth_gated: bool, ffn_groups: int) -> tuple[list[WidthGroup], list[DepthGate]]:
+    widths: list[WidthGroup] = []
+    depths: list[DepthGate] = []
+    resnets = list(getattr(block, "resnets", []) or [])
+    attentions = list(getattr(block, "attentions", []) or [])
+    for i, r in enumerate(resnets):
+        widths.append(_resnet_group(f"{path}.resnets.{i}", r))
+    for i, a in enumerate(attentions):
+        widths += _transformer_groups(f"{path}.attentions.{i}", a, ffn_groups)
+    if depth_gated:
+        if resnets:
+            r = resnets[-1]
+            depths.append(DepthGate(f"{path}.resnets.{len(resnets) - 1}.depth", "resnet",
+                                    f"{path}.resnets.{len(resnets) - 1}", r.conv2.out_channels))
+        if attentions:
+            a = attentions[-1]
+            depths.append(DepthGate(f"{path}.attentions.{len(attentions) - 1}.depth", "transformer",
+                                    f"{path}.attentions.{len(attentions) - 1}", a.proj_out.out_features
+                                    if hasattr(a.proj_out, "out_features") else a.proj_out.out_channels))
+    return widths, depths
+
+
+def gate_spec(unet, ffn_groups: int = 32) -> GateSpec:
+    """The APTP gate layout of ``unet`` (a stock diffusers UNet2DConditionModel)."""
+    widths: list[WidthGroup] = []
+    depths: list[DepthGate] = []
+    for i, blk in enumerate(unet.down_blocks):
+        w, d = _block_gates(f"down_blocks.{i}", blk, True, ffn_groups)
+        widths += w
+        depths += d
+    if unet.mid_block is not None:
+        w, _ = _block_gates("mid_block", unet.mid_block, False, ffn_groups)
+        widths += w
+    for i, blk in enumerate(unet.up_blocks):
+        w, d = _block_gates(f"up_blocks.{i}", blk, True, ffn_groups)
+        widths += w
+        depths += d
+    return GateSpec(tuple(widths), tuple(depths))
+
+
+def first_depth_index(spec: GateSpec, name: str) -> Optional[int]:
+    return next((i for i, d in enumerate(spec.depth) if d.name == name), None)
