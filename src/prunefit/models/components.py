@@ -137,3 +137,18 @@ def make_pipeline(components: Components, scheduler: Any | None = None):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def encode_prompts(components: Components, texts: list[str]) -> torch.Tensor:
+    """Text-encoder hidden states [B, L, C] for ``texts`` (padded to the tokenizer's max length)."""
+    tok = components.tokenizer
+    ids = tok(list(texts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids.to(components.text_encoder.device)
+    return components.text_encoder(ids)[0]
+
+
+def encode_images(components: Components, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """VAE latents (sampled, scaled by the VAE's scaling factor) of images [B, 3, H, W] in [-1, 1]."""
+    vae = components.vae
+    x = images.to(vae.device, vae.dtype)
+    return vae.encode(x).latent_dist.sample(generator=generator) * vae.config.scaling_factor

@@ -1,0 +1,130 @@
+"""Training data: the toy world (rendered on the fly), image-caption folders, and COCO-2017 captions.
+
+Every source yields ``(images [B, 3, H, W] in [-1, 1], captions list[str])`` batches from a
+deterministic position (``batch_at(step)``), so a resumed run sees exactly the batches it would have.
+Unreadable images are skipped and counted (``skipped``), never crash a run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from prunefit.errors import DataError
+
+
+@dataclass
+class ToyWorldData:
+    """Fresh toy-world scenes each step: batch ``step`` is a pure function of (seed, step)."""
+
+    seed: int = 0
+    p_artist: float = 0.5
+    p_unsafe: float = 0.15
+    skipped: int = 0
+
+    def batch_at(self, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
+        from prunefit.toyworld.world import caption, render, sample_scene
+
+        rng = np.random.default_rng([self.seed, 7, step])
+        scenes = [sample_scene(rng, self.p_artist, self.p_unsafe) for _ in range(batch_size)]
+        x = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return x, [caption(s, rng) for s in scenes]
+
+
+def _load_rgb(path: Path, resolution: int) -> Optional[torch.Tensor]:
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = min(w, h)
+            im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+            im = im.resize((resolution, resolution), Image.BICUBIC)
+            arr = np.asarray(im, dtype=np.float32)
+    except Exception:  # truncated, corrupt or unreadable files are skipped and counted
+        return None
+    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+
+
+@dataclass
+class CaptionRows:
+    """(image path, caption) rows, shuffled by a seeded permutation per epoch; centre crop + resize."""
+
+    rows: list[tuple[Path, str]]
+    resolution: int
+    seed: int = 0
+    skipped: int = 0
+    _perm_epoch: int = field(default=-1, repr=False)
+    _perm: Optional[np.ndarray] = field(default=None, repr=False)
+
+    def _index(self, i: int) -> int:
+        epoch, pos = divmod(i, len(self.rows))
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+            self._perm_epoch = epoch
+        return int(self._perm[pos])
+
+    def batch_at(self, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
+        images, caps = [], []
+        i = step * batch_size
+        tries = 0
+        while len(images) < batch_size:
+            if tries > 10 * batch_size:
+                raise DataError(f"more than {10 * batch_size} unreadable images in a row; check the data set")
+            path, cap = self.rows[self._index(i + tries)]
+            tries += 1
+            x = _load_rgb(path, self.resolution)
+            if x is None:
+                self.skipped += 1
+                continue
+            images.append(x)
+            caps.append(cap)
+        return torch.stack(images), caps
+
+
+def image_caption_folder(folder: str | Path, resolution: int, seed: int = 0) -> CaptionRows:
+    """A folder with ``metadata.jsonl`` rows ``{"file_name": ..., "text"|"caption": ...}`` (the diffusers
+    ImageFolder convention)."""
+    folder = Path(folder)
+    meta = folder / "metadata.jsonl"
+    if not meta.is_file():
+        raise DataError(f"{folder} has no metadata.jsonl (rows with file_name and text)")
+    rows = []
+    for n, line in enumerate(meta.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            rows.append((folder / r["file_name"], str(r.get("text", r.get("caption")))))
+        except (json.JSONDecodeError, KeyError):
+            raise DataError(f"{meta}: line {n + 1} needs 'file_name' and 'text'") from None
+    if not rows:
+        raise DataError(f"{meta} lists no images")
+    return CaptionRows(rows, resolution, seed)
+
+
+def coco_captions(annotations: str | Path, images: str | Path, resolution: int, seed: int = 0) -> CaptionRows:
+    """COCO-2017 captions: one row per caption (about 5 per image), images from ``images``."""
+    try:
+        data = json.loads(Path(annotations).read_text())
+        files = {int(im["id"]): im["file_name"] for im in data["images"]}
+        rows = [(Path(images) / files[int(a["image_id"])], str(a["caption"]).strip()) for a in data["annotations"]]
+    except FileNotFoundError:
+        raise DataError(f"COCO annotation file not found: {annotations}") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(f"{annotations} is not a COCO captions file") from None
+    return CaptionRows(rows, resolution, seed)
+
+
+def build_data(cfg, resolution: int, seed: int = 0):
+    """The data source a ``DataConfig`` names, at ``resolution`` pixels."""
+    if cfg.source == "toyworld":
+        return ToyWorldData(seed=seed)
+    if cfg.source == "folder":
+        return image_caption_folder(cfg.path, resolution, seed)
+    return coco_captions(cfg.annotations, cfg.images, resolution, seed)

@@ -1,0 +1,187 @@
+"""``prunefit prune``: train the APTP router and materialize its K experts (or a magnitude / random baseline)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from diffusers import DDPMScheduler
+from tqdm.auto import tqdm
+
+from prunefit.config.load import save_resolved_config
+from prunefit.config.schema import PruneConfig
+from prunefit.data.datasets import build_data
+from prunefit.errors import OutputError
+from prunefit.losses.aptp import contrastive_loss, resource_loss, straight_through_hard
+from prunefit.losses.diffusion import diffusion_target, min_snr_weights, snr, weighted_mse
+from prunefit.losses.distillation import feature_kd, output_kd
+from prunefit.models.components import Components, encode_images, encode_prompts, load_components
+from prunefit.models.features import capture_features
+from prunefit.pruning.baselines import magnitude_scores, prune_to_target, random_scores
+from prunefit.pruning.expert import expert_info, save_expert
+from prunefit.pruning.gating import gated
+from prunefit.pruning.macs import MacModel, mac_model
+from prunefit.pruning.materialize import materialize
+from prunefit.pruning.router import Router, RouterConfig
+from prunefit.pruning.spec import GateSpec, gate_spec
+from prunefit.utils.optim import warmup_cosine
+
+
+@dataclass
+class PruneResult:
+    output_dir: Path
+    experts: list[Path]
+    mac_ratios: list[float]
+    summary: dict
+
+
+def train_router(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacModel, log) -> Router:
+    """APTP: UNet frozen; predictor + codebook trained with denoising, distillation, contrastive and
+    resource losses; the teacher is the same UNet without gates."""
+    from prunefit.pruning.encoder import SentenceEncoder
+
+    torch.manual_seed(cfg.seed)
+    encoder = SentenceEncoder(cfg.router.encoder, cfg.device)
+    rcfg = RouterConfig(cfg.num_experts, cfg.router.base, cfg.router.temperature, cfg.router.sinkhorn_epsilon,
+                        cfg.router.sinkhorn_iterations)
+    router = Router(spec, encoder.dim, rcfg).to(cfg.device)
+    opt = torch.optim.AdamW(router.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    noise_sched = DDPMScheduler.from_config(comps.scheduler.config)
+    acp = noise_sched.alphas_cumprod
+    pred_type = comps.prediction_type
+    data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
+    unet = comps.unet
+    w = cfg.loss
+    logf = (Path(cfg.output_dir) / "log.jsonl").open("a")
+    bar = tqdm(range(cfg.steps), desc="prune", unit="step")
+    for step in bar:
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        images, captions = data.batch_at(step, cfg.batch_size)
+        with torch.no_grad():
+            latents = encode_images(comps, images, gen)
+            text = encode_prompts(comps, captions)
+            z = encoder(captions).to(cfg.device)
+            noise = torch.randn(latents.shape, generator=gen)
+            t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(latents),), generator=gen)
+            noisy = noise_sched.add_noise(latents, noise, t)
+            with capture_features(unet) as feats_t:
+                out_t = unet(noisy, t, text).sample
+        s, zq, idx = router.route_train(z, gen)
+        arch = s if step < cfg.hypernet_pretrain_steps else zq
+        with gated(unet, spec, arch), capture_features(unet) as feats_s:
+            out_s = unet(noisy, t, text).sample
+        target = diffusion_target(pred_type, latents, noise, acp, t)
+        parts = {
+            "ddpm": weighted_mse(out_s, target, min_snr_weights(snr(acp, t), cfg.min_snr_gamma, pred_type)),
+            "distill": output_kd(out_s, out_t),
+            "block": feature_kd(feats_s, feats_t),
+            "contrastive": contrastive_loss(router.normalized(s), z),
+        }
+        ratio = macs.ratio(straight_through_hard(arch))
+        parts["resource"] = resource_loss(ratio, cfg.target, cfg.resource_loss)
+        parts["std"] = -ratio.std() if len(ratio) > 1 else ratio.sum() * 0
+        parts["max"] = 1 - ratio.max()
+        total = sum(getattr(w, k) * v for k, v in parts.items())
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * warmup_cosine(step, cfg.steps, max(1, cfg.steps // 20), floor=1.0)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        if step % 10 == 0 or step == cfg.steps - 1:
+            row = {"step": step, "total": total.item(), **{k: v.item() for k, v in parts.items()},
+                   "mac_ratio": ratio.mean().item(), "loads": torch.bincount(idx, minlength=cfg.num_experts).tolist()}
+            logf.write(json.dumps(row) + "\n")
+            logf.flush()
+            bar.set_postfix(loss=f"{row['total']:.3f}", mac=f"{row['mac_ratio']:.3f}")
+    logf.close()
+    router.encoder_name = encoder.name
+    router._encoder = encoder
+    return router.eval()
+
+
+def baseline_codes(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacModel) -> torch.Tensor:
+    scores = magnitude_scores(comps.unet, spec) if cfg.method == "magnitude" else random_scores(spec, cfg.seed)
+    return prune_to_target(spec, macs, scores, cfg.target).unsqueeze(0)
+
+
+def export_experts(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacModel, codes: torch.Tensor,
+                   mac_protocol: dict) -> tuple[list[Path], list[float]]:
+    paths, ratios = [], []
+    for k, arch in enumerate(codes):
+        unet = copy.deepcopy(comps.unet)  # pretrained weights first, then slice
+        kept = materialize(unet, spec, arch)
+        ratio = float(macs.ratio(arch.unsqueeze(0)))
+        info = expert_info(comps.unet, spec, arch, comps.source, kept, ratio, mac_protocol, expert_id=k,
+                           extra={"method": cfg.method, "target": cfg.target})
+        paths.append(save_expert(unet, info, Path(cfg.output_dir) / "experts" / f"expert-{k}"))
+        ratios.append(ratio)
+    return paths, ratios
+
+
+def _toyworld_eval(cfg: PruneConfig, comps: Components, experts: list[Path]) -> Optional[dict]:
+    if cfg.eval_prompts <= 0 or comps.source != "toyworld":
+        return None
+    from prunefit.config.schema import SamplerConfig
+    from prunefit.pruning.expert import load_expert
+    from prunefit.toyworld.judge import load_judge
+    from prunefit.toyworld.paths import judge_dir, prompts_dir
+    from prunefit.toyworld.quality import measure_set, read_rows
+
+    judge = load_judge(judge_dir())
+    rows = read_rows(prompts_dir() / "toy-val.jsonl", cfg.eval_prompts)
+    sampler = SamplerConfig(batch_size=50)
+    out = {"teacher": measure_set(comps, judge, "toy-val", rows, sampler)}
+    for p in experts:
+        unet, _ = load_expert(p, comps.unet.config)
+        out[p.name] = measure_set(comps.with_unet(unet), judge, "toy-val", rows, sampler)
+    return out
+
+
+def route_toyval(router: Router, n: int = 500) -> Optional[dict]:
+    from prunefit.toyworld.paths import prompts_dir
+    from prunefit.toyworld.quality import read_rows
+
+    path = prompts_dir() / "toy-val.jsonl"
+    if not path.is_file():
+        return None
+    prompts = [r["prompt"] for r in read_rows(path, n)]
+    idx = router.route(router._encoder(prompts))
+    return {"prompts": len(prompts), "loads": torch.bincount(idx, minlength=router.cfg.num_experts).tolist()}
+
+
+def main(cfg: PruneConfig, log=print) -> PruneResult:
+    out = Path(cfg.output_dir)
+    if (out / "prune_summary.json").is_file():
+        raise OutputError(f"{out} already holds a finished prune run; use a new output_dir (nothing was overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(cfg, out)
+    t0 = time.time()
+    comps = load_components(cfg.model, device=cfg.device)
+    spec = gate_spec(comps.unet, cfg.router.ffn_groups)
+    res = cfg.data.resolution or comps.native_resolution
+    text_len = cfg.mac_text_length or comps.tokenizer.model_max_length
+    macs = mac_model(comps.unet, spec, res // comps.vae_scale_factor, text_len)
+    mac_protocol = {"resolution": res, "text_length": text_len, "counter": "analytic (matches FlopCounterMode)",
+                    "teacher_gmacs": macs.total / 1e9}
+    summary: dict = {"method": cfg.method, "target": cfg.target, "gates": {"width_groups": len(spec.width),
+                     "width_entries": spec.width_dim, "depth": spec.depth_dim}, "mac_protocol": mac_protocol}
+    if cfg.method == "aptp":
+        router = train_router(cfg, comps, spec, macs, log)
+        codes = router.expert_codes()
+        router.save(out / "router", {"encoder": router.encoder_name, "source_model": comps.source,
+                                     "spec_dim": spec.dim, "ffn_groups": cfg.router.ffn_groups})
+        summary["routing_toy_val"] = route_toyval(router) if comps.source == "toyworld" else None
+    else:
+        codes = baseline_codes(cfg, comps, spec, macs)
+    experts, ratios = export_experts(cfg, comps, spec, macs, codes, mac_protocol)
+    summary["experts"] = [{"path": str(p), "mac_ratio": r} for p, r in zip(experts, ratios)]
+    summary["mean_mac_ratio"] = sum(ratios) / len(ratios)
+    summary["judge_toy_val"] = _toyworld_eval(cfg, comps, experts)
+    summary["seconds"] = round(time.time() - t0, 1)
+    (out / "prune_summary.json").write_text(json.dumps(summary, indent=1))
+    return PruneResult(out, experts, ratios, summary)
