@@ -44,6 +44,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         extra.append(f"prompt_file={json.dumps(args.prompt_file)}")
     if args.output:
         extra.append(f"output_dir={json.dumps(args.output)}")
+    if args.expert:
+        extra.append(f"expert={json.dumps(args.expert)}")
+    if args.experts:
+        extra.append(f"experts={json.dumps(args.experts)}")
     cfg = _load(GenerateConfig, args, extra)
     if cfg is None:
         return 0
@@ -176,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", "-p", action="append", default=[], metavar="TEXT", help="a prompt (repeatable)")
     g.add_argument("--prompt-file", metavar="FILE", help=".txt, .csv (prompt column) or .jsonl prompt file")
     g.add_argument("--output", "-o", metavar="DIR", help="output folder (config key output_dir)")
+    g.add_argument("--expert", metavar="DIR", help="generate with one pruned expert (an expert folder)")
+    g.add_argument("--experts", metavar="DIR", help="routed generation: a `prunefit prune` output folder")
     _config_args(g)
     g.set_defaults(func=_cmd_generate)
 

@@ -59,6 +59,10 @@ class GenerateConfig:
     """'toyworld' (the shipped toy teacher), 'tiny' (random tiny SD for smoke tests), a local diffusers
     folder, or a hub id (needs a network or a filled HF cache)."""
     output_dir: str = "runs/generate"
+    expert: Optional[str] = None
+    """An expert folder (from `prunefit prune` / `finetune`) whose UNet replaces the model's."""
+    experts: Optional[str] = None
+    """A `prunefit prune` output folder: route each prompt to its expert (mixture-of-experts generation)."""
     prompts: list[str] = field(default_factory=list)
     """Prompts given inline; ids are their positions (00000, 00001, ...)."""
     prompt_file: Optional[str] = None
@@ -82,6 +86,7 @@ class GenerateConfig:
                f"max_prompts must be >= 1, got {self.max_prompts}")
         _check(self.grid_max_images >= 0, f"grid_max_images must be >= 0, got {self.grid_max_images}")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(not (self.expert and self.experts), "give expert (one expert) or experts (routed), not both")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from prunefit.generation.sample import GenerationResult, generate_run, prepare_o
 from prunefit.models.components import load_components
 
 # Settings that must match when a run folder is reused; prompts may be added, nothing else may change.
-_RUN_KEYS = ("model", "seed", "dtype", "sampler")
+_RUN_KEYS = ("model", "expert", "experts", "seed", "dtype", "sampler")
 
 
 def _check_same_run(cfg: GenerateConfig, out: Path) -> None:
@@ -45,7 +45,40 @@ def main(cfg: GenerateConfig) -> GenerationResult:
     out = Path(cfg.output_dir)
     prepare_output_dir(out)
     _check_same_run(cfg, out)
+    if cfg.experts:
+        return _generate_routed(cfg, records, out)
     components = load_components(cfg.model, cfg.dtype, cfg.device)
+    expert_id = None
+    if cfg.expert:
+        from prunefit.pruning.expert import load_expert
+
+        unet, info = load_expert(cfg.expert, components.unet.config, components.unet.dtype)
+        components = components.with_unet(unet.to(cfg.device), f"{components.source}+expert:{Path(cfg.expert).name}")
+        expert_id = info.expert_id
     save_resolved_config(cfg, out)
     return generate_run(components, records, cfg.sampler, cfg.seed, out, device=cfg.device,
-                        grid_max_images=cfg.grid_max_images)
+                        grid_max_images=cfg.grid_max_images, expert=expert_id)
+
+
+def _generate_routed(cfg: GenerateConfig, records, out: Path) -> GenerationResult:
+    """Route prompts with the APTP router, then generate each expert's prompts in batches with that expert."""
+    from prunefit.pruning.expert import load_expert
+    from prunefit.recipes.route import assign, load_routing
+
+    prune_dir = Path(cfg.experts)
+    components, router, encoder, _ = load_routing(prune_dir, cfg.device)
+    ids = assign(router, encoder, records)
+    save_resolved_config(cfg, out)
+    generated = skipped = 0
+    result = None
+    for k in sorted(set(ids)):
+        mine = [r for r, e in zip(records, ids) if e == k]
+        unet, _ = load_expert(prune_dir / "experts" / f"expert-{k}", components.unet.config)
+        comps_k = components.with_unet(unet.to(cfg.device), f"{components.source}+routed:{prune_dir.name}#{k}")
+        result = generate_run(comps_k, mine, cfg.sampler, cfg.seed, out, device=cfg.device,
+                              grid_max_images=cfg.grid_max_images, expert=k)
+        generated += result.generated
+        skipped += result.skipped
+    assert result is not None
+    result.generated, result.skipped = generated, skipped
+    return result
