@@ -156,6 +156,37 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from prunefit.config.schema import FinetuneConfig
+    from prunefit.recipes import finetune
+
+    cfg = _load(FinetuneConfig, args)
+    if cfg is None:
+        return 0
+    res = finetune.main(cfg)
+    print(f"fine-tuned {res.steps} steps (effective batch {res.effective_batch}) -> {res.model_path}")
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from prunefit.config.schema import CacheConfig
+    from prunefit.data.cache import build_cache
+    from prunefit.data.datasets import build_data
+    from prunefit.models.components import load_components
+
+    cfg = _load(CacheConfig, args)
+    if cfg is None:
+        return 0
+    comps = load_components(cfg.model, device=cfg.device)
+    data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
+    out = build_cache(comps, data, cfg.samples, Path(cfg.output_dir), cfg.batch_size,
+                      {"model": comps.source, "data": cfg.data.source, "seed": cfg.seed})
+    print(f"cached {cfg.samples} samples -> {out}")
+    return 0
+
+
 def _cmd_route(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -190,6 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
                                     "loss weights 1/2/100/0.2/0.2/0.1/0.1); target = fraction of teacher MACs kept.")
     _config_args(pr)
     pr.set_defaults(func=_cmd_prune)
+
+    ft = sub.add_parser("finetune", help="distil an expert from the unpruned teacher (DDPM + output + feature KD)",
+                        description="Defaults follow the paper: weights 1.0/2.0/0.1, AdamW (0.9, 0.999), wd 0, "
+                                    "lr 1e-6 with 250 warm-up steps, min-SNR 5. resume=latest continues exactly.")
+    _config_args(ft)
+    ft.set_defaults(func=_cmd_finetune)
+
+    ca = sub.add_parser("cache", help="precompute VAE latents and text embeddings for faster training")
+    _config_args(ca)
+    ca.set_defaults(func=_cmd_cache)
 
     ro = sub.add_parser("route", help="assign prompts to experts with a trained router (writes JSONL)")
     ro.add_argument("--experts", required=True, help="output_dir of `prunefit prune` (router/ + experts/)")

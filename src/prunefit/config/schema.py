@@ -319,3 +319,99 @@ class PruneConfig:
         _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.resource_loss in ("log", "mae", "mse"), "resource_loss must be log, mae or mse")
+
+
+@dataclass
+class FinetuneLoss:
+    """Loss weights of the lower level (paper §C.1.2): DDPM 1.0, output KD 2.0, feature KD 0.1."""
+
+    ddpm: float = 1.0
+    output_kd: float = 2.0
+    feature_kd: float = 0.1
+    min_snr_gamma: Optional[float] = 5.0
+    """None = plain MSE."""
+    min_snr_formula: str = "paper"
+    """paper: min(snr, g)/snr (eps) or min(snr, g)/(snr + 1) (v); legacy: the official code's min(snr, g)/snr for both."""
+
+    def __post_init__(self) -> None:
+        for k in ("ddpm", "output_kd", "feature_kd"):
+            _check(getattr(self, k) >= 0, f"loss.{k} must be >= 0, got {getattr(self, k)}")
+        _check(self.ddpm + self.output_kd + self.feature_kd > 0, "at least one loss weight must be > 0")
+        _check(self.min_snr_formula in ("paper", "legacy"), "loss.min_snr_formula must be paper or legacy")
+        _check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "loss.min_snr_gamma must be > 0 or null")
+
+
+@dataclass
+class TrainConfig:
+    """Optimization settings shared by fine-tuning and bilevel runs (defaults: the paper's)."""
+
+    max_steps: int = 20000
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+    lr: float = 1e-6
+    warmup_steps: int = 250
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: Optional[float] = None
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    ema_decay: Optional[float] = None
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    val_every: int = 0
+    """Validation loss every N steps on fixed held-out samples (0 = off)."""
+    val_samples: int = 32
+    sample_every: int = 0
+    """Sample grid every N steps (0 = off)."""
+    sample_prompts: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}")
+        _check(self.micro_batch_size >= 1 and self.grad_accum_steps >= 1,
+               "train.micro_batch_size and train.grad_accum_steps must be >= 1")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _check(self.warmup_steps >= 0 and self.weight_decay >= 0, "train.warmup_steps / weight_decay must be >= 0")
+        _check(self.mixed_precision in ("no", "fp16", "bf16"),
+               f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        _check(self.ema_decay is None or 0 < self.ema_decay < 1, "train.ema_decay must be in (0, 1) or null")
+        _check(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "checkpoint_every / keep_checkpoints >= 1")
+        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm must be > 0 or null")
+
+
+@dataclass
+class FinetuneConfig:
+    """``prunefit finetune``: distil an expert (or any UNet) from the unpruned teacher."""
+
+    model: str = "toyworld"
+    """The teacher pipeline (also supplies VAE, text encoder and scheduler)."""
+    student: Optional[str] = None
+    """An expert folder; None = fine-tune a copy of the teacher's UNet."""
+    output_dir: str = "runs/finetune"
+    resume: Optional[str] = None
+    """'latest' or a checkpoint folder."""
+    seed: int = 0
+    device: str = "cpu"
+    cache_dir: Optional[str] = None
+    """A `prunefit cache` folder: skip the VAE and text encoder in every step."""
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: FinetuneLoss = field(default_factory=FinetuneLoss)
+
+
+@dataclass
+class CacheConfig:
+    """``prunefit cache``: precompute VAE latent distributions and text embeddings of a data source."""
+
+    model: str = "toyworld"
+    output_dir: str = "runs/cache"
+    samples: int = 4096
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.samples >= 1 and self.batch_size >= 1, "samples and batch_size must be >= 1")

@@ -1,8 +1,10 @@
 """Training data: the toy world (rendered on the fly), image-caption folders, and COCO-2017 captions.
 
-Every source yields ``(images [B, 3, H, W] in [-1, 1], captions list[str])`` batches from a
-deterministic position (``batch_at(step)``), so a resumed run sees exactly the batches it would have.
-Unreadable images are skipped and counted (``skipped``), never crash a run.
+Every source is indexed by sample: ``samples(start, n)`` returns ``(images [n, 3, H, W] in [-1, 1],
+captions)`` for samples start .. start+n-1, each a pure function of (seed, index). So a resumed run
+sees exactly the samples it would have, and two micro-batches of 4 are the same samples as one batch
+of 8 (gradient accumulation is exactly equivalent). Unreadable images are skipped and counted
+(``skipped``), never crash a run: a deterministic substitute row is used in their place.
 """
 
 from __future__ import annotations
@@ -28,13 +30,16 @@ class ToyWorldData:
     p_unsafe: float = 0.15
     skipped: int = 0
 
-    def batch_at(self, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
+    def samples(self, start: int, n: int) -> tuple[torch.Tensor, list[str]]:
         from prunefit.toyworld.world import caption, render, sample_scene
 
-        rng = np.random.default_rng([self.seed, 7, step])
-        scenes = [sample_scene(rng, self.p_artist, self.p_unsafe) for _ in range(batch_size)]
-        x = torch.from_numpy(np.stack([render(s) for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        return x, [caption(s, rng) for s in scenes]
+        imgs, caps = [], []
+        for i in range(start, start + n):
+            rng = np.random.default_rng([self.seed, 7, i])
+            scene = sample_scene(rng, self.p_artist, self.p_unsafe)
+            imgs.append(render(scene))
+            caps.append(caption(scene, rng))
+        return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0, caps
 
 
 def _load_rgb(path: Path, resolution: int) -> Optional[torch.Tensor]:
@@ -69,19 +74,17 @@ class CaptionRows:
             self._perm_epoch = epoch
         return int(self._perm[pos])
 
-    def batch_at(self, step: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
+    def samples(self, start: int, n: int) -> tuple[torch.Tensor, list[str]]:
         images, caps = [], []
-        i = step * batch_size
-        tries = 0
-        while len(images) < batch_size:
-            if tries > 10 * batch_size:
-                raise DataError(f"more than {10 * batch_size} unreadable images in a row; check the data set")
-            path, cap = self.rows[self._index(i + tries)]
-            tries += 1
-            x = _load_rgb(path, self.resolution)
-            if x is None:
+        for i in range(start, start + n):
+            for attempt in range(64):  # an unreadable row is replaced by a deterministic substitute
+                path, cap = self.rows[self._index(i + attempt * 7919)]
+                x = _load_rgb(path, self.resolution)
+                if x is not None:
+                    break
                 self.skipped += 1
-                continue
+            else:
+                raise DataError(f"64 unreadable images in a row near sample {i}; check the data set")
             images.append(x)
             caps.append(cap)
         return torch.stack(images), caps

@@ -61,7 +61,7 @@ def train_router(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacM
     bar = tqdm(range(cfg.steps), desc="prune", unit="step")
     for step in bar:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        images, captions = data.batch_at(step, cfg.batch_size)
+        images, captions = data.samples(step * cfg.batch_size, cfg.batch_size)
         with torch.no_grad():
             latents = encode_images(comps, images, gen)
             text = encode_prompts(comps, captions)

@@ -1,0 +1,68 @@
+"""Cache VAE latent distributions and text embeddings of a data source (``prunefit cache``).
+
+A cache folder holds ``cache.safetensors`` (latent mean and std [N, 4, h, w], text states [N, L, C])
+and ``cache.json`` (captions, model, source). Training uses it for samples 0..N-1 (cycling beyond N),
+so a step runs no VAE encoder and no text encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from prunefit.errors import DataError
+
+
+@dataclass
+class LatentCache:
+    mean: torch.Tensor
+    std: torch.Tensor
+    text: torch.Tensor
+    captions: list[str]
+    meta: dict
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    def samples(self, start: int, n: int):
+        idx = torch.arange(start, start + n) % len(self)
+        return self.mean[idx], self.std[idx], self.text[idx], [self.captions[i] for i in idx.tolist()]
+
+
+def build_cache(components, data, n: int, out: Path, batch_size: int = 64, meta: dict | None = None) -> Path:
+    from prunefit.models.components import encode_prompts
+
+    means, stds, texts, caps = [], [], [], []
+    with torch.no_grad():
+        for start in tqdm(range(0, n, batch_size), desc="cache", unit="batch"):
+            images, captions = data.samples(start, min(batch_size, n - start))
+            vae = components.vae
+            dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
+            means.append(dist.mean.cpu())
+            stds.append(dist.std.cpu())
+            texts.append(encode_prompts(components, captions).cpu())
+            caps += captions
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".cache.safetensors.tmp"
+    save_file({"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous(),
+               "text": torch.cat(texts).contiguous()}, str(tmp))
+    (out / "cache.json").write_text(json.dumps({"n": n, "captions": caps, **(meta or {})}))
+    os.replace(tmp, out / "cache.safetensors")
+    return out
+
+
+def load_cache(path: str | Path, expected_model: str | None = None) -> LatentCache:
+    d = Path(path)
+    if not (d / "cache.safetensors").is_file():
+        raise DataError(f"no latent cache at {d}; create one with `prunefit cache`")
+    meta = json.loads((d / "cache.json").read_text())
+    if expected_model is not None and meta.get("model") not in (None, expected_model):
+        raise DataError(f"cache {d} was made with model {meta.get('model')!r}, not {expected_model!r}")
+    t = load_file(str(d / "cache.safetensors"))
+    return LatentCache(t["mean"], t["std"], t["text"], meta.pop("captions"), meta)

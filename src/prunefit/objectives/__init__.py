@@ -1,0 +1,1 @@
+"""Turn a batch of samples into a named loss: models are called here, optimizers are not."""

@@ -1,0 +1,62 @@
+"""Per-sample diffusion inputs: latents, text states, noise and timesteps as functions of the sample index.
+
+Every random draw of sample i comes from a generator seeded by (seed, stream, i), so a batch of 8 equals
+two batches of 4 (exact gradient accumulation), a resumed run repeats the uninterrupted one, and
+processes draw disjoint samples. Latents come from the VAE or from a ``prunefit cache`` folder (its
+stored latent mean and std, sampled with the same per-sample noise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from prunefit.data.cache import LatentCache
+from prunefit.models.components import Components, encode_prompts
+
+
+def sample_generator(seed: int, stream: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + stream) * 1_000_000_007 + index) % (2**63 - 1))
+
+
+@dataclass
+class DiffusionBatch:
+    latents: torch.Tensor
+    text: torch.Tensor
+    noise: torch.Tensor
+    timesteps: torch.Tensor
+    captions: list[str]
+
+
+@dataclass
+class InputBuilder:
+    """Builds ``DiffusionBatch``es for samples [start, start + n) of a data source."""
+
+    components: Components
+    data: object
+    seed: int
+    num_train_timesteps: int = 1000
+    stream: int = 0
+    cache: Optional[LatentCache] = None
+    device: str | torch.device = "cpu"
+
+    @torch.no_grad()
+    def __call__(self, start: int, n: int) -> DiffusionBatch:
+        gens = [sample_generator(self.seed, self.stream, i) for i in range(start, start + n)]
+        if self.cache is not None:
+            mean, std, text, captions = self.cache.samples(start, n)
+        else:
+            images, captions = self.data.samples(start, n)
+            vae = self.components.vae
+            dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
+            mean, std = dist.mean, dist.std
+            text = encode_prompts(self.components, captions)
+        shape = mean.shape[1:]
+        eps = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(mean.device, mean.dtype)
+        noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(mean.device, mean.dtype)
+        t = torch.cat([torch.randint(0, self.num_train_timesteps, (1,), generator=g) for g in gens])
+        latents = (mean + std * eps) * self.components.vae.config.scaling_factor
+        return DiffusionBatch(latents.to(self.device), text.to(self.device), noise.to(self.device),
+                              t.to(self.device), list(captions))

@@ -1,0 +1,1 @@
+"""The one training loop over phases, its runtime (accelerate) and checkpoints."""

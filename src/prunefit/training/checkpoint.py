@@ -1,0 +1,90 @@
+"""Training checkpoints: atomic folders holding the model, every optimizer, EMA, step counters and RNG.
+
+``step-<N>/``: model.safetensors, optimizer-<phase>.pt (loaded with weights_only=True), ema.safetensors,
+rng.safetensors and state.json (global step, each phase's step; LR schedules are pure functions of the
+phase step, and data positions are derived from it, so nothing else is needed to continue exactly).
+A folder is written under a temporary name and renamed when complete: a run killed mid-write leaves
+the previous checkpoint as the latest. The last ``keep`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from prunefit.errors import PrunefitError
+
+PREFIX = "step-"
+
+
+class CheckpointError(PrunefitError):
+    """A checkpoint is missing, corrupt or does not match the run."""
+
+
+def checkpoint_dirs(root: Path) -> list[Path]:
+    d = Path(root) / "checkpoints"
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
+                  and (p / "state.json").is_file())
+
+
+def latest_checkpoint(root: Path) -> Optional[Path]:
+    dirs = checkpoint_dirs(root)
+    return dirs[-1] if dirs else None
+
+
+def save_checkpoint(root: Path, step: int, model: torch.nn.Module, phases, ema: Optional[dict] = None,
+                    keep: int = 2, extra: Optional[dict] = None) -> Path:
+    final = Path(root) / "checkpoints" / f"{PREFIX}{step:08d}"
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    for ph in phases:
+        torch.save(ph.optimizer.state_dict(), tmp / f"optimizer-{ph.name}.pt")
+    if ema is not None:
+        save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    state = {"step": step, "phase_steps": {ph.name: ph.step for ph in phases},
+             "python_rng": repr(random.getstate()), "numpy_rng": np.random.get_state()[1].tolist()[:4],
+             **(extra or {})}
+    (tmp / "state.json").write_text(json.dumps(state))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in checkpoint_dirs(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, phases, ema: Optional[dict] = None) -> dict:
+    """Restore ``model``, optimizers, phase steps and EMA from ``path``; returns state.json."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        weights = load_file(str(path / "model.safetensors"))
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable ({str(exc).splitlines()[0][:120]})") from None
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not match this model ({str(exc).splitlines()[0][:160]}); "
+                              "resume with the same expert and config") from None
+    for ph in phases:
+        f = path / f"optimizer-{ph.name}.pt"
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint {path} has no optimizer state for phase {ph.name!r}")
+        ph.optimizer.load_state_dict(torch.load(f, weights_only=True))
+        ph.step = int(state["phase_steps"][ph.name])
+    if ema is not None and (path / "ema.safetensors").is_file():
+        ema.update(load_file(str(path / "ema.safetensors")))
+    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch"])
+    return state

@@ -1,0 +1,104 @@
+"""The one training loop: phases (objective + optimizer + schedule) run every k global steps.
+
+``train(phases, runtime, max_steps)`` is shared by fine-tuning (one phase), bilevel suppression
+(lower phase + upper phase every k steps) and trainable removal methods. Each phase owns its gradient
+accumulation (accelerate keeps one accumulation counter per Accelerator, which interleaved phases
+would share), its optimizer and its LR function of the phase step (stateless, so exactly resumable).
+Samples are indexed: phase step s, micro-batch m, process r read samples
+((s * accum + m) * world + r) * micro_batch onwards.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from prunefit.errors import PrunefitError
+from prunefit.objectives.base import LossOutput
+
+
+class NonFiniteLossError(PrunefitError):
+    """A loss became NaN or infinite."""
+
+
+@dataclass
+class Phase:
+    name: str
+    objective: Callable[[int, int], LossOutput]
+    optimizer: torch.optim.Optimizer
+    params: list[torch.nn.Parameter]
+    lr: float
+    lr_factor: Callable[[int], float] = lambda step: 1.0
+    every: int = 1
+    micro_batch: int = 1
+    accum: int = 1
+    max_grad_norm: Optional[float] = None
+    model: Optional[torch.nn.Module] = None
+    """The (possibly DDP-wrapped) module, for no_sync during accumulation."""
+    step: int = 0
+    last: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def runs_at(self, global_step: int) -> bool:
+        return (global_step + 1) % self.every == 0
+
+    def sample_start(self, micro: int, rank: int, world: int) -> int:
+        return ((self.step * self.accum + micro) * world + rank) * self.micro_batch
+
+
+def _check_finite(phase: Phase, out: LossOutput, global_step: int) -> None:
+    if not torch.isfinite(out.total):
+        bad = [k for k, v in out.parts.items() if not torch.isfinite(v)] or ["total"]
+        raise NonFiniteLossError(f"non-finite {phase.name} loss at step {global_step + 1} "
+                                 f"(term {bad[0]} = {float(out.parts.get(bad[0], out.total).detach())}); lower the learning "
+                                 "rate, enable gradient clipping or check the data; the last checkpoint is intact")
+
+
+def run_phase(phase: Phase, global_step: int, backward: Callable, rank: int = 0, world: int = 1,
+              autocast=nullcontext, check_finite: bool = True) -> None:
+    """One optimizer step of ``phase`` (``accum`` micro-batches)."""
+    for g in phase.optimizer.param_groups:
+        g["lr"] = phase.lr * phase.lr_factor(phase.step)
+    sums: dict[str, torch.Tensor] = {}
+    for m in range(phase.accum):
+        sync = nullcontext()
+        if world > 1 and phase.model is not None and m < phase.accum - 1 and hasattr(phase.model, "no_sync"):
+            sync = phase.model.no_sync()
+        with sync, autocast():
+            out = phase.objective(phase.sample_start(m, rank, world), phase.micro_batch)
+            if check_finite:
+                _check_finite(phase, out, global_step)
+            backward(out.total / phase.accum)
+        for k, v in {"total": out.total, **out.parts}.items():
+            sums[k] = sums.get(k, 0) + v.detach() / phase.accum
+    if phase.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(phase.params, phase.max_grad_norm)
+    phase.optimizer.step()
+    phase.optimizer.zero_grad(set_to_none=True)
+    phase.step += 1
+    phase.last = sums
+
+
+def train(phases: list[Phase], max_steps: int, start_step: int = 0, backward: Callable = lambda loss: loss.backward(),
+          rank: int = 0, world: int = 1, autocast=nullcontext, check_finite_every: int = 1,
+          on_step_end: Optional[Callable[[int, list[Phase]], None]] = None,
+          progress: Optional[Callable[[int], None]] = None) -> int:
+    """Run global steps start_step .. max_steps - 1; returns the final global step."""
+    step = start_step
+    for step in range(start_step, max_steps):
+        for ph in phases:
+            if ph.runs_at(step):
+                run_phase(ph, step, backward, rank, world, autocast,
+                          check_finite=check_finite_every > 0 and (step + 1) % check_finite_every == 0)
+        if progress:
+            progress(step + 1)
+        if on_step_end:
+            on_step_end(step + 1, phases)
+    return max(step + 1, start_step) if max_steps > start_step else start_step
+
+
+def constant_with_warmup(warmup: int) -> Callable[[int], float]:
+    """The paper's schedule: linear warm-up over ``warmup`` optimizer steps, then constant."""
+    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0

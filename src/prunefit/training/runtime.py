@@ -1,0 +1,140 @@
+"""Run phases under 🤗 Accelerate: device, mixed precision, logging (TensorBoard + log.jsonl),
+progress, EMA, checkpoints and exact resume. The only place (with recipes) that touches the Accelerator."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from prunefit.config.schema import TrainConfig
+from prunefit.errors import OutputError
+from prunefit.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from prunefit.training.loop import Phase, train
+
+
+def make_accelerator(cfg: TrainConfig, device: str):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return Accelerator(cpu=device == "cpu", mixed_precision=cfg.mixed_precision,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+
+
+class RunLogger:
+    """Scalars to TensorBoard (if installed) and to log.jsonl, on the main process only."""
+
+    def __init__(self, out: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.writer = None
+        self.file = None
+        if enabled:
+            self.file = (out / "log.jsonl").open("a")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:  # TensorBoard is optional
+                self.writer = None
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.writer:
+            self.writer.close()
+
+
+@dataclass
+class EMA:
+    decay: float
+    shadow: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                if k not in self.shadow:
+                    self.shadow[k] = p.detach().clone()
+                else:
+                    self.shadow[k].lerp_(p.detach(), 1 - d)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                if k in self.shadow:
+                    p.copy_(self.shadow[k])
+
+
+def resolve_resume(out: Path, resume: Optional[str]) -> Optional[Path]:
+    """The checkpoint to resume from, or None; refuses to silently restart over existing checkpoints."""
+    if resume is None:
+        if latest_checkpoint(out) is not None:
+            raise OutputError(f"{out} already has checkpoints; pass resume=latest to continue, or use a new "
+                              "output_dir (nothing was overwritten)")
+        return None
+    path = latest_checkpoint(out) if resume == "latest" else Path(resume)
+    if path is None:
+        raise CheckpointError(f"resume=latest but {out / 'checkpoints'} holds no complete checkpoint")
+    if not (path / "state.json").is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no state.json)")
+    return path
+
+
+def fit(phases: list[Phase], model: torch.nn.Module, cfg: TrainConfig, out: Path, accelerator,
+        resume: Optional[Path] = None, validate: Optional[Callable[[int], dict]] = None,
+        sample: Optional[Callable[[int], None]] = None, ema: Optional[EMA] = None) -> int:
+    """Train ``phases`` to cfg.max_steps with logging, checkpoints (main process) and resume."""
+    main = accelerator.is_main_process
+    start = 0
+    if resume is not None:
+        state = load_checkpoint(resume, model, phases, ema.shadow if ema else None)
+        start = int(state["step"])
+    logger = RunLogger(out, main)
+    bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", disable=not main, mininterval=2)
+    t_last, s_last = time.time(), start
+
+    def on_step_end(step: int, phs: list[Phase]) -> None:
+        nonlocal t_last, s_last
+        if ema is not None:
+            ema.update(model, step)
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            values = {f"{ph.name}/{k}": float(v) for ph in phs for k, v in ph.last.items()}
+            values.update({f"{ph.name}/lr": ph.optimizer.param_groups[0]["lr"] for ph in phs})
+            now = time.time()
+            values["steps_per_s"] = (step - s_last) / max(now - t_last, 1e-9)
+            t_last, s_last = now, step
+            logger.log(step, values)
+            bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in values.items() if k.endswith("/total")})
+        if validate is not None and cfg.val_every and step % cfg.val_every == 0:
+            logger.log(step, validate(step))
+        if sample is not None and cfg.sample_every and step % cfg.sample_every == 0 and main:
+            sample(step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
+            accelerator.wait_for_everyone()
+            if main:
+                save_checkpoint(out, step, model, phs, ema.shadow if ema else None, keep=cfg.keep_checkpoints)
+            accelerator.wait_for_everyone()
+
+    try:
+        final = train(phases, cfg.max_steps, start, backward=accelerator.backward,
+                      rank=accelerator.process_index, world=accelerator.num_processes,
+                      autocast=accelerator.autocast, check_finite_every=1 if accelerator.device.type == "cpu"
+                      else cfg.log_every, on_step_end=on_step_end, progress=lambda s: bar.update(1))
+    finally:
+        bar.close()
+        logger.close()
+    return final
