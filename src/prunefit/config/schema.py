@@ -97,6 +97,10 @@ class ToyworldBuildConfig:
     """Work folder with resumable checkpoints of every stage."""
     export_dir: Optional[str] = None
     """Where the finished teacher/judge/prompt sets go; None = inside the installed package."""
+    init_from: Optional[str] = None
+    """Continue from an exported toy world (e.g. the shipped one, 'toyworld'): its tokenizer and VAE are
+    reused and its teacher weights start the UNet, text encoder and EMA (optimizer moments start fresh);
+    teacher_steps counts on from that teacher's step."""
     seed: int = 0
     threads: int = 2
     vocab_size: int = 1024

@@ -79,9 +79,28 @@ def _scenes_and_images(rng: np.random.Generator, n: int, p_unsafe: float = 0.15)
 
 # ---------------------------------------------------------------- stages
 
+def _init_dir(cfg: ToyworldBuildConfig) -> Optional[Path]:
+    if cfg.init_from is None:
+        return None
+    from prunefit.toyworld.paths import assets_dir
+
+    root = assets_dir() if cfg.init_from == "toyworld" else Path(cfg.init_from)
+    if not (root / "teacher" / "model_index.json").is_file():
+        from prunefit.errors import ModelLoadError
+
+        raise ModelLoadError(f"init_from={cfg.init_from!r}: no exported toy world at {root}")
+    return root
+
+
 def build_tokenizer(cfg: ToyworldBuildConfig, out: Path) -> CLIPTokenizer:
     if _done(out):
         return CLIPTokenizer.from_pretrained(out)
+    init = _init_dir(cfg)
+    if init is not None:
+        tok = CLIPTokenizer.from_pretrained(init / "teacher" / "tokenizer")
+        tok.save_pretrained(out)
+        _mark_done(out, {"vocab": len(tok), "from": str(init)})
+        return tok
     rng = np.random.default_rng([cfg.seed, 1])
     corpus = [caption(sample_scene(rng, p_unsafe=0.3), rng) for _ in range(20000)]
     tok = trained_bpe_tokenizer(corpus, cfg.vocab_size, model_max_length=TEACHER_SIZES.max_text_length)
@@ -93,6 +112,12 @@ def build_tokenizer(cfg: ToyworldBuildConfig, out: Path) -> CLIPTokenizer:
 def build_vae(cfg: ToyworldBuildConfig, out: Path) -> AutoencoderKL:
     if _done(out):
         return AutoencoderKL.from_pretrained(out).eval().requires_grad_(False)
+    init = _init_dir(cfg)
+    if init is not None:
+        vae = AutoencoderKL.from_pretrained(init / "teacher" / "vae").eval().requires_grad_(False)
+        vae.save_pretrained(out)
+        _mark_done(out, {"from": str(init)})
+        return vae
     torch.manual_seed(cfg.seed)
     from prunefit.models.tiny import build_vae as make_vae
 
@@ -145,6 +170,8 @@ class TeacherState:
     ema: dict[str, torch.Tensor]
     opt: torch.optim.Optimizer
     step: int
+    init_step: int = 0
+    """Step of the teacher this build started from (warm-up restarts there, with fresh Adam moments)."""
 
 
 def _ema_params(state: TeacherState) -> dict[str, torch.Tensor]:
@@ -158,7 +185,7 @@ def _save_teacher_ckpt(state: TeacherState, ckpt_root: Path, keep: int = 2) -> N
         save_file({k: v.detach().contiguous() for k, v in _ema_params(state).items()}, str(d / "model.safetensors"))
         save_file({k: v.contiguous() for k, v in state.ema.items()}, str(d / "ema.safetensors"))
         torch.save(state.opt.state_dict(), d / "optimizer.pt")
-        (d / "state.json").write_text(json.dumps({"step": state.step}))
+        (d / "state.json").write_text(json.dumps({"step": state.step, "init_step": state.init_step}))
 
     ckpt_root.mkdir(parents=True, exist_ok=True)
     _atomic_dir(ckpt_root / f"step-{state.step:07d}", write)
@@ -177,7 +204,19 @@ def _load_teacher_ckpt(state: TeacherState, ckpt_root: Path) -> None:
             p.copy_(weights[k])
     state.ema = load_file(str(d / "ema.safetensors"))
     state.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
-    state.step = json.loads((d / "state.json").read_text())["step"]
+    saved = json.loads((d / "state.json").read_text())
+    state.step, state.init_step = saved["step"], saved.get("init_step", 0)
+
+
+def _init_teacher(state: TeacherState, init: Path) -> None:
+    """Start from an exported teacher: its (EMA) weights become the weights and the EMA; its step counts on."""
+    unet = UNet2DConditionModel.from_pretrained(init / "teacher" / "unet")
+    text = CLIPTextModel.from_pretrained(init / "teacher" / "text_encoder")
+    state.unet.load_state_dict(unet.state_dict())
+    state.text_encoder.load_state_dict(text.state_dict())
+    quality = init / "quality.json"
+    state.step = json.loads(quality.read_text()).get("teacher_step", 0) if quality.is_file() else 0
+    state.init_step = state.step
 
 
 def train_teacher(cfg: ToyworldBuildConfig, out: Path, tok: CLIPTokenizer, vae: AutoencoderKL,
@@ -188,6 +227,10 @@ def train_teacher(cfg: ToyworldBuildConfig, out: Path, tok: CLIPTokenizer, vae: 
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.teacher_lr, betas=(0.9, 0.999), weight_decay=1e-2)
     state = TeacherState(unet, text_encoder, {}, opt, 0)
+    init = _init_dir(cfg)
+    if init is not None and not (out / "checkpoints").is_dir():
+        _init_teacher(state, init)
+        log(f"teacher: initialized from {init} (step {state.step})")
     state.ema = {k: v.detach().clone() for k, v in _ema_params(state).items()}
     _load_teacher_ckpt(state, out / "checkpoints")
     if state.step:
@@ -217,7 +260,7 @@ def train_teacher(cfg: ToyworldBuildConfig, out: Path, tok: CLIPTokenizer, vae: 
         target = diffusion_target("epsilon", latents, noise, acp, t)
         loss = weighted_mse(pred, target, min_snr_weights(snr(acp, t), cfg.min_snr_gamma, "epsilon"))
         for g in opt.param_groups:
-            g["lr"] = cfg.teacher_lr * min(1.0, (step + 1) / cfg.teacher_warmup)
+            g["lr"] = cfg.teacher_lr * min(1.0, (step - state.init_step + 1) / cfg.teacher_warmup)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
