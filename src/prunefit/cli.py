@@ -115,6 +115,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
         for m in list_metrics():
             print(f"{m.name:12s} [{m.kind}] {m.summary}")
+    elif args.what == "methods":
+        from prunefit.removal.registry import list_methods
+
+        for m in list_methods():
+            print(f"{m.name:14s} [{m.kind}] {m.summary}  ({m.reference})")
     elif args.what == "schedulers":
         from prunefit.models.schedulers import SCHEDULER_CLASSES
 
@@ -187,6 +192,19 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_erase(args: argparse.Namespace) -> int:
+    from prunefit.recipes import erase
+    from prunefit.removal.config import EraseConfig
+
+    extra = [f"removal.method={args.method}"] if args.method else []
+    cfg = _load(EraseConfig, args, extra)
+    if cfg is None:
+        return 0
+    res = erase.main(cfg)
+    print(f"{res.info['method']} removed {res.info['concepts']} -> {res.model_path}")
+    return 0
+
+
 def _cmd_route(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -232,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(ca)
     ca.set_defaults(func=_cmd_cache)
 
+    er = sub.add_parser("erase", help="remove concepts with a registered method (esd, uce, concept_prune, advunlearn)",
+                        description="prunefit erase --method esd removal.concepts='[Claude Dots]' esd.train_method=xattn")
+    er.add_argument("--method", help="removal method (see `prunefit list methods`)")
+    _config_args(er)
+    er.set_defaults(func=_cmd_erase)
+
     ro = sub.add_parser("route", help="assign prompts to experts with a trained router (writes JSONL)")
     ro.add_argument("--experts", required=True, help="output_dir of `prunefit prune` (router/ + experts/)")
     ro.add_argument("--prompt-file", required=True)
@@ -256,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_report)
 
     ls = sub.add_parser("list", help="list registered metrics, samplers or prompt-file formats")
-    ls.add_argument("what", choices=["metrics", "schedulers", "prompt-formats"])
+    ls.add_argument("what", choices=["methods", "metrics", "schedulers", "prompt-formats"])
     ls.set_defaults(func=_cmd_list)
 
     d = sub.add_parser("data", help="prepare evaluation data sets")

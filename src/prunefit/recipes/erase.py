@@ -1,0 +1,64 @@
+"""``prunefit erase``: run a registered removal method on a dense model or an expert, then save it."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from prunefit.config.load import save_resolved_config
+from prunefit.errors import OutputError
+from prunefit.models.components import load_components
+from prunefit.recipes.finetune import load_student, save_student
+from prunefit.removal.config import EraseConfig
+from prunefit.removal.context import RemovalContext
+from prunefit.removal.registry import get_method
+from prunefit.training.runtime import fit, make_accelerator, resolve_resume
+
+
+@dataclass
+class EraseResult:
+    output_dir: Path
+    model_path: Path
+    info: dict
+
+
+def main(cfg: EraseConfig) -> EraseResult:
+    entry = get_method(cfg.removal.method)
+    mcfg = cfg.method_config()
+    out = Path(cfg.output_dir)
+    if cfg.resume is None and (out / "erase_summary.json").is_file():
+        raise OutputError(f"{out} already holds a finished erase run; use a new output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    comps = load_components(cfg.model, device=cfg.device)
+    student, expert = load_student(cfg.student, comps)
+    student.to(cfg.device).eval()
+    frozen = comps.unet if cfg.removal.reference == "teacher" else copy.deepcopy(student).requires_grad_(False)
+    ctx = RemovalContext(student, frozen, comps, cfg.seed, cfg.device)
+    save_resolved_config(cfg, out)
+    info: dict = {"method": entry.name, "kind": entry.kind, "concepts": mcfg.concepts, "reference": entry.reference}
+    if entry.kind == "edit":
+        result = entry.apply(ctx, mcfg)
+        masks = result.pop("masks", None)
+        if masks:
+            save_file({k: v.to(torch.uint8).contiguous() for k, v in masks.items()}, str(out / "masks.safetensors"))
+        info.update(result)
+    else:
+        phase = entry.build_phase(ctx, mcfg)
+        train_cfg = dataclasses.replace(cfg.train, max_steps=mcfg.iterations, lr=mcfg.lr, warmup_steps=0)
+        accelerator = make_accelerator(train_cfg, cfg.device)
+        steps = fit([phase], student, train_cfg, out, accelerator, resolve_resume(out, cfg.resume))
+        info["steps"] = steps
+    text_trained = getattr(mcfg, "target", "unet") == "text_encoder"
+    path = save_student(student.eval().requires_grad_(False), expert, comps, out,
+                        {"erased": mcfg.concepts, "erase_method": entry.name})
+    if text_trained and expert is not None:
+        comps.text_encoder.save_pretrained(out / "text_encoder")
+    (out / "erase_summary.json").write_text(json.dumps(info, indent=1, default=str))
+    return EraseResult(out, path, info)

@@ -1,0 +1,9 @@
+"""ConceptPrune: Concept Editing in Diffusion Models via Skilled Neuron Pruning (Chavhan et al., 2024;
+github.com/ruchikachavhan/concept-prune). WANDA-scored skilled weights of the FFN output layers."""
+
+from prunefit.removal.concept_prune.method import ConceptPruneConfig, apply, skilled_mask  # noqa: F401
+from prunefit.removal.registry import MethodEntry, register_method
+
+register_method(MethodEntry("concept_prune", "edit", ConceptPruneConfig,
+                            "zero WANDA-scored skilled weights of FFN output layers (skill ratio 0.01)",
+                            "Chavhan et al. 2024, github.com/ruchikachavhan/concept-prune", apply=apply))

@@ -1,0 +1,107 @@
+"""ConceptPrune: activation statistics over the denoising steps, skilled-weight masks, union over time.
+
+For every FFN output projection ff.net.2 (W [out, in]; the layer list is read from the model, so experts
+with dropped blocks work) and denoising step t: a_{t,j} = ||column j of the L2-normalized input token rows||
+accumulated over all prompts (both CFG halves), for target and base prompts. WANDA score S = |W| * a;
+skilled weights of step t: per output row the top int(skill_ratio * in) columns by S_target that also beat
+S_base. The mask is the union over steps; W <- W * (1 - M). Masks are returned for saving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from prunefit.errors import ConfigError
+from prunefit.removal.context import RemovalContext, ffn_outputs
+
+
+@dataclass
+class ConceptPruneConfig:
+    concepts: list[str] = field(default_factory=list)
+    things: list[str] = field(default_factory=lambda: [
+        "a red circle", "a blue square", "a green triangle", "a yellow star", "a purple cross", "an orange circle",
+        "a small blue star", "a large red square", "a green cross", "a yellow triangle"])
+    """Subjects for the prompt templates (the reference: 20 objects, or 18 human descriptions for nudity)."""
+    base_template: str = "{thing}"
+    target_template: str = "{thing} in the style of {concept}"
+    """e.g. 'a photo of a naked {thing}' for nudity (then concepts only name the run)."""
+    skill_ratio: float = 0.01
+    steps: int = 25
+    """Denoising steps whose statistics are collected (the reference: 50 DDIM)."""
+    guidance_scale: float = 7.5
+    scheduler: str = "ddim"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.skill_ratio < 1:
+            raise ConfigError(f"concept_prune.skill_ratio must be in (0, 1), got {self.skill_ratio}")
+        if self.steps < 1 or not self.things:
+            raise ConfigError("concept_prune.steps must be >= 1 and things non-empty")
+
+
+def skilled_mask(w: torch.Tensor, act_target: torch.Tensor, act_base: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Boolean [out, in]: per row the top int(ratio * in) columns by |W| * a_target that also exceed |W| * a_base."""
+    s_t = w.abs() * act_target.unsqueeze(0)
+    s_b = w.abs() * act_base.unsqueeze(0)
+    k = max(1, int(ratio * w.shape[1]))
+    top = torch.zeros_like(w, dtype=torch.bool)
+    top.scatter_(1, s_t.topk(k, dim=1).indices, True)
+    return top & (s_t > s_b)
+
+
+@torch.no_grad()
+def _activation_norms(ctx: RemovalContext, prompts: list[str], cfg: ConceptPruneConfig) -> list[list[torch.Tensor]]:
+    """[layer][step] -> column norms [in] accumulated over prompts."""
+    from prunefit.models.components import make_pipeline
+    from prunefit.models.schedulers import make_scheduler
+
+    layers = ffn_outputs(ctx.unet)
+    sq = [[torch.zeros(m.in_features, dtype=torch.float64) for _ in range(cfg.steps)] for _, m in layers]
+    state = {"step": 0}
+    handles = []
+    for li, (_, mod) in enumerate(layers):
+        def hook(module, args, li=li):
+            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
+            x = torch.nn.functional.normalize(x, dim=-1)
+            sq[li][min(state["step"], cfg.steps - 1)] += x.pow(2).sum(0).cpu()
+        handles.append(mod.register_forward_pre_hook(hook))
+
+    def on_step(pipe, i, t, kwargs):
+        state["step"] = i + 1
+        return kwargs
+
+    pipe = make_pipeline(ctx.components.with_unet(ctx.unet),
+                         make_scheduler(cfg.scheduler, ctx.components.scheduler.config))
+    try:
+        for n, prompt in enumerate(prompts):
+            state["step"] = 0
+            pipe(prompt, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, output_type="latent",
+                 generator=torch.Generator().manual_seed(ctx.seed + n), callback_on_step_end=on_step)
+    finally:
+        for h in handles:
+            h.remove()
+    return [[s.sqrt() for s in per_layer] for per_layer in sq]
+
+
+def apply(ctx: RemovalContext, cfg: ConceptPruneConfig) -> dict:
+    if not cfg.concepts:
+        raise ConfigError("concept_prune needs at least one concept (removal.concepts)")
+    base = [cfg.base_template.format(thing=t) for t in cfg.things]
+    target = [cfg.target_template.format(thing=t, concept=c) for c in cfg.concepts for t in cfg.things]
+    a_target = _activation_norms(ctx, target, cfg)
+    a_base = _activation_norms(ctx, base, cfg)
+    masks: dict[str, torch.Tensor] = {}
+    removed = 0
+    with torch.no_grad():
+        for li, (name, mod) in enumerate(ffn_outputs(ctx.unet)):
+            w = mod.weight.data
+            union = torch.zeros_like(w, dtype=torch.bool)
+            for t in range(cfg.steps):
+                union |= skilled_mask(w.double(), a_target[li][t], a_base[li][t], cfg.skill_ratio)
+            mod.weight.data = w * (~union).to(w.dtype)
+            masks[name] = union
+            removed += int(union.sum())
+    total = sum(m.weight.numel() for _, m in ffn_outputs(ctx.unet))
+    return {"masks": masks, "layers": list(masks), "removed_weights": removed, "removed_fraction": removed / total,
+            "prompts": {"target": len(target), "base": len(base)}}

@@ -1,0 +1,66 @@
+"""What a removal method works on: the model being edited, a frozen reference, components and concepts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+import torch
+
+from prunefit.models.components import Components, encode_prompts
+
+
+@dataclass
+class RemovalContext:
+    """``unet`` is edited in place; ``frozen`` gives targets (a frozen copy of it, or the unpruned teacher)."""
+
+    unet: torch.nn.Module
+    frozen: torch.nn.Module
+    components: Components
+    seed: int = 0
+    device: str | torch.device = "cpu"
+
+    @torch.no_grad()
+    def text(self, prompts: list[str]) -> torch.Tensor:
+        return encode_prompts(self.components, prompts).to(self.device)
+
+    def tokens(self, prompts: list[str]):
+        tok = self.components.tokenizer
+        return tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+                   return_tensors="pt")
+
+    def native_latent(self) -> int:
+        return self.components.native_resolution // self.components.vae_scale_factor
+
+
+def cross_attentions(unet) -> list[tuple[str, torch.nn.Module]]:
+    """Every cross-attention (attn2) of the UNet that still exists (experts may have dropped blocks)."""
+    return [(n, m) for n, m in unet.named_modules() if n.endswith("attn2") and hasattr(m, "to_k")]
+
+
+def ffn_outputs(unet) -> list[tuple[str, torch.nn.Linear]]:
+    """Every feed-forward output projection (ff.net.2) that still exists, in execution order."""
+    return [(n, m) for n, m in unet.named_modules() if n.endswith("ff.net.2") and isinstance(m, torch.nn.Linear)]
+
+
+def param_subset(unet, which: str) -> list[tuple[str, torch.nn.Parameter]]:
+    """ESD's parameter subsets: 'xattn' (cross-attention, ESD-x), 'noxattn' (all but cross-attention,
+    ESD-u), 'selfattn', 'full'."""
+    from prunefit.errors import ConfigError
+
+    params = list(unet.named_parameters())
+    if which == "xattn":
+        return [(n, p) for n, p in params if "attn2" in n]
+    if which == "noxattn":
+        return [(n, p) for n, p in params if "attn2" not in n]
+    if which == "selfattn":
+        return [(n, p) for n, p in params if "attn1" in n]
+    if which == "full":
+        return params
+    raise ConfigError(f"unknown parameter subset {which!r}; available: ['full', 'noxattn', 'selfattn', 'xattn']")
+
+
+def concept_from_index(concepts: list[str], index: int) -> str:
+    return concepts[index % len(concepts)]
+
+

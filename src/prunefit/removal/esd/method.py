@@ -1,0 +1,139 @@
+"""ESD's objective as a training phase."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from diffusers import DDIMScheduler
+
+from prunefit.errors import ConfigError
+from prunefit.losses.guidance import negative_guidance_target
+from prunefit.objectives.base import LossOutput
+from prunefit.objectives.inputs import sample_generator
+from prunefit.removal.context import RemovalContext, concept_from_index, param_subset
+from prunefit.training.loop import Phase
+
+
+@dataclass
+class ESDConfig:
+    concepts: list[str] = field(default_factory=list)
+    train_method: str = "xattn"
+    """xattn (ESD-x), noxattn (ESD-u), selfattn or full."""
+    eta: float = 1.0
+    lr: float = 1e-5
+    iterations: int = 1000
+    batch_size: int = 1
+    xt_source: str = "model"
+    """model: x_t from k DDIM steps of the edited model (ESD); images: real concept images noised (bilevel code)."""
+    ddim_steps: int = 50
+    start_guidance: float = 3.0
+    """Guidance of the edited model's DDIM rollout that produces x_t."""
+    concept_images: Optional[str] = None
+    """xt_source=images: an image-caption folder of the concept; None on the toy world = renders of the concept."""
+
+    def __post_init__(self) -> None:
+        if self.train_method not in ("xattn", "noxattn", "selfattn", "full"):
+            raise ConfigError(f"esd.train_method must be xattn, noxattn, selfattn or full, got {self.train_method!r}")
+        if self.xt_source not in ("model", "images"):
+            raise ConfigError(f"esd.xt_source must be model or images, got {self.xt_source!r}")
+        if self.lr <= 0 or self.iterations < 1 or self.batch_size < 1 or self.ddim_steps < 3:
+            raise ConfigError("esd: lr must be > 0, iterations and batch_size >= 1, ddim_steps >= 3")
+
+
+@dataclass
+class ESDObjective:
+    """Loss for samples [start, start + n): all samples of a call share one concept and one DDIM depth k."""
+
+    ctx: RemovalContext
+    student: torch.nn.Module
+    cfg: ESDConfig
+    stream: int = 11
+
+    def __post_init__(self) -> None:
+        comps = self.ctx.components
+        self.ddim = DDIMScheduler.from_config({**comps.scheduler.config, "clip_sample": False,
+                                               "set_alpha_to_one": False, "steps_offset": 1})
+        self.empty = self.ctx.text([""])
+        self._text: dict[str, torch.Tensor] = {}
+        self.images = None
+        if self.cfg.xt_source == "images":
+            self.images = concept_image_source(self.cfg, comps, self.ctx.seed)
+
+    def text(self, prompt: str) -> torch.Tensor:
+        if prompt not in self._text:
+            self._text[prompt] = self.ctx.text([prompt])
+        return self._text[prompt]
+
+    def _xt_from_model(self, gens, cond: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (4, self.ctx.native_latent(), self.ctx.native_latent())
+        x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.ctx.device)
+        k = int(torch.randint(1, self.cfg.ddim_steps - 1, (1,), generator=gens[0]))
+        self.ddim.set_timesteps(self.cfg.ddim_steps)
+        x = x * self.ddim.init_noise_sigma
+        ctx_pair = torch.cat([self.empty.expand(n, -1, -1), cond.expand(n, -1, -1)])
+        with torch.no_grad():
+            for t in self.ddim.timesteps[:k]:
+                out = self.student(torch.cat([x, x]), t, ctx_pair).sample
+                u, c = out.chunk(2)
+                x = self.ddim.step(u + self.cfg.start_guidance * (c - u), t, x).prev_sample
+        t = self.ddim.timesteps[k].repeat(n).to(self.ctx.device)
+        return x, t
+
+    def _xt_from_images(self, start: int, n: int, gens) -> tuple[torch.Tensor, torch.Tensor]:
+        comps = self.ctx.components
+        images, _ = self.images.samples(start, n)
+        with torch.no_grad():
+            dist = comps.vae.encode(images.to(comps.vae.device)).latent_dist
+        eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens])
+        noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens])
+        latents = (dist.mean + dist.std * eps) * comps.vae.config.scaling_factor
+        t = torch.cat([torch.randint(0, 1000, (1,), generator=g) for g in gens])
+        a = self.ddim.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return (a.sqrt() * latents + (1 - a).sqrt() * noise).to(self.ctx.device), t.to(self.ctx.device)
+
+    def __call__(self, start: int, n: int) -> LossOutput:
+        gens = [sample_generator(self.ctx.seed, self.stream, i) for i in range(start, start + n)]
+        concept = concept_from_index(self.cfg.concepts, start)
+        cond = self.text(concept)
+        if self.cfg.xt_source == "model":
+            x, t = self._xt_from_model(gens, cond, n)
+        else:
+            x, t = self._xt_from_images(start, n, gens)
+        with torch.no_grad():  # the frozen reference: uncond and cond in one batched forward
+            ref = self.ctx.frozen(torch.cat([x, x]), torch.cat([t, t]),
+                                  torch.cat([self.empty.expand(n, -1, -1), cond.expand(n, -1, -1)])).sample
+            e_neu, e_pos = ref.chunk(2)
+            target = negative_guidance_target(e_neu, e_pos, self.cfg.eta)
+        pred = self.student(x, t, cond.expand(n, -1, -1)).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+        return LossOutput(loss, {"esd": loss})
+
+
+def concept_image_source(cfg: ESDConfig, comps, seed: int):
+    """Real images of the concept: an image-caption folder, or toy-world renders of the concept."""
+    from prunefit.data.datasets import image_caption_folder
+
+    if cfg.concept_images:
+        return image_caption_folder(cfg.concept_images, comps.native_resolution, seed)
+    from prunefit.data.toyworld_concepts import ToyWorldConceptData
+
+    return ToyWorldConceptData(cfg.concepts, seed)
+
+
+def build_phase(ctx: RemovalContext, cfg: ESDConfig, name: str = "esd", every: int = 1,
+                lr: Optional[float] = None, student: Optional[torch.nn.Module] = None) -> Phase:
+    if not cfg.concepts:
+        raise ConfigError("esd needs at least one concept (removal.concepts)")
+    model = student if student is not None else ctx.unet
+    named = param_subset(getattr(model, "module", model), cfg.train_method)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = [p for _, p in named]
+    for p in params:
+        p.requires_grad_(True)
+    lr = lr or cfg.lr
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    return Phase(name, ESDObjective(ctx, model, cfg), opt, params, lr, every=every, micro_batch=cfg.batch_size,
+                 model=model)
