@@ -205,6 +205,18 @@ def _cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bilevel(args: argparse.Namespace) -> int:
+    from prunefit.recipes import bilevel
+    from prunefit.removal.bilevel import BilevelConfig
+
+    cfg = _load(BilevelConfig, args)
+    if cfg is None:
+        return 0
+    res = bilevel.main(cfg)
+    print(f"bilevel ({cfg.preset}) {res.steps} steps -> {res.model_path}")
+    return 0
+
+
 def _cmd_route(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -255,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--method", help="removal method (see `prunefit list methods`)")
     _config_args(er)
     er.set_defaults(func=_cmd_erase)
+
+    bl = sub.add_parser("bilevel", help="fine-tune an expert while suppressing concepts (the paper's method)",
+                        description="Presets: official (two AdamW, upper every 10, lr 1e-6 / 5e-6) and paper "
+                                    "(penalized minimax, one optimizer, lambda 100, upper every 20).")
+    _config_args(bl)
+    bl.set_defaults(func=_cmd_bilevel)
 
     ro = sub.add_parser("route", help="assign prompts to experts with a trained router (writes JSONL)")
     ro.add_argument("--experts", required=True, help="output_dir of `prunefit prune` (router/ + experts/)")

@@ -56,9 +56,19 @@ def _check_finite(phase: Phase, out: LossOutput, global_step: int) -> None:
                                  "rate, enable gradient clipping or check the data; the last checkpoint is intact")
 
 
+def _clear_grads(phase: Phase) -> None:
+    """Drop every gradient of the phase's model: phases that train different parameter subsets of one
+    model must not leave gradients behind for each other."""
+    phase.optimizer.zero_grad(set_to_none=True)
+    if phase.model is not None:
+        for p in phase.model.parameters():
+            p.grad = None
+
+
 def run_phase(phase: Phase, global_step: int, backward: Callable, rank: int = 0, world: int = 1,
               autocast=nullcontext, check_finite: bool = True) -> None:
     """One optimizer step of ``phase`` (``accum`` micro-batches)."""
+    _clear_grads(phase)
     for g in phase.optimizer.param_groups:
         g["lr"] = phase.lr * phase.lr_factor(phase.step)
     sums: dict[str, torch.Tensor] = {}
@@ -76,7 +86,7 @@ def run_phase(phase: Phase, global_step: int, backward: Callable, rank: int = 0,
     if phase.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(phase.params, phase.max_grad_norm)
     phase.optimizer.step()
-    phase.optimizer.zero_grad(set_to_none=True)
+    _clear_grads(phase)
     phase.step += 1
     phase.last = sums
 

@@ -123,13 +123,17 @@ def concept_image_source(cfg: ESDConfig, comps, seed: int):
 
 
 def build_phase(ctx: RemovalContext, cfg: ESDConfig, name: str = "esd", every: int = 1,
-                lr: Optional[float] = None, student: Optional[torch.nn.Module] = None) -> Phase:
+                lr: Optional[float] = None, student: Optional[torch.nn.Module] = None,
+                freeze_others: bool = True) -> Phase:
+    """The method's phase. ``freeze_others=False`` leaves other parameters trainable (bilevel: the lower
+    phase trains them); the phase's optimizer still updates only the method's parameter subset."""
     if not cfg.concepts:
         raise ConfigError("esd needs at least one concept (removal.concepts)")
     model = student if student is not None else ctx.unet
     named = param_subset(getattr(model, "module", model), cfg.train_method)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    if freeze_others:
+        for p in model.parameters():
+            p.requires_grad_(False)
     params = [p for _, p in named]
     for p in params:
         p.requires_grad_(True)
