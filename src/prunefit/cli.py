@@ -217,6 +217,22 @@ def _cmd_bilevel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from prunefit.recipes import experiment
+
+    cfg = _load(experiment.ExperimentConfig, args)
+    if cfg is None:
+        return 0
+    results = experiment.main(cfg, log=lambda m: print(m, flush=True))
+    from pathlib import Path
+
+    for concept in results:
+        path = Path(cfg.output_dir) / concept.lower().replace(" ", "-").replace("'", "") / "report.md"
+        print(path.read_text())
+        print(f"report: {path}")
+    return 0
+
+
 def _cmd_route(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -273,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(penalized minimax, one optimizer, lambda 100, upper every 20).")
     _config_args(bl)
     bl.set_defaults(func=_cmd_bilevel)
+
+    ex = sub.add_parser("experiment", help="run a paper experiment (table3) end to end with a report")
+    ex.add_argument("name", choices=["table3"])
+    _config_args(ex)
+    ex.set_defaults(func=_cmd_experiment)
 
     ro = sub.add_parser("route", help="assign prompts to experts with a trained router (writes JSONL)")
     ro.add_argument("--experts", required=True, help="output_dir of `prunefit prune` (router/ + experts/)")
