@@ -1,8 +1,11 @@
-"""`make demo`: the main job on the toy world, end to end on a CPU, printing where every output went.
+"""`make demo`: the paper's story on the toy world, end to end on a CPU in a few minutes.
 
-Today it shows the toy teacher's model card, writes sample grids per artist and for the unsafe concept,
-and generates the first 64 toy-val captions through `prunefit generate`. Later stages of the paper's
-pipeline (prune -> distil -> erase -> evaluate -> report) join here as they land.
+1. the toy teacher: model card and sample grids;
+2. APTP: prune the teacher into 4 experts at 0.8 of its MACs, with a prompt router;
+3. Table 3 in small: distil expert 0, then suppress the unsafe concept ("skull") and an artist
+   ("Claude Dots") two ways - two-stage (distil, then ESD) and bilevel (ESD while distilling) -
+   evaluate every row with the judge, and write reports, plots and sample grids.
+Re-running reuses finished steps. Outputs go to runs/demo/.
 """
 
 from __future__ import annotations
@@ -22,20 +25,24 @@ def step(title: str, argv: list[str]) -> None:
     code = prunefit(argv)
     if code:
         sys.exit(code)
-    print(f"({time.time() - t0:.1f} s)")
+    print(f"({time.time() - t0:.0f} s)", flush=True)
 
 
 def run() -> None:
-    from prunefit.toyworld.paths import assets_dir as default_assets_dir
-
-    prompts = default_assets_dir() / "prompts" / "toy-val.jsonl"
-    step("The toy teacher: model card and sample grids", ["toyworld", "show", "-o", str(OUT / "show"), "-n", "16"])
-    step("Generate 64 toy-val captions (PNDM 25 steps, CFG 7.5)",
-         ["generate", "--prompt-file", str(prompts), "-o", str(OUT / "generate"), "max_prompts=64",
-          "sampler.batch_size=32"])
-    print(f"\nDemo outputs are in {OUT.resolve()}:")
-    for p in sorted(OUT.rglob("*.png")):
-        if p.parent.name != "images":
+    t0 = time.time()
+    step("The toy teacher: model card and sample grids", ["toyworld", "show", "-o", str(OUT / "show"), "-n", "8"])
+    prune_dir = OUT / "prune"
+    if not (prune_dir / "prune_summary.json").is_file():
+        step("APTP: 4 experts at 0.8 of the teacher's MACs, with a prompt router",
+             ["prune", f"output_dir={prune_dir}", "num_experts=4", "target=0.8", "steps=150", "batch_size=16",
+              "eval_prompts=0"])
+    step("Table 3 in small: two-stage ESD vs bilevel ESD, for the unsafe concept and an artist",
+         ["experiment", "table3", f"output_dir={OUT / 'table3'}", f"expert={prune_dir / 'experts' / 'expert-0'}",
+          "rows=[distilled+esd, ours_esd]", "concepts=[skull, Claude Dots]", "lower_steps=150", "eval_prompts=50",
+          "esd_iterations=40", "upper_every=5", "sample_prompts=6"])
+    print(f"\nDemo finished in {time.time() - t0:.0f} s. Outputs in {OUT.resolve()}:")
+    for p in sorted(OUT.rglob("*")):
+        if p.suffix in (".md", ".png") and "images" not in p.parts and "samples" not in p.parts[:-1]:
             print(f"  {p}")
 
 
