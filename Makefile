@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo clean-runs
+.PHONY: venv test demo bench clean-runs
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,3 +26,6 @@ demo: $(STAMP)
 
 clean-runs:
 	rm -rf runs/demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
