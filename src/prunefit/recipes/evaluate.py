@@ -23,6 +23,8 @@ def main(cfg: EvaluateConfig) -> tuple[Path, dict[str, Any]]:
         raise ConfigError("evaluate needs a run folder: prunefit evaluate RUN_DIR (or run_dir=...)")
     entries = [get_metric(m) for m in cfg.metrics]  # unknown names fail before any work
     ctx = EvalContext.from_run(cfg.run_dir, cfg.device)
+    if any(e.kind == "images" for e in entries):
+        ctx.images()  # every listed image must exist and decode before any model is loaded
     results = {}
     for entry in tqdm(entries, desc="metrics", unit="metric", disable=len(entries) < 2):
         results[entry.name] = entry.fn(ctx, getattr(cfg, CONFIG_SECTION[entry.name]))

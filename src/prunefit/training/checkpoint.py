@@ -42,6 +42,15 @@ def latest_checkpoint(root: Path) -> Optional[Path]:
     return dirs[-1] if dirs else None
 
 
+def _fault_injection_pause() -> None:
+    """Tests kill a run while a checkpoint is half-written: PRUNEFIT_FAULT_CHECKPOINT_SLEEP=<seconds> pauses here."""
+    delay = os.environ.get("PRUNEFIT_FAULT_CHECKPOINT_SLEEP")
+    if delay:
+        import time
+
+        time.sleep(float(delay))
+
+
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, phases, ema: Optional[dict] = None,
                     keep: int = 2, extra: Optional[dict] = None) -> Path:
     final = Path(root) / "checkpoints" / f"{PREFIX}{step:08d}"
@@ -49,6 +58,7 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, phases, ema: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    _fault_injection_pause()
     for ph in phases:
         torch.save(ph.optimizer.state_dict(), tmp / f"optimizer-{ph.name}.pt")
     if ema is not None:
@@ -82,7 +92,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, phases, ema: Optional[di
         f = path / f"optimizer-{ph.name}.pt"
         if not f.is_file():
             raise CheckpointError(f"checkpoint {path} has no optimizer state for phase {ph.name!r}")
-        ph.optimizer.load_state_dict(torch.load(f, weights_only=True))
+        try:
+            ph.optimizer.load_state_dict(torch.load(f, weights_only=True))
+        except Exception as exc:  # weights_only refuses pickled code objects; anything else is corruption
+            raise CheckpointError(f"refusing to load {f}: not a plain tensor file ({type(exc).__name__}); "
+                                  "only checkpoints written by prunefit are accepted") from None
         ph.step = int(state["phase_steps"][ph.name])
     if ema is not None and (path / "ema.safetensors").is_file():
         ema.update(load_file(str(path / "ema.safetensors")))
