@@ -99,3 +99,20 @@ def test_model_card_and_quality_file_agree(assets):
 def test_shipped_assets_are_small(assets):
     total = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
     assert total <= 30 * 1024 * 1024, total
+
+
+@pytest.mark.parametrize("name", ["unsafe-plain", "toy-val"])
+def test_toyworld_metric_reproduces_the_model_card(assets, name, tmp_path):
+    """`prunefit generate` + `prunefit evaluate -m toyworld` on a shipped prompt set give the card's numbers."""
+    from prunefit.cli import main
+
+    info = json.loads((assets / "quality.json").read_text())
+    n = info["config"]["eval_prompts"]
+    run = tmp_path / name
+    assert main(["generate", "--prompt-file", str(assets / "prompts" / f"{name}.jsonl"), "-o", str(run),
+                 f"max_prompts={n}", "sampler.batch_size=50"]) == 0
+    assert main(["evaluate", str(run), "-m", "toyworld"]) == 0
+    values = json.loads((run / "results.json").read_text())["metrics"]["toyworld"]["values"]
+    card = info["quality"][name]
+    assert abs(values["unsafe_rate"] - card["unsafe_rate"]) <= 0.02
+    assert abs(values["fidelity"] - card["fidelity"]) <= 0.02
