@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from prunefit.errors import ConfigError
+from prunefit.utils.registry import Registry
 
 
 @dataclass
@@ -32,29 +32,22 @@ class MetricEntry:
     summary: str
 
 
-_METRICS: dict[str, MetricEntry] = {}
-
-
-def register_metric(name: str, fn: Callable[..., MetricResult], kind: str, summary: str) -> None:
-    if name in _METRICS:
-        raise ValueError(f"metric {name!r} is registered twice")
-    if kind not in ("images", "model"):
-        raise ValueError(f"metric kind must be 'images' or 'model', got {kind!r}")
-    _METRICS[name] = MetricEntry(name, fn, kind, summary)
-
-
 def _load_builtin() -> None:
     from prunefit.evaluation import metrics  # noqa: F401  (registers the built-in metrics)
 
 
+_METRICS: Registry[MetricEntry] = Registry("metric", _load_builtin)
+
+
+def register_metric(name: str, fn: Callable[..., MetricResult], kind: str, summary: str) -> None:
+    if kind not in ("images", "model"):
+        raise ValueError(f"metric kind must be 'images' or 'model', got {kind!r}")
+    _METRICS.register(name, MetricEntry(name, fn, kind, summary))
+
+
 def get_metric(name: str) -> MetricEntry:
-    _load_builtin()
-    try:
-        return _METRICS[name]
-    except KeyError:
-        raise ConfigError(f"unknown metric {name!r}; available: {sorted(_METRICS)}") from None
+    return _METRICS.get(name)
 
 
 def list_metrics() -> list[MetricEntry]:
-    _load_builtin()
-    return [_METRICS[k] for k in sorted(_METRICS)]
+    return _METRICS.all()

@@ -42,47 +42,36 @@ def _keep_index(mask: torch.Tensor, per_gate: int) -> torch.Tensor:
     return keep.nonzero().squeeze(1)
 
 
-def _slice_linear(lin: nn.Linear, out_idx=None, in_idx=None) -> None:
-    w = lin.weight.data
+def _slice(mod: nn.Module, out_idx=None, in_idx=None) -> None:
+    """Keep output rows ``out_idx`` (and bias) and input columns ``in_idx`` of a Linear or Conv2d."""
+    out_attr, in_attr = ("out_features", "in_features") if isinstance(mod, nn.Linear) else ("out_channels", "in_channels")
+    w = mod.weight.data
     if out_idx is not None:
         w = w[out_idx]
-        if lin.bias is not None:
-            lin.bias = nn.Parameter(lin.bias.data[out_idx].clone())
-        lin.out_features = len(out_idx)
+        if mod.bias is not None:
+            mod.bias = nn.Parameter(mod.bias.data[out_idx].clone())
+        setattr(mod, out_attr, len(out_idx))
     if in_idx is not None:
         w = w[:, in_idx]
-        lin.in_features = len(in_idx)
-    lin.weight = nn.Parameter(w.clone())
-
-
-def _slice_conv(conv: nn.Conv2d, out_idx=None, in_idx=None) -> None:
-    w = conv.weight.data
-    if out_idx is not None:
-        w = w[out_idx]
-        if conv.bias is not None:
-            conv.bias = nn.Parameter(conv.bias.data[out_idx].clone())
-        conv.out_channels = len(out_idx)
-    if in_idx is not None:
-        w = w[:, in_idx]
-        conv.in_channels = len(in_idx)
-    conv.weight = nn.Parameter(w.clone())
+        setattr(mod, in_attr, len(in_idx))
+    mod.weight = nn.Parameter(w.clone())
 
 
 def prune_resnet(resnet, keep_groups: torch.Tensor) -> None:
     """Keep the GroupNorm groups of ``norm2`` where ``keep_groups`` is 1 (conv1 out, temb rows, conv2 in)."""
     n2 = resnet.norm2
     idx = _keep_index(keep_groups, n2.num_channels // n2.num_groups)
-    _slice_conv(resnet.conv1, out_idx=idx)
+    _slice(resnet.conv1, out_idx=idx)
     if resnet.time_emb_proj is not None:
         if resnet.time_embedding_norm != "default":
             raise NotImplementedError("width pruning supports time_embedding_norm='default' resnets (SD 1.x/2.x)")
-        _slice_linear(resnet.time_emb_proj, out_idx=idx)
+        _slice(resnet.time_emb_proj, out_idx=idx)
     new = nn.GroupNorm(int(keep_groups.sum().item()), len(idx), eps=n2.eps, affine=n2.affine)
     if n2.affine:
         new.weight = nn.Parameter(n2.weight.data[idx].clone())
         new.bias = nn.Parameter(n2.bias.data[idx].clone())
     resnet.norm2 = new.to(n2.weight.device if n2.affine else "cpu")
-    _slice_conv(resnet.conv2, in_idx=idx)
+    _slice(resnet.conv2, in_idx=idx)
 
 
 def prune_heads(attn, keep: torch.Tensor) -> None:
@@ -90,8 +79,8 @@ def prune_heads(attn, keep: torch.Tensor) -> None:
     dh = attn.inner_dim // attn.heads
     idx = _keep_index(keep, dh)
     for lin in (attn.to_q, attn.to_k, attn.to_v):
-        _slice_linear(lin, out_idx=idx)
-    _slice_linear(attn.to_out[0], in_idx=idx)
+        _slice(lin, out_idx=idx)
+    _slice(attn.to_out[0], in_idx=idx)
     attn.heads = int(keep.sum().item())
     attn.inner_dim = len(idx)
     if hasattr(attn, "inner_kv_dim"):
@@ -103,8 +92,8 @@ def prune_ffn(ff, keep: torch.Tensor) -> None:
     proj = ff.net[0].proj
     inner = proj.out_features // 2
     idx = _keep_index(keep, inner // keep.numel())
-    _slice_linear(proj, out_idx=torch.cat([idx, idx + inner]))
-    _slice_linear(ff.net[2], in_idx=idx)
+    _slice(proj, out_idx=torch.cat([idx, idx + inner]))
+    _slice(ff.net[2], in_idx=idx)
 
 
 def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:

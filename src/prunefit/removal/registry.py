@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from prunefit.errors import ConfigError
+from prunefit.utils.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -30,27 +30,20 @@ class MethodEntry:
             raise ValueError(f"method {self.name!r}: edit methods define apply, train methods build_phase")
 
 
-_METHODS: dict[str, MethodEntry] = {}
-
-
-def register_method(entry: MethodEntry) -> None:
-    if entry.name in _METHODS:
-        raise ValueError(f"removal method {entry.name!r} is registered twice")
-    _METHODS[entry.name] = entry
-
-
 def _load_builtin() -> None:
     from prunefit.removal import advunlearn, concept_prune, esd, uce  # noqa: F401  (each registers itself)
 
 
+_METHODS: Registry[MethodEntry] = Registry("removal method", _load_builtin)
+
+
+def register_method(entry: MethodEntry) -> None:
+    _METHODS.register(entry.name, entry)
+
+
 def get_method(name: str) -> MethodEntry:
-    _load_builtin()
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise ConfigError(f"unknown removal method {name!r}; available: {sorted(_METHODS)}") from None
+    return _METHODS.get(name)
 
 
 def list_methods() -> list[MethodEntry]:
-    _load_builtin()
-    return [_METHODS[k] for k in sorted(_METHODS)]
+    return _METHODS.all()

@@ -55,8 +55,12 @@ class AdvUnlearnConfig:
             raise ConfigError(f"advunlearn.target must be unet or text_encoder, got {self.target!r}")
         if self.attack_steps < 0 or self.attack_lr <= 0 or self.attack_eps <= 0 or self.retain_weight < 0:
             raise ConfigError("advunlearn: attack_steps >= 0, attack_lr > 0, attack_eps > 0, retain_weight >= 0")
-        ESDConfig(self.concepts, self.train_method, self.eta, self.lr, self.iterations, self.batch_size,
-                  self.xt_source, self.ddim_steps, self.start_guidance, self.concept_images)
+        self.esd_config()  # validates the shared ESD settings
+
+    def esd_config(self) -> ESDConfig:
+        """The ESD settings AdvUnlearn's outer step shares (x_t source, DDIM rollout, eta, parameter subset)."""
+        return ESDConfig(self.concepts, self.train_method, self.eta, self.lr, self.iterations, self.batch_size,
+                         self.xt_source, self.ddim_steps, self.start_guidance, self.concept_images)
 
 
 @dataclass
@@ -67,10 +71,7 @@ class AdvUnlearnObjective:
     stream: int = 17
 
     def __post_init__(self) -> None:
-        c = self.cfg
-        self.esd = ESDObjective(self.ctx, self.student, ESDConfig(c.concepts, c.train_method, c.eta, c.lr, c.iterations,
-                                                                    c.batch_size, c.xt_source, c.ddim_steps,
-                                                                    c.start_guidance, c.concept_images), self.stream)
+        self.esd = ESDObjective(self.ctx, self.student, self.cfg.esd_config(), self.stream)
 
     def text(self, prompt: str) -> torch.Tensor:
         """Concept text states; with target=text_encoder they carry the encoder's gradients."""
