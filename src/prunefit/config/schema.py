@@ -361,6 +361,10 @@ class TrainConfig:
     max_grad_norm: Optional[float] = None
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
+    channels_last: bool = False
+    """Student and teacher in channels_last memory format (faster convolutions on GPUs)."""
+    compile: bool = False
+    """torch.compile the student's and teacher's forward (GPU; the first steps compile)."""
     ema_decay: Optional[float] = None
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2

@@ -16,7 +16,7 @@ from prunefit.errors import OutputError
 from prunefit.models.components import load_components
 from prunefit.objectives.base import LossOutput
 from prunefit.objectives.inputs import InputBuilder
-from prunefit.recipes.finetune import denoising_phase, load_student, save_student
+from prunefit.recipes.finetune import apply_speedups, denoising_phase, load_student, save_student
 from prunefit.removal.bilevel import PRESETS, BilevelConfig
 from prunefit.removal.context import RemovalContext
 from prunefit.removal.registry import get_method
@@ -67,6 +67,7 @@ def main(cfg: BilevelConfig) -> BilevelResult:
     comps = load_components(cfg.model, device=cfg.device)
     student, expert = load_student(cfg.student, comps)
     student.to(cfg.device).train().requires_grad_(True)
+    apply_speedups(student, comps.unet, cfg.train)
     accelerator = make_accelerator(cfg.train, cfg.device)
     cache = load_cache(cfg.cache_dir, comps.source) if cfg.cache_dir else None
     data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)

@@ -57,6 +57,18 @@ def save_student(unet, info, comps: Components, out: Path, extra: dict) -> Path:
     return target
 
 
+def apply_speedups(student, teacher, t) -> None:
+    """Gradient checkpointing, channels_last and torch.compile as the train config asks."""
+    if t.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    if t.channels_last:
+        student.to(memory_format=torch.channels_last)
+        teacher.to(memory_format=torch.channels_last)
+    if t.compile:
+        student.forward = torch.compile(student.forward)
+        teacher.forward = torch.compile(teacher.forward)
+
+
 def denoising_phase(name: str, student, teacher, comps: Components, data, cfg, seed: int, stream: int,
                     cache=None, device="cpu") -> tuple[Phase, DenoisingObjective]:
     sched = DDPMScheduler.from_config(comps.scheduler.config)
@@ -66,8 +78,9 @@ def denoising_phase(name: str, student, teacher, comps: Components, data, cfg, s
                                    cfg.loss.min_snr_formula)
     t = cfg.train
     params = [p for p in student.parameters() if p.requires_grad]
+    fused = torch.device(device).type == "cuda"  # one kernel for the whole AdamW update where available
     opt = torch.optim.AdamW(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
-                            weight_decay=t.weight_decay)
+                            weight_decay=t.weight_decay, fused=fused or None)
     phase = Phase(name, objective, opt, params, t.lr, constant_with_warmup(t.warmup_steps), 1, t.micro_batch_size,
                   t.grad_accum_steps, t.max_grad_norm, student)
     return phase, objective
@@ -84,8 +97,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     teacher = comps.unet
     student, info = load_student(cfg.student, comps)
     student.to(cfg.device).train().requires_grad_(True)
-    if cfg.train.gradient_checkpointing:
-        student.enable_gradient_checkpointing()
+    apply_speedups(student, teacher, cfg.train)
     accelerator = make_accelerator(cfg.train, cfg.device)
     cache = load_cache(cfg.cache_dir, comps.source) if cfg.cache_dir else None
     data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
