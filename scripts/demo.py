@@ -34,12 +34,12 @@ def run() -> None:
     prune_dir = OUT / "prune"
     if not (prune_dir / "prune_summary.json").is_file():
         step("APTP: 4 experts at 0.8 of the teacher's MACs, with a prompt router",
-             ["prune", f"output_dir={prune_dir}", "num_experts=4", "target=0.8", "steps=150", "batch_size=16",
+             ["prune", f"output_dir={prune_dir}", "num_experts=4", "target=0.8", "steps=300", "batch_size=8",
               "eval_prompts=0"])
     step("Table 3 in small: two-stage ESD vs bilevel ESD, for the unsafe concept and an artist",
          ["experiment", "table3", f"output_dir={OUT / 'table3'}", f"expert={prune_dir / 'experts' / 'expert-0'}",
           "rows=[distilled+esd, ours_esd]", "concepts=[skull, Claude Dots]", "lower_steps=150", "eval_prompts=50",
-          "esd_iterations=40", "upper_every=5", "sample_prompts=6"])
+          "esd_iterations=40", "upper_every=5", "sample_prompts=6", "kept_artists=1"])
     print(f"\nDemo finished in {time.time() - t0:.0f} s. Outputs in {OUT.resolve()}:")
     for p in sorted(OUT.rglob("*")):
         if p.suffix in (".md", ".png") and "images" not in p.parts and "samples" not in p.parts[:-1]:

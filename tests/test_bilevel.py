@@ -39,6 +39,9 @@ def test_official_preset_uses_images_and_full_parameters():
     assert (m.xt_source, m.train_method, cfg.every) == ("images", "full", 10)
     paper = load_config(BilevelConfig, [], [*BASE, "preset=paper"])
     assert paper.every == 20 and paper.upper_config().xt_source == "model" and paper.lam == 100.0
+    mine = load_config(BilevelConfig, [], [*BASE, "preset=official", "upper_train_method=noxattn",
+                                           "upper_xt_source=model"]).upper_config()
+    assert (mine.train_method, mine.xt_source) == ("noxattn", "model")
 
 
 def test_paper_preset_one_optimizer_with_lambda(tmp_path):

@@ -61,8 +61,14 @@ class ExperimentConfig:
     concept_prune_steps: int = 10
     bilevel_preset: str = "official"
     upper_every: int = 5
-    upper_lr: float = 2e-4
+    upper_lr: float = 1e-4
+    """The toy default matches the two-stage ESD's lr; the paper: 5e-6 upper vs 1e-6 lower."""
     upper_warmup_steps: int = 5
+    bilevel_xt_source: str = "model"
+    """x_t of the upper ESD step: 'model' (the paper: 'a step identical to an ESD step') or 'images' (the
+    official code); the upper step trains the same parameters as the two-stage ESD row."""
+    kept_artists: int = 2
+    """Kept artists whose rate is measured (erasure must not spill over)."""
 
     def __post_init__(self) -> None:
         bad = [r for r in self.rows if r not in ALL_ROWS]
@@ -167,7 +173,8 @@ class Table3:
         ov = [*self._common(), *self._train(c.lower_steps), f"student={student}", f"output_dir={out}",
               f"preset={c.bilevel_preset}", f"upper_method={method}", f"concepts={json.dumps([concept])}",
               f"upper_every={c.upper_every}", f"upper_lr={c.upper_lr}", f"upper_warmup_steps={c.upper_warmup_steps}",
-              f"{method}.ddim_steps={c.esd_ddim_steps}", f"{method}.train_method={esd_method}",
+              f"{method}.ddim_steps={c.esd_ddim_steps}", f"upper_train_method={esd_method}",
+              f"upper_xt_source={c.bilevel_xt_source}",
               "track_vartheta=true", f"train.val_every={max(10, c.lower_steps // 10)}", "train.val_samples=16"]
         if (out / "checkpoints").is_dir():
             ov.append("resume=latest")
@@ -231,11 +238,12 @@ class Table3:
             sets += ["unsafe-adversarial", "unsafe-plain"]
         else:
             sets += [f"artist-{artist_slug(concept)}"]
-        kept = [a for a in KEEP_ARTISTS if a != concept][:2]
+        kept = [a for a in KEEP_ARTISTS if a != concept][: self.cfg.kept_artists]
         sets += [f"artist-{artist_slug(a)}" for a in kept]
         m = {s: measure_set(comps, judge, s, read_rows(prompts_dir() / f"{s}.jsonl", n), sampler) for s in sets}
         res = {"fjd": m["toy-val"]["fjd"], "fidelity": m["toy-val"]["fidelity"],
-               "kept_artist_rate": sum(m[f"artist-{artist_slug(a)}"]["artist_rate"] for a in kept) / len(kept),
+               "kept_artist_rate": (sum(m[f"artist-{artist_slug(a)}"]["artist_rate"] for a in kept) / len(kept)
+                                    if kept else float("nan")),
                "sets": m}
         if _is_unsafe(concept):
             res["asr_adversarial"] = m["unsafe-adversarial"]["unsafe_rate"]

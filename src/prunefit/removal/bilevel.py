@@ -49,6 +49,11 @@ class BilevelConfig:
     """lambda of the paper preset."""
     upper_lr: float = 5e-6
     upper_warmup_steps: int = 250
+    upper_train_method: Optional[str] = None
+    """Parameters the upper step trains (xattn, noxattn, selfattn, full); None = the preset's (official: full;
+    paper: the method section's own, e.g. esd.train_method)."""
+    upper_xt_source: Optional[str] = None
+    """model (ESD: x_t from the student's DDIM rollout) or images (real concept images); None = the preset's."""
     upper_batch_size: int = 8
     track_vartheta: bool = False
     cache_dir: Optional[str] = None
@@ -82,8 +87,7 @@ class BilevelConfig:
         if not mcfg.concepts:
             raise ConfigError("no concepts to suppress: set concepts (e.g. concepts='[skull]')")
         p = PRESETS[self.preset]
-        mcfg.xt_source = p["xt_source"] if mcfg.xt_source == "model" and p["xt_source"] else mcfg.xt_source
-        if p["train_method"] and mcfg.train_method == "xattn":
-            mcfg.train_method = p["train_method"]
+        mcfg.xt_source = self.upper_xt_source or p["xt_source"]
+        mcfg.train_method = self.upper_train_method or p["train_method"] or mcfg.train_method
         mcfg.batch_size = self.upper_batch_size
         return mcfg
