@@ -32,3 +32,32 @@ def test_two_processes_match_one_process(tmp_path):
     logs = (two / "log.jsonl").read_text().splitlines()
     assert len([x for x in logs if '"lower/total"' in x]) == 3  # one writer (rank 0): one line per step
     assert [p.name for p in (two / "checkpoints").iterdir()] == ["step-00000003"]
+
+
+def _sinkhorn_worker(rank: int, world: int, port: int, out) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from prunefit.losses.aptp import sinkhorn
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    scores = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))  # the same global batch on every rank
+    local = scores[rank * 16 : (rank + 1) * 16]
+    q = sinkhorn(local, epsilon=0.5, iterations=50, distributed=True)
+    out[rank] = q.sum(0).tolist()  # per-expert mass of this rank's half
+    dist.destroy_process_group()
+
+
+def test_sinkhorn_marginals_hold_across_processes():
+    import torch
+    import torch.multiprocessing as mp
+
+    from prunefit.losses.aptp import sinkhorn
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_sinkhorn_worker, args=(2, 29541, out), nprocs=2, join=True)
+        loads = torch.tensor(out[0]) + torch.tensor(out[1])
+    assert torch.allclose(loads, torch.full((4,), 8.0), atol=1e-3)  # uniform over the 32 prompts of both ranks
+    full = sinkhorn(torch.randn(32, 4, generator=torch.Generator().manual_seed(0)), 0.5, 50)
+    assert torch.allclose(full.sum(0), loads, atol=1e-3)  # identical to one process holding the whole batch
