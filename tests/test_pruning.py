@@ -229,3 +229,29 @@ def test_aptp_recipe_on_tiny(tmp_path):
     assert (tmp_path / "p" / "router" / "router.safetensors").is_file()
     with pytest.raises(OutputError, match="already holds a finished prune run"):
         prune.main(cfg)
+
+
+def test_calibrated_routing_is_balanced_and_batch_independent(spec):
+    r = Router(spec, 24, RouterConfig(num_experts=4))
+    with torch.no_grad():
+        r.codebook.normal_(0, 3)
+        r.predictor.depth.weight.mul_(5)
+    z = torch.randn(400, 24, generator=torch.Generator().manual_seed(2))
+    before = torch.bincount(r.route(z), minlength=4)
+    loads = r.calibrate(z)
+    assert loads.max() <= 2 * 400 / 4 and (loads > 0).all(), (before, loads)
+    assert [r.route(z[i : i + 1]).item() for i in range(20)] == r.route(z[:20]).tolist()
+
+
+def test_noise_free_codes_keep_what_training_kept_half_the_time(spec):
+    from prunefit.losses.aptp import GUMBEL_MEDIAN, gumbel_noise
+
+    r = Router(spec, 8, RouterConfig(num_experts=1))
+    with torch.no_grad():
+        r.codebook.uniform_(-4.5, -1.5)  # logits around the keep boundary (-3)
+    g = torch.Generator().manual_seed(0)
+    samples = torch.stack([r.relax(r.codebook, g) for _ in range(400)])
+    kept_often = ((samples >= 0.5).float().mean(0) >= 0.5)[0, : spec.width_dim]
+    noise_free = (r.relax(r.codebook, noisy=False) >= 0.5)[0, : spec.width_dim]
+    assert (kept_often == noise_free).float().mean() > 0.95
+    assert abs(gumbel_noise((200000,), torch.Generator().manual_seed(1)).median().item() - GUMBEL_MEDIAN) < 0.02

@@ -30,6 +30,16 @@ class ToyWorldData:
     p_unsafe: float = 0.15
     skipped: int = 0
 
+    def captions(self, start: int, n: int) -> list[str]:
+        """The captions of samples [start, start + n) without rendering."""
+        from prunefit.toyworld.world import caption, sample_scene
+
+        out = []
+        for i in range(start, start + n):
+            rng = np.random.default_rng([self.seed, 7, i])
+            out.append(caption(sample_scene(rng, self.p_artist, self.p_unsafe), rng))
+        return out
+
     def samples(self, start: int, n: int) -> tuple[torch.Tensor, list[str]]:
         from prunefit.toyworld.world import caption, render, sample_scene
 
@@ -73,6 +83,9 @@ class CaptionRows:
             self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
             self._perm_epoch = epoch
         return int(self._perm[pos])
+
+    def captions(self, start: int, n: int) -> list[str]:
+        return [self.rows[self._index(i)][1] for i in range(start, start + n)]
 
     def samples(self, start: int, n: int) -> tuple[torch.Tensor, list[str]]:
         images, caps = [], []

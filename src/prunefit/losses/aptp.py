@@ -12,6 +12,11 @@ def gumbel_noise(shape, generator: torch.Generator | None = None, device=None) -
     return -torch.log(-torch.log(u + 1e-20) + 1e-20)
 
 
+GUMBEL_MEDIAN = 0.36651292058166435
+"""-log(log 2): the median of standard Gumbel noise. A gate whose noise-free relaxation uses it is >= 0.5
+exactly when the noisy training relaxation keeps it with probability >= 1/2."""
+
+
 def gumbel_sigmoid(logits: torch.Tensor, base: float = 3.0, temperature: float = 0.4,
                    noise: torch.Tensor | None = None) -> torch.Tensor:
     """sigmoid((logits + noise + base) / T); ``noise=None`` gives the noise-free (inference) relaxation."""
@@ -57,6 +62,22 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, d
         q = q / allsum(q.sum(dim=1, keepdim=True).clone()) / k
         q = q / q.sum(dim=0, keepdim=True) / b
     return (q * b).T
+
+
+def sinkhorn_log_potentials(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 100) -> torch.Tensor:
+    """Expert potentials log v [K] of the balanced plan Q = diag(u) exp(S / eps) diag(v) for scores [B, K].
+
+    argmax_k (S[b, k] / eps + log v_k) is the plan's assignment of row b; with v fixed it routes any single
+    prompt deterministically while keeping the loads of the calibration set uniform.
+    """
+    logk = scores.double() / epsilon
+    b, k = logk.shape
+    log_u = torch.zeros(b, dtype=torch.float64)
+    log_v = torch.zeros(k, dtype=torch.float64)
+    for _ in range(iterations):
+        log_u = -torch.log(torch.tensor(float(b))) - torch.logsumexp(logk + log_v[None, :], dim=1)
+        log_v = -torch.log(torch.tensor(float(k))) - torch.logsumexp(logk + log_u[:, None], dim=0)
+    return (log_v - log_v.max()).float()
 
 
 def contrastive_loss(arch: torch.Tensor, prompt_emb: torch.Tensor, tau_arch: float = 0.03,

@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunefit.losses.aptp import gumbel_noise, gumbel_sigmoid, importance_logits, sinkhorn
+from prunefit.losses.aptp import (GUMBEL_MEDIAN, gumbel_noise, gumbel_sigmoid, importance_logits, sinkhorn,
+                                  sinkhorn_log_potentials)
 from prunefit.pruning.spec import GateSpec
 
 
@@ -78,13 +79,17 @@ class Router(nn.Module):
         order = torch.tensor(importance_order(spec), dtype=torch.long)
         self.register_buffer("depth_order", order, persistent=False)
         self.register_buffer("template", spec.group_template().sqrt(), persistent=False)
+        self.register_buffer("route_log_v", torch.zeros(cfg.num_experts))
 
     def relax(self, logits: torch.Tensor, generator: torch.Generator | None = None, noisy: bool = True) -> torch.Tensor:
-        """Architecture logits [B, D] -> gate values in (0, 1) [B, D] (Gumbel-sigmoid, importance-ordered depth)."""
+        """Architecture logits [B, D] -> gate values in (0, 1) [B, D] (Gumbel-sigmoid, importance-ordered depth).
+
+        ``noisy=False`` puts the noise at its median, so a gate is >= 0.5 exactly when training samples kept it
+        with probability >= 1/2 (zero noise would prune more than training saw: the Gumbel median is 0.37)."""
         w, d = logits[..., : self.spec.width_dim], logits[..., self.spec.width_dim :]
-        nw = gumbel_noise(w.shape, generator, w.device) if noisy else None
+        nw = gumbel_noise(w.shape, generator, w.device) if noisy else torch.full_like(w, GUMBEL_MEDIAN)
         ranked = importance_logits(d)  # rank r = nested keep-logit of the r-th most protected gate
-        nd = gumbel_noise(ranked.shape, generator, d.device) if noisy else None
+        nd = gumbel_noise(ranked.shape, generator, d.device) if noisy else torch.full_like(ranked, GUMBEL_MEDIAN)
         s_rank = gumbel_sigmoid(ranked, self.cfg.base, self.cfg.temperature, nd)
         depth = torch.empty_like(s_rank)
         depth[..., self.depth_order] = s_rank
@@ -116,11 +121,24 @@ class Router(nn.Module):
         return s, codes[idx], idx
 
     @torch.no_grad()
-    def route(self, z: torch.Tensor) -> torch.Tensor:
-        """Inference: expert id per prompt by cosine similarity of noise-free relaxations (batch-independent)."""
+    def scores(self, z: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity [B, K] of the prompts' and the experts' noise-free relaxations."""
         s = self.normalized(self.relax(self.predictor(z), noisy=False))
         c = self.normalized(self.relax(self.codebook, noisy=False))
-        return (s @ c.T).argmax(-1)
+        return s @ c.T
+
+    @torch.no_grad()
+    def calibrate(self, z: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+        """Fix the experts' Sinkhorn potentials on calibration prompts (e.g. training captions), so inference
+        routing keeps the uniform loads training had; returns the loads on ``z`` after calibration."""
+        self.route_log_v.copy_(sinkhorn_log_potentials(self.scores(z), self.cfg.sinkhorn_epsilon, iterations))
+        return torch.bincount(self.route(z), minlength=self.cfg.num_experts)
+
+    @torch.no_grad()
+    def route(self, z: torch.Tensor) -> torch.Tensor:
+        """Inference: argmax_k of score / eps + log v_k (calibrated potentials); a prompt's expert depends only
+        on that prompt, never on its batch."""
+        return (self.scores(z) / self.cfg.sinkhorn_epsilon + self.route_log_v).argmax(-1)
 
     @torch.no_grad()
     def expert_codes(self) -> torch.Tensor:

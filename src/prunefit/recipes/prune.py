@@ -99,6 +99,10 @@ def train_router(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacM
             logf.flush()
             bar.set_postfix(loss=f"{row['total']:.3f}", mac=f"{row['mac_ratio']:.3f}")
     logf.close()
+    calib_caps = data.captions(10**8, 1024)  # held-out training captions
+    router.eval()
+    loads = router.calibrate(encoder(calib_caps).to(cfg.device))
+    log(f"router calibrated on {len(calib_caps)} training captions: loads {loads.tolist()}")
     router.encoder_name = encoder.name
     router._encoder = encoder
     return router.eval()
