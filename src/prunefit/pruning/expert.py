@@ -114,7 +114,9 @@ def load_expert(path: str | Path, expected_base: Optional[dict] = None, dtype: t
         unet.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelLoadError(f"{weights} does not match its expert.json ({str(exc).splitlines()[0][:160]})") from None
-    return unet.to(dtype).eval().requires_grad_(False), info
+    if dtype != torch.float32:
+        unet = unet.to(dtype)
+    return unet.eval().requires_grad_(False), info
 
 
 def expert_info(unet_base, spec: GateSpec, arch: torch.Tensor, source: str, kept: dict, mac_ratio: float,
