@@ -28,7 +28,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert "effective batch = 4 per device x 2 process(es) x 1 accumulation = 8" in res.stdout
     assert main([*ARGS, "train.micro_batch_size=8", f"output_dir={tmp_path / 'one'}"]) == 0
     a, b = _weights(two), _weights(tmp_path / "one")
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4  # gloo all-reduce vs one batch: fp rounding
     logs = (two / "log.jsonl").read_text().splitlines()
     assert len([x for x in logs if '"lower/total"' in x]) == 3  # one writer (rank 0): one line per step
     assert [p.name for p in (two / "checkpoints").iterdir()] == ["step-00000003"]

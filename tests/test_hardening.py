@@ -38,10 +38,17 @@ def _wait_for(pred, timeout=240.0):
         time.sleep(0.1)
 
 
+def _run(args: list[str], env_extra: dict | None = None) -> int:
+    """A whole CLI run in a single-threaded subprocess (bit-identical comparisons need one thread count)."""
+    proc = _spawn(args, env_extra)
+    proc.wait(timeout=600)
+    return proc.returncode
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run"
-    assert main([*FT, f"output_dir={out}", "train.max_steps=6"]) == 0
+    assert _run([*FT, f"output_dir={out}", "train.max_steps=6"]) == 0
     return _weights(out)
 
 
@@ -51,7 +58,7 @@ def test_sigkill_mid_training_then_resume_is_bit_identical(tmp_path, reference):
     _wait_for(lambda: (out / "checkpoints" / "step-00000002" / "state.json").is_file() or proc.poll() is not None)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert main([*FT, f"output_dir={out}", "train.max_steps=6", "resume=latest"]) == 0
+    assert _run([*FT, f"output_dir={out}", "train.max_steps=6", "resume=latest"]) == 0
     got = _weights(out)
     assert all(torch.equal(got[k], reference[k]) for k in reference)
 
@@ -68,8 +75,8 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, refe
 
     assert latest_checkpoint(out) is None
     # with no complete checkpoint, resume=latest says so; a fresh start (nothing complete was there) finishes
-    assert main([*FT, f"output_dir={out}", "train.max_steps=6", "resume=latest"]) == 2
-    assert main([*FT, f"output_dir={out}", "train.max_steps=6"]) == 0
+    assert _run([*FT, f"output_dir={out}", "train.max_steps=6", "resume=latest"]) == 2
+    assert _run([*FT, f"output_dir={out}", "train.max_steps=6"]) == 0
     got = _weights(out)
     assert all(torch.equal(got[k], reference[k]) for k in reference)
 

@@ -95,11 +95,13 @@ class Router(nn.Module):
         depth[..., self.depth_order] = s_rank
         return torch.cat([gumbel_sigmoid(w, self.cfg.base, self.cfg.temperature, nw), depth], dim=-1)
 
-    def normalized(self, gates: torch.Tensor) -> torch.Tensor:
+    def normalized(self, gates: torch.Tensor, hard: bool = True) -> torch.Tensor:
         """APTP's width-depth normalization for similarity: hard (straight-through) gates, width of
-        depth-gated units scaled by their depth gate, groups weighted by 1/sqrt(size); then L2-normalized."""
-        hard = (gates >= 0.5).to(gates.dtype)
-        g = (hard - gates).detach() + gates
+        depth-gated units scaled by their depth gate, groups weighted by 1/sqrt(size); then L2-normalized.
+        ``hard=False`` keeps the soft values (continuous scores: no ties between prompts at inference)."""
+        g = gates
+        if hard:
+            g = ((gates >= 0.5).to(gates.dtype) - gates).detach() + gates
         widths, depth = self.spec.split(g)
         unit_depth = {dg.module: depth[..., j] for j, dg in enumerate(self.spec.depth)}
         widths = [w * unit_depth[grp.unit].unsqueeze(-1) if grp.unit in unit_depth else w
@@ -123,8 +125,8 @@ class Router(nn.Module):
     @torch.no_grad()
     def scores(self, z: torch.Tensor) -> torch.Tensor:
         """Cosine similarity [B, K] of the prompts' and the experts' noise-free relaxations."""
-        s = self.normalized(self.relax(self.predictor(z), noisy=False))
-        c = self.normalized(self.relax(self.codebook, noisy=False))
+        s = self.normalized(self.relax(self.predictor(z), noisy=False), hard=False)
+        c = self.normalized(self.relax(self.codebook, noisy=False), hard=False)
         return s @ c.T
 
     @torch.no_grad()
