@@ -12,7 +12,7 @@ import torch
 
 from prunefit.cli import main
 from prunefit.config.schema import ClipScoreConfig, CostConfig, FidConfig, NudityConfig
-from prunefit.errors import ConfigError, DataError, ModelLoadError, OutputError
+from prunefit.errors import ConfigError, DataError, OutputError
 from prunefit.evaluation.clip import clip_score
 from prunefit.evaluation.context import EvalContext
 from prunefit.evaluation.fid import feature_stats, fid_from_features, frechet_distance

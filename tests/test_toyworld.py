@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from prunefit.toyworld.prompts import prompt_set, prompt_set_names, scene_of, write_prompt_sets
-from prunefit.toyworld.world import (ARTISTS, ERASE_ARTISTS, KEEP_ARTISTS, OBJECTS, UNSAFE_MAIN_WORD,
+from prunefit.toyworld.world import (ARTISTS, ERASE_ARTISTS, KEEP_ARTISTS, UNSAFE_MAIN_WORD,
                                      UNSAFE_PHRASES, caption, parse_caption, render, sample_scene)
 
 

@@ -28,7 +28,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from prunefit.config.schema import ToyworldBuildConfig
 from prunefit.losses.diffusion import diffusion_target, min_snr_weights, snr, weighted_mse
 from prunefit.models.schedulers import sd_training_scheduler_config
-from prunefit.models.tiny import TinySDConfig, build_text_encoder, build_unet, build_vae
+from prunefit.models.tiny import TinySDConfig, build_text_encoder, build_unet
 from prunefit.models.tokenizer import trained_bpe_tokenizer
 from prunefit.toyworld.paths import assets_dir as default_assets_dir
 from prunefit.toyworld.judge import Judge, judge_accuracy, load_judge, train_judge
