@@ -14,7 +14,6 @@ A flat architecture vector is [width entries in order | depth entries].
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import torch
 
@@ -147,7 +146,3 @@ def gate_spec(unet, ffn_groups: int = 32) -> GateSpec:
         widths += w
         depths += d
     return GateSpec(tuple(widths), tuple(depths))
-
-
-def first_depth_index(spec: GateSpec, name: str) -> Optional[int]:
-    return next((i for i, d in enumerate(spec.depth) if d.name == name), None)
