@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from safetensors.torch import load_file
 
@@ -18,19 +20,29 @@ def _weights(run):
     return load_file(str(run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-def test_two_processes_match_one_process(tmp_path):
-    two = tmp_path / "two"
+def _torchrun(port: int, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", "29533", "-m", "prunefit", *ARGS, "train.micro_batch_size=4", f"output_dir={two}"]
+           "--master_port", str(port), "-m", "prunefit", *args]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
+    return res
+
+
+def _log_rows(run):
+    return [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_match_one_process(tmp_path):
+    two = tmp_path / "two"
+    res = _torchrun(29533, *ARGS, "train.micro_batch_size=4", f"output_dir={two}")
     assert "effective batch = 4 per device x 2 process(es) x 1 accumulation = 8" in res.stdout
     assert main([*ARGS, "train.micro_batch_size=8", f"output_dir={tmp_path / 'one'}"]) == 0
     a, b = _weights(two), _weights(tmp_path / "one")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4  # gloo all-reduce vs one batch: fp rounding
-    logs = (two / "log.jsonl").read_text().splitlines()
-    assert len([x for x in logs if '"lower/total"' in x]) == 3  # one writer (rank 0): one line per step
+    rows = [r for r in _log_rows(two) if "lower/total" in r]
+    assert len(rows) == 3  # one writer (rank 0): one line per step
+    assert all(r["ranks_agree"] == 1.0 for r in rows)  # every rank held identical weights after every step
     assert [p.name for p in (two / "checkpoints").iterdir()] == ["step-00000003"]
 
 
@@ -61,3 +73,64 @@ def test_sinkhorn_marginals_hold_across_processes():
     assert torch.allclose(loads, torch.full((4,), 8.0), atol=1e-3)  # uniform over the 32 prompts of both ranks
     full = sinkhorn(torch.randn(32, 4, generator=torch.Generator().manual_seed(0)), 0.5, 50)
     assert torch.allclose(full.sum(0), loads, atol=1e-3)  # identical to one process holding the whole batch
+
+
+def test_bilevel_runs_data_parallel(tmp_path):
+    """Three phases (lower, upper ESD, vartheta twin) on one student, without DDP: gradients are averaged
+    explicitly and every rank holds the same weights after every step."""
+    run = tmp_path / "bilevel"
+    res = _torchrun(29547, "bilevel", "model=tiny", "concepts=[skull]", "preset=official", "upper_every=2",
+                    "train.max_steps=4", "train.micro_batch_size=2", "upper_batch_size=1", "esd.ddim_steps=4",
+                    "track_vartheta=true", "train.lr=1e-4", "upper_lr=1e-4", "train.log_every=1",
+                    "train.checkpoint_every=2", f"output_dir={run}")
+    assert "effective batch = 2 per device x 2 process(es) x 1 accumulation = 4" in res.stdout
+    rows = [r for r in _log_rows(run) if "lower/total" in r]
+    assert len(rows) == 4 and all(r["ranks_agree"] == 1.0 for r in rows)
+    assert sum("upper/total" in r for r in rows) == 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
+    assert json.loads((run / "bilevel_summary.json").read_text())["upper_steps"] == 2
+
+
+def test_prune_router_trains_data_parallel(tmp_path):
+    run = tmp_path / "prune"
+    res = _torchrun(29551, "prune", "model=tiny", "steps=4", "batch_size=4", "num_experts=2", "router.ffn_groups=8",
+                    "hypernet_pretrain_steps=2", "eval_prompts=0", "log_every=1", "checkpoint_every=2",
+                    f"output_dir={run}")
+    assert "effective batch = 4 per device x 2 process(es) x 1 accumulation = 8" in res.stdout
+    rows = [r for r in _log_rows(run) if "router/total" in r]
+    assert len(rows) == 4 and all(r["ranks_agree"] == 1.0 for r in rows)
+    assert all(r["router/load_0"] + r["router/load_1"] == 4 for r in rows)  # rank 0's share of the batch
+    summary = json.loads((run / "prune_summary.json").read_text())
+    assert len(summary["experts"]) == 2 and all(Path(e["path"]).is_dir() for e in summary["experts"])
+
+
+def _divergence_worker(rank: int, world: int, port: int, out) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from prunefit.training.runtime import RankDivergenceError, check_ranks_agree
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    out[f"same{rank}"] = check_ranks_agree(model, 1)
+    with torch.no_grad():
+        model[1].bias[0] += rank * 1e-6  # one rank drifts by one tiny update
+    try:
+        check_ranks_agree(model, 2)
+        out[f"drift{rank}"] = "no error"
+    except RankDivergenceError as exc:
+        out[f"drift{rank}"] = str(exc)
+    dist.destroy_process_group()
+
+
+def test_rank_divergence_is_caught():
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_divergence_worker, args=(2, 29557, out), nprocs=2, join=True)
+        out = dict(out)
+    assert out["same0"] is True and out["same1"] is True
+    for rank in (0, 1):
+        assert "step 2: processes hold different weights (first: 1.bias)" in out[f"drift{rank}"]

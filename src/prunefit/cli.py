@@ -153,6 +153,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if cfg is None:
         return 0
     res = prune.main(cfg)
+    if res is None:  # not the main process of a multi-process run
+        return 0
     for p, r in zip(res.experts, res.mac_ratios):
         print(f"{p}: MAC ratio {r:.3f}")
     if res.summary.get("routing_toy_val"):

@@ -113,6 +113,10 @@ class ToyworldBuildConfig:
     teacher_batch_size: int = 32
     teacher_lr: float = 8e-4
     teacher_warmup: int = 200
+    teacher_lr_schedule: str = "constant"
+    """constant (after warm-up), or cosine: decays to teacher_lr_floor x teacher_lr from this build's start step
+    (the init_from teacher's step, or 0) to teacher_steps. Cosine is for continuing a trained teacher."""
+    teacher_lr_floor: float = 0.0
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
@@ -127,6 +131,9 @@ class ToyworldBuildConfig:
         for name in ("vae_lr", "teacher_lr"):
             _check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         _check(0 <= self.caption_dropout < 1, f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        _check(self.teacher_lr_schedule in ("constant", "cosine"),
+               f"teacher_lr_schedule must be 'constant' or 'cosine', got {self.teacher_lr_schedule!r}")
+        _check(0 <= self.teacher_lr_floor <= 1, f"teacher_lr_floor must be in [0, 1], got {self.teacher_lr_floor}")
         _check(0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
 
@@ -311,6 +318,10 @@ class PruneConfig:
     resource_loss: str = "log"
     eval_prompts: int = 100
     """Toy world: judge each expert on this many toy-val prompts after pruning (0 = skip)."""
+    resume: Optional[str] = None
+    """'latest' or a checkpoint folder of the router's training."""
+    checkpoint_every: int = 100
+    log_every: int = 10
     data: DataConfig = field(default_factory=DataConfig)
     router: RouterSection = field(default_factory=RouterSection)
     loss: PruneLossWeights = field(default_factory=PruneLossWeights)
@@ -323,6 +334,7 @@ class PruneConfig:
         _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
         _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         _check(self.resource_loss in ("log", "mae", "mse"), "resource_loss must be log, mae or mse")
+        _check(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
 
 
 @dataclass

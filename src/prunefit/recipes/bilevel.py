@@ -21,7 +21,7 @@ from prunefit.removal.bilevel import PRESETS, BilevelConfig
 from prunefit.removal.context import RemovalContext
 from prunefit.removal.registry import get_method
 from prunefit.training.loop import Phase, constant_with_warmup
-from prunefit.training.runtime import fit, make_accelerator, resolve_resume
+from prunefit.training.runtime import fit, make_accelerator, report_effective_batch, resolve_resume
 
 
 @dataclass
@@ -41,6 +41,8 @@ class PenalizedObjective:
     every: int
     upper_batch: int
     phase: Phase = None  # set after the phase is built
+    rank: int = 0
+    world: int = 1
 
     def __call__(self, start: int, n: int) -> LossOutput:
         low = self.lower(start, n)
@@ -49,7 +51,7 @@ class PenalizedObjective:
         parts["lower"] = low.total
         step = self.phase.step
         if (step + 1) % self.every == 0:
-            up = self.upper((step // self.every) * self.upper_batch, self.upper_batch)
+            up = self.upper(((step // self.every) * self.world + self.rank) * self.upper_batch, self.upper_batch)
             total = total + up.total
             parts["upper"] = up.total
         return LossOutput(total, parts)
@@ -80,7 +82,8 @@ def main(cfg: BilevelConfig) -> BilevelResult:
     if PRESETS[cfg.preset]["optimizers"] == 2:
         phases = [lower, upper]
     else:
-        pen = PenalizedObjective(lower.objective, upper.objective, cfg.lam, cfg.every, cfg.upper_batch_size)
+        pen = PenalizedObjective(lower.objective, upper.objective, cfg.lam, cfg.every, cfg.upper_batch_size,
+                                 rank=accelerator.process_index, world=accelerator.num_processes)
         single = Phase("bilevel", pen, lower.optimizer, lower.params, cfg.upper_lr,
                        constant_with_warmup(cfg.train.warmup_steps), 1, cfg.train.micro_batch_size,
                        cfg.train.grad_accum_steps, cfg.train.max_grad_norm, student)
@@ -89,6 +92,7 @@ def main(cfg: BilevelConfig) -> BilevelResult:
     vartheta = _vartheta_phase(cfg, comps, data, cache, accelerator.device, student) if cfg.track_vartheta else None
     if vartheta is not None:
         phases.append(vartheta[0])
+    report_effective_batch(accelerator, cfg.train.micro_batch_size, cfg.train.grad_accum_steps)
     if accelerator.is_main_process:
         save_resolved_config(cfg, out)
     validate = _gap_validator(cfg, lower_obj, vartheta, comps, data) if cfg.train.val_every else None

@@ -20,7 +20,7 @@ from prunefit.models.components import Components, load_components
 from prunefit.objectives.denoising import DenoisingObjective
 from prunefit.objectives.inputs import InputBuilder
 from prunefit.training.loop import Phase, constant_with_warmup
-from prunefit.training.runtime import EMA, fit, make_accelerator, resolve_resume
+from prunefit.training.runtime import EMA, fit, make_accelerator, report_effective_batch, resolve_resume
 
 
 @dataclass
@@ -105,11 +105,9 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
                                        accelerator.device)
     phase.model, phase.optimizer = accelerator.prepare(student, phase.optimizer)
     objective.student = phase.model
-    effective = cfg.train.micro_batch_size * accelerator.num_processes * cfg.train.grad_accum_steps
+    effective = report_effective_batch(accelerator, cfg.train.micro_batch_size, cfg.train.grad_accum_steps)
     if accelerator.is_main_process:
         save_resolved_config(cfg, out)
-        print(f"effective batch = {cfg.train.micro_batch_size} per device x {accelerator.num_processes} "
-              f"process(es) x {cfg.train.grad_accum_steps} accumulation = {effective}")
     ema = EMA(cfg.train.ema_decay) if cfg.train.ema_decay else None
     validate = _validator(objective, cfg, comps, data) if cfg.train.val_every else None
     sampler = _sampler(student, comps, cfg, out) if cfg.train.sample_every and cfg.train.sample_prompts else None

@@ -11,10 +11,9 @@ from typing import Optional
 
 import torch
 from diffusers import DDPMScheduler
-from tqdm.auto import tqdm
 
 from prunefit.config.load import save_resolved_config
-from prunefit.config.schema import PruneConfig
+from prunefit.config.schema import PruneConfig, TrainConfig
 from prunefit.data.datasets import build_data
 from prunefit.errors import OutputError
 from prunefit.losses.aptp import contrastive_loss, resource_loss, straight_through_hard
@@ -29,6 +28,9 @@ from prunefit.pruning.macs import MacModel, mac_model
 from prunefit.pruning.materialize import materialize
 from prunefit.pruning.router import Router, RouterConfig
 from prunefit.pruning.spec import GateSpec, gate_spec
+from prunefit.objectives.base import LossOutput
+from prunefit.training.loop import Phase
+from prunefit.training.runtime import fit, make_accelerator, report_effective_batch, resolve_resume
 from prunefit.utils.optim import warmup_cosine
 
 
@@ -40,72 +42,98 @@ class PruneResult:
     summary: dict
 
 
-def train_router(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacModel, log) -> Router:
-    """APTP: UNet frozen; predictor + codebook trained with denoising, distillation, contrastive and
-    resource losses; the teacher is the same UNet without gates."""
+@dataclass
+class RouterObjective:
+    """APTP's loss for samples [start, start + n): the UNet is frozen; the router's predictor and codebook
+    learn from denoising, distillation, contrastive and resource losses; the teacher is the same UNet
+    without gates. Routing marginals (Sinkhorn) are summed over all processes when ``distributed``."""
+
+    cfg: PruneConfig
+    comps: Components
+    spec: GateSpec
+    macs: MacModel
+    router: Router
+    encoder: object
+    data: object
+    distributed: bool = False
+    phase: Optional[Phase] = None  # set once the phase exists (for the pre-training switch)
+
+    def __post_init__(self) -> None:
+        self.noise_sched = DDPMScheduler.from_config(self.comps.scheduler.config)
+        self.acp = self.noise_sched.alphas_cumprod
+
+    def __call__(self, start: int, n: int) -> LossOutput:
+        cfg, comps, unet, acp = self.cfg, self.comps, self.comps.unet, self.acp
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
+        images, captions = self.data.samples(start, n)
+        with torch.no_grad():
+            latents = encode_images(comps, images, gen)
+            text = encode_prompts(comps, captions)
+            z = self.encoder(captions).to(latents.device)
+            noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+            t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(latents),),
+                              generator=gen).to(latents.device)
+            noisy = self.noise_sched.add_noise(latents, noise, t)
+            with capture_features(unet) as feats_t:
+                out_t = unet(noisy, t, text).sample
+        s, zq, idx = self.router.route_train(z, gen, distributed=self.distributed)
+        arch = s if self.phase.step < cfg.hypernet_pretrain_steps else zq
+        with gated(unet, self.spec, arch), capture_features(unet) as feats_s:
+            out_s = unet(noisy, t, text).sample
+        target = diffusion_target(comps.prediction_type, latents, noise, acp, t)
+        parts = {
+            "ddpm": weighted_mse(out_s, target, min_snr_weights(snr(acp, t), cfg.min_snr_gamma, comps.prediction_type)),
+            "distill": output_kd(out_s, out_t),
+            "block": feature_kd(feats_s, feats_t),
+            "contrastive": contrastive_loss(self.router.normalized(s), z),
+        }
+        ratio = self.macs.ratio(straight_through_hard(arch))
+        parts["resource"] = resource_loss(ratio, cfg.target, cfg.resource_loss)
+        parts["std"] = -ratio.std() if len(ratio) > 1 else ratio.sum() * 0
+        parts["max"] = 1 - ratio.max()
+        total = sum(getattr(cfg.loss, k) * v for k, v in parts.items())
+        parts["mac_ratio"] = ratio.mean().detach()
+        loads = torch.bincount(idx, minlength=cfg.num_experts)
+        parts.update({f"load_{k}": loads[k].float() for k in range(cfg.num_experts)})
+        return LossOutput(total, parts)
+
+
+def router_train_config(cfg: PruneConfig) -> TrainConfig:
+    """The shared runtime's settings for router training (checkpoints, logging, resume)."""
+    return TrainConfig(max_steps=cfg.steps, micro_batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=0,
+                       checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+
+
+def train_router(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacModel, log, accelerator,
+                 resume: Optional[Path]) -> Router:
+    """APTP router training on the shared runtime (data parallel over processes, exact resume), then
+    calibration of the routing on held-out training captions (main process)."""
     from prunefit.pruning.encoder import SentenceEncoder
 
     torch.manual_seed(cfg.seed)
     encoder = SentenceEncoder(cfg.router.encoder, cfg.device)
     rcfg = RouterConfig(cfg.num_experts, cfg.router.base, cfg.router.temperature, cfg.router.sinkhorn_epsilon,
                         cfg.router.sinkhorn_iterations)
-    router = Router(spec, encoder.dim, rcfg).to(cfg.device)
+    router = Router(spec, encoder.dim, rcfg).to(accelerator.device)
     opt = torch.optim.AdamW(router.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
-    noise_sched = DDPMScheduler.from_config(comps.scheduler.config)
-    acp = noise_sched.alphas_cumprod
-    pred_type = comps.prediction_type
     data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
-    unet = comps.unet
-    w = cfg.loss
-    logf = (Path(cfg.output_dir) / "log.jsonl").open("a")
-    bar = tqdm(range(cfg.steps), desc="prune", unit="step")
-    for step in bar:
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        images, captions = data.samples(step * cfg.batch_size, cfg.batch_size)
-        with torch.no_grad():
-            latents = encode_images(comps, images, gen)
-            text = encode_prompts(comps, captions)
-            z = encoder(captions).to(cfg.device)
-            noise = torch.randn(latents.shape, generator=gen)
-            t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(latents),), generator=gen)
-            noisy = noise_sched.add_noise(latents, noise, t)
-            with capture_features(unet) as feats_t:
-                out_t = unet(noisy, t, text).sample
-        s, zq, idx = router.route_train(z, gen)
-        arch = s if step < cfg.hypernet_pretrain_steps else zq
-        with gated(unet, spec, arch), capture_features(unet) as feats_s:
-            out_s = unet(noisy, t, text).sample
-        target = diffusion_target(pred_type, latents, noise, acp, t)
-        parts = {
-            "ddpm": weighted_mse(out_s, target, min_snr_weights(snr(acp, t), cfg.min_snr_gamma, pred_type)),
-            "distill": output_kd(out_s, out_t),
-            "block": feature_kd(feats_s, feats_t),
-            "contrastive": contrastive_loss(router.normalized(s), z),
-        }
-        ratio = macs.ratio(straight_through_hard(arch))
-        parts["resource"] = resource_loss(ratio, cfg.target, cfg.resource_loss)
-        parts["std"] = -ratio.std() if len(ratio) > 1 else ratio.sum() * 0
-        parts["max"] = 1 - ratio.max()
-        total = sum(getattr(w, k) * v for k, v in parts.items())
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * warmup_cosine(step, cfg.steps, max(1, cfg.steps // 20), floor=1.0)
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        if step % 10 == 0 or step == cfg.steps - 1:
-            row = {"step": step, "total": total.item(), **{k: v.item() for k, v in parts.items()},
-                   "mac_ratio": ratio.mean().item(), "loads": torch.bincount(idx, minlength=cfg.num_experts).tolist()}
-            logf.write(json.dumps(row) + "\n")
-            logf.flush()
-            bar.set_postfix(loss=f"{row['total']:.3f}", mac=f"{row['mac_ratio']:.3f}")
-    logf.close()
-    calib_caps = data.captions(10**8, 1024)  # held-out training captions
+    objective = RouterObjective(cfg, comps, spec, macs, router, encoder, data,
+                                distributed=accelerator.num_processes > 1)
+    warm = max(1, cfg.steps // 20)
+    phase = Phase("router", objective, opt, list(router.parameters()), cfg.lr,
+                  lambda step: warmup_cosine(step, cfg.steps, warm, floor=1.0), micro_batch=cfg.batch_size,
+                  model=router)
+    objective.phase = phase
+    report_effective_batch(accelerator, cfg.batch_size, 1, log)
+    fit([phase], router, router_train_config(cfg), Path(cfg.output_dir), accelerator, resume)
     router.eval()
-    loads = router.calibrate(encoder(calib_caps).to(cfg.device))
-    log(f"router calibrated on {len(calib_caps)} training captions: loads {loads.tolist()}")
+    if accelerator.is_main_process:
+        calib_caps = data.captions(10**8, 1024)  # held-out training captions
+        loads = router.calibrate(encoder(calib_caps).to(accelerator.device))
+        log(f"router calibrated on {len(calib_caps)} training captions: loads {loads.tolist()}")
     router.encoder_name = encoder.name
     router._encoder = encoder
-    return router.eval()
+    return router
 
 
 def baseline_codes(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacModel) -> torch.Tensor:
@@ -158,12 +186,17 @@ def route_toyval(router: Router, n: int = 500) -> Optional[dict]:
     return {"prompts": len(prompts), "loads": torch.bincount(idx, minlength=router.cfg.num_experts).tolist()}
 
 
-def main(cfg: PruneConfig, log=print) -> PruneResult:
+def main(cfg: PruneConfig, log=print) -> Optional[PruneResult]:
+    """Prune; under several processes the router trains data-parallel and the main process exports
+    (other processes return None)."""
     out = Path(cfg.output_dir)
     if (out / "prune_summary.json").is_file():
         raise OutputError(f"{out} already holds a finished prune run; use a new output_dir (nothing was overwritten)")
     out.mkdir(parents=True, exist_ok=True)
-    save_resolved_config(cfg, out)
+    resume = resolve_resume(out, cfg.resume)
+    accelerator = make_accelerator(router_train_config(cfg), cfg.device)
+    if accelerator.is_main_process:
+        save_resolved_config(cfg, out)
     t0 = time.time()
     comps = load_components(cfg.model, device=cfg.device)
     spec = gate_spec(comps.unet, cfg.router.ffn_groups)
@@ -175,12 +208,16 @@ def main(cfg: PruneConfig, log=print) -> PruneResult:
     summary: dict = {"method": cfg.method, "target": cfg.target, "gates": {"width_groups": len(spec.width),
                      "width_entries": spec.width_dim, "depth": spec.depth_dim}, "mac_protocol": mac_protocol}
     if cfg.method == "aptp":
-        router = train_router(cfg, comps, spec, macs, log)
+        router = train_router(cfg, comps, spec, macs, log, accelerator, resume)
+        if not accelerator.is_main_process:
+            return None
         codes = router.expert_codes()
         router.save(out / "router", {"encoder": router.encoder_name, "source_model": comps.source,
                                      "spec_dim": spec.dim, "ffn_groups": cfg.router.ffn_groups})
         summary["routing_toy_val"] = route_toyval(router) if comps.source == "toyworld" else None
     else:
+        if not accelerator.is_main_process:
+            return None
         codes = baseline_codes(cfg, comps, spec, macs)
     experts, ratios = export_experts(cfg, comps, spec, macs, codes, mac_protocol)
     summary["experts"] = [{"path": str(p), "mac_ratio": r} for p, r in zip(experts, ratios)]

@@ -33,7 +33,7 @@ from prunefit.models.tokenizer import trained_bpe_tokenizer
 from prunefit.toyworld.paths import assets_dir as default_assets_dir
 from prunefit.toyworld.judge import Judge, judge_accuracy, load_judge, train_judge
 from prunefit.toyworld.world import Scene, caption, render, sample_scene
-from prunefit.utils.optim import warmup_cosine_scheduler
+from prunefit.utils.optim import warmup_cosine, warmup_cosine_scheduler
 
 TEACHER_SIZES = TinySDConfig(
     unet_channels=(32, 64, 64), attention_levels=(False, True, True), layers_per_block=2, attention_heads=4,
@@ -155,6 +155,12 @@ def vae_roundtrip(vae: AutoencoderKL) -> Callable[[torch.Tensor], torch.Tensor]:
 def build_judge(cfg: ToyworldBuildConfig, out: Path, vae: AutoencoderKL) -> Judge:
     if _done(out):
         return load_judge(out)
+    init = _init_dir(cfg)
+    if init is not None and (init / "judge").is_dir():  # the judge must stay the one the world was measured by
+        shutil.copytree(init / "judge", out, dirs_exist_ok=True)
+        held_out = json.loads((init / "quality.json").read_text())["judge_held_out"]
+        _mark_done(out, {"from": str(init), "held_out_accuracy": held_out})
+        return load_judge(out)
     t0 = time.time()
     judge = train_judge(cfg.judge_steps, cfg.judge_batch_size, seed=cfg.seed, roundtrip=vae_roundtrip(vae))
     acc = judge_accuracy(judge)
@@ -219,6 +225,14 @@ def _init_teacher(state: TeacherState, init: Path) -> None:
     state.init_step = state.step
 
 
+def teacher_lr_multiplier(cfg: ToyworldBuildConfig, step: int, init_step: int) -> float:
+    """LR multiplier at teacher ``step`` for a build that started at ``init_step`` (warm-up restarts there)."""
+    local, total = step - init_step, max(1, cfg.teacher_steps - init_step)
+    if cfg.teacher_lr_schedule == "cosine":
+        return warmup_cosine(local, total, cfg.teacher_warmup, cfg.teacher_lr_floor)
+    return min(1.0, (local + 1) / cfg.teacher_warmup)
+
+
 def train_teacher(cfg: ToyworldBuildConfig, out: Path, tok: CLIPTokenizer, vae: AutoencoderKL,
                   log: Callable[[str], None] = print) -> TeacherState:
     """Train UNet + text encoder jointly on fresh renders (EMA, min-SNR, caption dropout); resumable."""
@@ -260,7 +274,7 @@ def train_teacher(cfg: ToyworldBuildConfig, out: Path, tok: CLIPTokenizer, vae: 
         target = diffusion_target("epsilon", latents, noise, acp, t)
         loss = weighted_mse(pred, target, min_snr_weights(snr(acp, t), cfg.min_snr_gamma, "epsilon"))
         for g in opt.param_groups:
-            g["lr"] = cfg.teacher_lr * min(1.0, (step - state.init_step + 1) / cfg.teacher_warmup)
+            g["lr"] = cfg.teacher_lr * teacher_lr_multiplier(cfg, step, state.init_step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -322,7 +336,7 @@ def run_build(cfg: ToyworldBuildConfig, log: Callable[[str], None] = print) -> P
     _atomic_dir(assets / "prompts", lambda d: write_prompt_sets(d, seed=cfg.seed))
     log(f"exported teacher, judge and prompt sets to {assets}")
     quality = measure_quality(assets / "teacher", judge, assets / "prompts", n=cfg.eval_prompts)
-    info = {"config": asdict(cfg), "teacher_step": state.step, "build_seconds_this_run": round(time.time() - t0, 1),
+    info = {"config": asdict(cfg), "teacher_step": state.step, "teacher_init_step": state.init_step, "build_seconds_this_run": round(time.time() - t0, 1),
             "judge_held_out": _done(root / "judge")["held_out_accuracy"], "quality": quality,
             "vae": _done(root / "vae"), "teacher_log": _log_summary(root / "teacher" / "log.jsonl")}
     (assets / "quality.json").write_text(json.dumps(info, indent=2))

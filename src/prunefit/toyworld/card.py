@@ -33,7 +33,7 @@ def write_model_card(assets: Path, info: dict) -> Path:
         f"- AutoencoderKL: channels {list(TEACHER_SIZES.vae_channels)} (factor {2 ** (len(TEACHER_SIZES.vae_channels) - 1)}, 32x32 images); "
         f"{cfg['vae_steps']} steps, batch {cfg['vae_batch_size']}, L1+MSE+1e-4 KL.",
         f"- Training: {info['teacher_step']} steps, batch {cfg['teacher_batch_size']}, AdamW lr "
-        f"{cfg['teacher_lr']} (warm-up {cfg['teacher_warmup']}), epsilon prediction, min-SNR gamma "
+        f"{cfg['teacher_lr']} (warm-up {cfg['teacher_warmup']}, {_schedule(cfg, info)}), epsilon prediction, min-SNR gamma "
         f"{cfg['min_snr_gamma']}, caption dropout {cfg['caption_dropout']}, EMA {cfg['ema_decay']} (EMA weights "
         f"shipped), scaled-linear betas (SD's), seed {cfg['seed']}.",
         f"- Built on: {platform.machine()} CPU, {cfg['threads']} threads, torch {torch.__version__}; teacher "
@@ -62,3 +62,12 @@ def write_model_card(assets: Path, info: dict) -> Path:
     path = assets / "MODEL_CARD.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _schedule(cfg: dict, info: dict) -> str:
+    """How the teacher's LR ran, including where a continued build started."""
+    start = info.get("teacher_init_step", 0)
+    text = "constant after warm-up" if cfg.get("teacher_lr_schedule", "constant") == "constant" else (
+        f"cosine decay to {cfg.get('teacher_lr_floor', 0.0)}x")
+    return text + (f"; this build continued an earlier teacher from step {start}" if start else "")
+

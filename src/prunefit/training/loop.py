@@ -65,6 +65,34 @@ def _clear_grads(phase: Phase) -> None:
             p.grad = None
 
 
+def _is_ddp(model) -> bool:
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
+
+
+def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average ``params``' gradients over all processes in one flat all-reduce (data parallelism for phases
+    whose model is not DDP-wrapped: bilevel phases sharing one student, the pruning router). A parameter
+    that got no gradient on any process keeps ``grad=None``, exactly as in a one-process run."""
+    import torch.distributed as dist
+
+    if not params:
+        return
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    dist.all_reduce(has)
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, seen in zip(params, has.tolist()):
+        n = p.numel()
+        p.grad = flat[offset: offset + n].view_as(p).clone() if seen else None
+        offset += n
+
+
+def _distributed(world: int) -> bool:
+    return world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def run_phase(phase: Phase, global_step: int, backward: Callable, rank: int = 0, world: int = 1,
               autocast=nullcontext, check_finite: bool = True) -> None:
     """One optimizer step of ``phase`` (``accum`` micro-batches)."""
@@ -83,6 +111,8 @@ def run_phase(phase: Phase, global_step: int, backward: Callable, rank: int = 0,
             backward(out.total / phase.accum)
         for k, v in {"total": out.total, **out.parts}.items():
             sums[k] = sums.get(k, 0) + v.detach() / phase.accum
+    if _distributed(world) and not _is_ddp(phase.model):
+        average_gradients(phase.params, world)
     if phase.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(phase.params, phase.max_grad_norm)
     phase.optimizer.step()

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from prunefit.config.schema import TrainConfig
-from prunefit.errors import OutputError
+from prunefit.errors import OutputError, PrunefitError
 from prunefit.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from prunefit.training.loop import Phase, train
 
@@ -79,6 +79,31 @@ class EMA:
                     p.copy_(self.shadow[k])
 
 
+class RankDivergenceError(PrunefitError):
+    """Processes of one data-parallel run hold different weights."""
+
+
+def check_ranks_agree(model: torch.nn.Module, step: int) -> bool:
+    """Raise if any process holds weights different from the others (exact: data-parallel ranks apply the
+    same averaged update). Compares per-parameter float64 sums and sums of squares with one MAX and one MIN
+    all-reduce, so it is cheap enough to run at every logging step. Returns whether a check ran."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return False
+    params = [p.detach() for p in model.parameters()]
+    stats = torch.stack([torch.stack([p.double().sum(), p.double().square().sum()]) for p in params]).flatten()
+    hi, lo = stats.clone(), stats.clone()
+    dist.all_reduce(hi, dist.ReduceOp.MAX)
+    dist.all_reduce(lo, dist.ReduceOp.MIN)
+    if not torch.equal(hi, lo):
+        names = [n for n, _ in model.named_parameters()]
+        first = names[int((hi != lo).nonzero()[0]) // 2]
+        raise RankDivergenceError(f"step {step}: processes hold different weights (first: {first}); a phase "
+                                  "updated parameters without averaging gradients across processes")
+    return True
+
+
 def resolve_resume(out: Path, resume: Optional[str]) -> Optional[Path]:
     """The checkpoint to resume from, or None; refuses to silently restart over existing checkpoints."""
     if resume is None:
@@ -92,6 +117,15 @@ def resolve_resume(out: Path, resume: Optional[str]) -> Optional[Path]:
     if not (path / "state.json").is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no state.json)")
     return path
+
+
+def report_effective_batch(accelerator, micro_batch: int, accum: int, log: Callable[[str], None] = print) -> int:
+    """Per-device batch x processes x accumulation, printed once by the main process."""
+    effective = micro_batch * accelerator.num_processes * accum
+    if accelerator.is_main_process:
+        log(f"effective batch = {micro_batch} per device x {accelerator.num_processes} process(es) x {accum} "
+            f"accumulation = {effective}")
+    return effective
 
 
 def fit(phases: list[Phase], model: torch.nn.Module, cfg: TrainConfig, out: Path, accelerator,
@@ -112,10 +146,13 @@ def fit(phases: list[Phase], model: torch.nn.Module, cfg: TrainConfig, out: Path
         if ema is not None:
             ema.update(model, step)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            values = {f"{ph.name}/{k}": float(v) for ph in phs for k, v in ph.last.items()}
-            values.update({f"{ph.name}/lr": ph.optimizer.param_groups[0]["lr"] for ph in phs})
+            ran = [ph for ph in phs if ph.runs_at(step - 1)]  # no stale values of phases that skipped this step
+            values = {f"{ph.name}/{k}": float(v) for ph in ran for k, v in ph.last.items()}
+            values.update({f"{ph.name}/lr": ph.optimizer.param_groups[0]["lr"] for ph in ran})
             now = time.time()
             values["steps_per_s"] = (step - s_last) / max(now - t_last, 1e-9)
+            if check_ranks_agree(model, step):
+                values["ranks_agree"] = 1.0
             t_last, s_last = now, step
             logger.log(step, values)
             bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in values.items() if k.endswith("/total")})
