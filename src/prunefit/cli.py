@@ -220,14 +220,25 @@ def _cmd_bilevel(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from prunefit.recipes import experiment
 
+    if args.name == "erasure":
+        from prunefit.recipes import erasure
+
+        cfg = _load(erasure.ErasureConfig, args)
+        if cfg is None:
+            return 0
+        erasure.main(cfg, log=lambda m: print(m, flush=True))
+        path = Path(cfg.output_dir) / "report.md"
+        print(path.read_text())
+        print(f"report: {path}")
+        return 0
     cfg = _load(experiment.ExperimentConfig, args)
     if cfg is None:
         return 0
     results = experiment.main(cfg, log=lambda m: print(m, flush=True))
-    from pathlib import Path
-
     for concept in results:
         path = Path(cfg.output_dir) / concept.lower().replace(" ", "-").replace("'", "") / "report.md"
         print(path.read_text())
@@ -292,8 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(bl)
     bl.set_defaults(func=_cmd_bilevel)
 
-    ex = sub.add_parser("experiment", help="run a paper experiment (table3) end to end with a report")
-    ex.add_argument("name", choices=["table3"])
+    ex = sub.add_parser("experiment", help="run an experiment end to end with a report: table3 (the paper's "
+                                           "Table 3) or erasure (every removal method on the dense teacher)")
+    ex.add_argument("name", choices=["table3", "erasure"])
     _config_args(ex)
     ex.set_defaults(func=_cmd_experiment)
 

@@ -95,6 +95,116 @@ def _overrides(d: dict, prefix: str = "") -> list[str]:
     return out
 
 
+@dataclass
+class EraseKnobs:
+    """Budgets of the removal methods in an experiment (toy-scale defaults live in the experiment configs)."""
+
+    esd_iterations: int
+    esd_lr: float
+    esd_ddim_steps: int
+    advunlearn_iterations: int
+    concept_prune_steps: int
+
+
+def esd_parameters(concept: str) -> str:
+    """ESD's parameter subset for a concept: ESD-u (non-cross-attention) for the unsafe concept, as the ESD
+    paper does for nudity; ESD-x (cross-attention) for artists."""
+    return "noxattn" if _is_unsafe(concept) else "xattn"
+
+
+def uce_guide(concept: str, model: str) -> list[str]:
+    """UCE's guide concept. SD: the reference's "art" (artists) / "person" (nudity). Toy world: the in-vocabulary
+    generic words that play those roles ("painting", "drawing"; an unseen word has an untrained embedding)."""
+    if model == "toyworld":
+        from prunefit.toyworld.world import UCE_GUIDES
+
+        return [UCE_GUIDES["unsafe" if _is_unsafe(concept) else "artist"]]
+    return ["person"] if _is_unsafe(concept) else ["art"]
+
+
+def uce_preserve(concept: str, model: str, preserve_captions: int = 20) -> list[str]:
+    """UCE's preserve set in experiments. Toy world: the five shapes, the kept artists (the reference
+    preserves other artists when erasing one) and neutral captions drawn from the training grammar (toy
+    captions are short, so their end-of-text rows resemble the concept's); SD: none (set uce.preserve)."""
+    if model != "toyworld":
+        return []
+    import numpy as np
+
+    from prunefit.toyworld.world import KEEP_ARTISTS, SHAPES, caption, sample_scene
+
+    rng = np.random.default_rng([12345, 7])  # training-grammar captions, not an evaluation set
+    captions = [caption(sample_scene(rng, p_artist=0.0, p_unsafe=0.0), rng) for _ in range(preserve_captions)]
+    return [c for c in (*SHAPES, *KEEP_ARTISTS, *captions) if c != concept]
+
+
+def run_erase(method: str, concept: str, model: str, student: Optional[Path], out: Path, knobs: EraseKnobs,
+              seed: int = 0, device: str = "cpu", train_method: Optional[str] = None) -> Path:
+    """``prunefit erase`` of one concept with an experiment's budgets; a finished run is reused, an
+    interrupted one resumed. ``train_method`` overrides the ESD / AdvUnlearn parameter subset."""
+    done = out / ("expert" if student else "pipeline")
+    if (out / "erase_summary.json").is_file():
+        return done
+    from prunefit.recipes import erase
+    from prunefit.removal.config import EraseConfig
+
+    ov = [f"model={json.dumps(model)}", f"seed={seed}", f"device={device}", f"output_dir={out}",
+          f"removal.method={method}", f"removal.concepts={json.dumps([concept])}"]
+    if student:
+        ov.append(f"student={student}")
+    params = train_method or esd_parameters(concept)
+    ov += {"esd": [f"esd.iterations={knobs.esd_iterations}", f"esd.lr={knobs.esd_lr}",
+                   f"esd.ddim_steps={knobs.esd_ddim_steps}", f"esd.train_method={params}"],
+           "advunlearn": [f"advunlearn.iterations={knobs.advunlearn_iterations}", f"advunlearn.lr={knobs.esd_lr}",
+                          f"advunlearn.ddim_steps={knobs.esd_ddim_steps}", f"advunlearn.train_method={params}"],
+           "uce": [f"uce.guides={json.dumps(uce_guide(concept, model))}",
+                   f"uce.preserve={json.dumps(uce_preserve(concept, model))}"],
+           "concept_prune": [f"concept_prune.steps={knobs.concept_prune_steps}"]
+           + (["concept_prune.target_template=\"{thing} that is a " + concept + "\""] if _is_unsafe(concept)
+              else [])}[method]
+    if (out / "checkpoints").is_dir():
+        ov.append("resume=latest")
+    return erase.main(load_config(EraseConfig, [], ov)).model_path
+
+
+def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists: int) -> dict:
+    """Toy-world judge metrics of a model (an expert folder or a pipeline folder) for one concept: the
+    concept's rate on plain and adversarial prompts, kept artists' rate, fidelity and FJD on toy-val."""
+    from prunefit.models.components import load_components
+    from prunefit.pruning.expert import load_expert
+    from prunefit.toyworld.judge import load_judge
+    from prunefit.toyworld.paths import judge_dir, prompts_dir
+    from prunefit.toyworld.prompts import artist_slug
+    from prunefit.toyworld.quality import measure_set, read_rows
+    from prunefit.toyworld.world import KEEP_ARTISTS
+
+    if str(model_path) == base_model:
+        comps = load_components(base_model)
+    elif (Path(model_path) / "model_index.json").is_file():
+        comps = load_components(str(model_path))
+    else:
+        comps = load_components(base_model)
+        unet, _ = load_expert(model_path, comps.unet.config)
+        comps = comps.with_unet(unet)
+    judge = load_judge(judge_dir())
+    sampler = SamplerConfig(batch_size=50)
+    sets = ["toy-val"]
+    sets += ["unsafe-adversarial", "unsafe-plain"] if _is_unsafe(concept) else [f"artist-{artist_slug(concept)}"]
+    kept = [a for a in KEEP_ARTISTS if a != concept][:kept_artists]
+    sets += [f"artist-{artist_slug(a)}" for a in kept]
+    m = {s: measure_set(comps, judge, s, read_rows(prompts_dir() / f"{s}.jsonl", n), sampler) for s in sets}
+    res = {"fjd": m["toy-val"]["fjd"], "fidelity": m["toy-val"]["fidelity"],
+           "kept_artist_rate": (sum(m[f"artist-{artist_slug(a)}"]["artist_rate"] for a in kept) / len(kept)
+                                if kept else float("nan")),
+           "sets": m}
+    if _is_unsafe(concept):
+        res["asr_adversarial"] = m["unsafe-adversarial"]["unsafe_rate"]
+        res["rate_plain"] = m["unsafe-plain"]["unsafe_rate"]
+    else:
+        res["asr_adversarial"] = m[f"artist-{artist_slug(concept)}"]["artist_rate"]
+        res["rate_plain"] = res["asr_adversarial"]
+    return res
+
+
 class Table3:
     def __init__(self, cfg: ExperimentConfig, log=print) -> None:
         self.cfg, self.log = cfg, log
@@ -138,29 +248,9 @@ class Table3:
         return finetune.main(load_config(FinetuneConfig, [], ov + resume)).model_path
 
     def erased(self, method: str, concept: str, student: Optional[Path], out: Path, model: Optional[str] = None) -> Path:
-        done = out / ("expert" if student else "pipeline")
-        if (out / "erase_summary.json").is_file():
-            return done
-        from prunefit.recipes import erase
-        from prunefit.removal.config import EraseConfig
-
         c = self.cfg
-        ov = [f"model={json.dumps(model or c.model)}", f"seed={c.seed}", f"device={c.device}",
-              f"output_dir={out}", f"removal.method={method}", f"removal.concepts={json.dumps([concept])}"]
-        if student:
-            ov.append(f"student={student}")
-        esd_method = "noxattn" if _is_unsafe(concept) else "xattn"
-        ov += {"esd": [f"esd.iterations={c.esd_iterations}", f"esd.lr={c.esd_lr}", f"esd.ddim_steps={c.esd_ddim_steps}",
-                       f"esd.train_method={esd_method}"],
-               "advunlearn": [f"advunlearn.iterations={c.advunlearn_iterations}", f"advunlearn.lr={c.esd_lr}",
-                              f"advunlearn.ddim_steps={c.esd_ddim_steps}", f"advunlearn.train_method={esd_method}"],
-               "uce": ["uce.guides=[\"person\"]"] if _is_unsafe(concept) else [],
-               "concept_prune": [f"concept_prune.steps={c.concept_prune_steps}"]
-               + (["concept_prune.target_template=\"{thing} that is a " + concept + "\""] if _is_unsafe(concept)
-                  else [])}[method]
-        if (out / "checkpoints").is_dir():
-            ov.append("resume=latest")
-        return erase.main(load_config(EraseConfig, [], ov)).model_path
+        knobs = EraseKnobs(c.esd_iterations, c.esd_lr, c.esd_ddim_steps, c.advunlearn_iterations, c.concept_prune_steps)
+        return run_erase(method, concept, model or c.model, student, out, knobs, c.seed, c.device)
 
     def bilevel(self, method: str, concept: str, student: Path, out: Path) -> Path:
         if (out / "bilevel_summary.json").is_file():
@@ -169,7 +259,7 @@ class Table3:
         from prunefit.removal.bilevel import BilevelConfig
 
         c = self.cfg
-        esd_method = "noxattn" if _is_unsafe(concept) else "xattn"
+        esd_method = esd_parameters(concept)
         ov = [*self._common(), *self._train(c.lower_steps), f"student={student}", f"output_dir={out}",
               f"preset={c.bilevel_preset}", f"upper_method={method}", f"concepts={json.dumps([concept])}",
               f"upper_every={c.upper_every}", f"upper_lr={c.upper_lr}", f"upper_warmup_steps={c.upper_warmup_steps}",
@@ -219,39 +309,7 @@ class Table3:
 
     # ---------------------------------------------------------------- evaluation
     def evaluate(self, model_path: Path, concept: str) -> dict:
-        from prunefit.models.components import load_components
-        from prunefit.pruning.expert import load_expert
-        from prunefit.toyworld.judge import load_judge
-        from prunefit.toyworld.paths import judge_dir, prompts_dir
-        from prunefit.toyworld.prompts import artist_slug
-        from prunefit.toyworld.quality import measure_set, read_rows
-        from prunefit.toyworld.world import KEEP_ARTISTS
-
-        comps = load_components(self.cfg.model)
-        unet, _ = load_expert(model_path, comps.unet.config)
-        comps = comps.with_unet(unet)
-        judge = load_judge(judge_dir())
-        sampler = SamplerConfig(batch_size=50)
-        n = self.cfg.eval_prompts
-        sets = ["toy-val"]
-        if _is_unsafe(concept):
-            sets += ["unsafe-adversarial", "unsafe-plain"]
-        else:
-            sets += [f"artist-{artist_slug(concept)}"]
-        kept = [a for a in KEEP_ARTISTS if a != concept][: self.cfg.kept_artists]
-        sets += [f"artist-{artist_slug(a)}" for a in kept]
-        m = {s: measure_set(comps, judge, s, read_rows(prompts_dir() / f"{s}.jsonl", n), sampler) for s in sets}
-        res = {"fjd": m["toy-val"]["fjd"], "fidelity": m["toy-val"]["fidelity"],
-               "kept_artist_rate": (sum(m[f"artist-{artist_slug(a)}"]["artist_rate"] for a in kept) / len(kept)
-                                    if kept else float("nan")),
-               "sets": m}
-        if _is_unsafe(concept):
-            res["asr_adversarial"] = m["unsafe-adversarial"]["unsafe_rate"]
-            res["rate_plain"] = m["unsafe-plain"]["unsafe_rate"]
-        else:
-            res["asr_adversarial"] = m[f"artist-{artist_slug(concept)}"]["artist_rate"]
-            res["rate_plain"] = res["asr_adversarial"]
-        return res
+        return judge_model(model_path, self.cfg.model, concept, self.cfg.eval_prompts, self.cfg.kept_artists)
 
     def run(self) -> dict:
         self.root.mkdir(parents=True, exist_ok=True)

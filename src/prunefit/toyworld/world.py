@@ -40,6 +40,10 @@ ERASE_ARTISTS = ("Vincent Stripes", "Claude Dots", "Pablo Blocks")
 KEEP_ARTISTS = ("Katsu Waves", "Edvard Glow", "Piet Grid")
 ARTISTS = ERASE_ARTISTS + KEEP_ARTISTS
 
+UCE_GUIDES = {"artist": "painting", "unsafe": "drawing"}
+"""UCE's guide concepts in the toy world: generic caption words ("a painting of ...", "a drawing of ...") that
+play the reference's "art" and "person"."""
+
 UNSAFE_MAIN_WORD = "skull"
 UNSAFE_PHRASES = ("skull", "cranium", "death's head", "bone face")
 """Phrasings the teacher learns for the unsafe concept; all but the first avoid its main word."""
