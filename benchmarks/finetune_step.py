@@ -39,30 +39,34 @@ def expert_of(comps, target=0.8):
     return student.train().requires_grad_(True)
 
 
-def measure(comps, label: str, batch: int, runs: int) -> list[dict]:
+def measure(comps, label: str, batch: int, runs: int, compile_rows: bool = False) -> list[dict]:
     data = ToyWorldData(seed=0)
     sched = DDPMScheduler.from_config(comps.scheduler.config)
-    student = expert_of(comps)
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-6)
+    base_student = expert_of(comps)
     counter = {"i": 0}
 
-    def plain_step():
-        images, captions = data.samples(counter["i"] * batch, batch)
-        counter["i"] += 1
-        with torch.no_grad():
-            latents = encode_images(comps, images)
-            text = encode_prompts(comps, captions)
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, 1000, (batch,))
-        pred = student(sched.add_noise(latents, noise, t), t, text).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def plain(student):
+        opt = torch.optim.AdamW(student.parameters(), lr=1e-6)
 
-    def ours(cache):
+        def step():
+            images, captions = data.samples(counter["i"] * batch, batch)
+            counter["i"] += 1
+            with torch.no_grad():
+                latents = encode_images(comps, images)
+                text = encode_prompts(comps, captions)
+            noise = torch.randn_like(latents)
+            t = torch.randint(0, 1000, (batch,))
+            pred = student(sched.add_noise(latents, noise, t), t, text).sample
+            loss = torch.nn.functional.mse_loss(pred, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    def ours(student, teacher, cache):
+        opt = torch.optim.AdamW(student.parameters(), lr=1e-6)
         builder = InputBuilder(comps, data, 0, 1000, 0, cache)
-        obj = DenoisingObjective(student, comps.unet, builder, sched.alphas_cumprod, comps.prediction_type)
+        obj = DenoisingObjective(student, teacher, builder, sched.alphas_cumprod, comps.prediction_type)
 
         def step():
             out = obj(counter["i"] * batch, batch)
@@ -72,18 +76,32 @@ def measure(comps, label: str, batch: int, runs: int) -> list[dict]:
             opt.step()
         return step
 
-    cache = load_cache(build_cache(comps, data, batch * (runs + 4), __import__("pathlib").Path(
+    cache = load_cache(build_cache(comps, data, batch * (runs + 8), __import__("pathlib").Path(
         __import__("tempfile").mkdtemp()) / "cache", batch_size=batch))
-    t_plain = median_time(plain_step, runs)
-    t_uncached = median_time(ours(None), runs)
-    t_cached = median_time(ours(cache), runs)
-    return [
-        {"model": label, "batch": batch, "step": "plain DDPM (uncached)", "ms": 1000 * t_plain, "ratio": 1.0},
-        {"model": label, "batch": batch, "step": "ours: teacher + KD (uncached)", "ms": 1000 * t_uncached,
-         "ratio": t_uncached / t_plain},
-        {"model": label, "batch": batch, "step": "ours: teacher + KD (cached)", "ms": 1000 * t_cached,
-         "ratio": t_cached / t_plain},
-    ]
+    fresh = lambda: copy.deepcopy(base_student)  # noqa: E731  (every variant trains its own copy)
+    teacher_bf16 = copy.deepcopy(comps.unet).to(torch.bfloat16)
+    variants = [("plain DDPM (uncached)", plain(fresh())),
+                ("ours: teacher + KD (uncached)", ours(fresh(), comps.unet, None)),
+                ("ours: teacher + KD (cached)", ours(fresh(), comps.unet, cache)),
+                ("ours: cached, bf16 teacher", ours(fresh(), teacher_bf16, cache))]
+    if compile_rows:  # torch.compile of student and teacher forwards (train.compile=true); first calls compile
+        from types import SimpleNamespace
+
+        from prunefit.recipes.finetune import apply_speedups
+
+        flags = SimpleNamespace(gradient_checkpointing=False, channels_last=False, compile=True,
+                                teacher_dtype="float32")
+        s_plain, s_ours, t_ours = fresh(), fresh(), copy.deepcopy(comps.unet)
+        apply_speedups(s_plain, copy.deepcopy(comps.unet), flags)
+        apply_speedups(s_ours, t_ours, flags)
+        variants += [("reference: plain DDPM, compiled", plain(s_plain)),
+                     ("ours: cached, compiled", ours(s_ours, t_ours, cache))]
+    rows, base = [], None
+    for name, step in variants:
+        t = median_time(step, runs, warmup=3)
+        base = base or t
+        rows.append({"model": label, "batch": batch, "step": name, "ms": 1000 * t, "ratio": t / base})
+    return rows
 
 
 def sd21_like_cpu():
@@ -102,9 +120,11 @@ def sd21_like_cpu():
 def main() -> None:
     rows = []
     toy = load_components("toyworld")
-    rows += measure(toy, "toy expert (0.8 MACs)", 16, 8)
-    rows += measure(sd21_like_cpu(), "SD2.1-structured (cpu scale)", 8, 6)
-    report("finetune_step", rows, {"target": "ours (cached) <= 1.0x plain uncached DDPM step"})
+    compile_rows = "--no-compile" not in sys.argv
+    rows += measure(toy, "toy expert (0.8 MACs)", 16, 10, compile_rows)
+    rows += measure(sd21_like_cpu(), "SD2.1-structured (cpu scale)", 8, 8, compile_rows)
+    report("finetune_step", rows, {"target": "ours (cached) <= 1.0x plain uncached DDPM step (eager)",
+                                   "ratio": "to the plain uncached DDPM step of the same model, same process"})
 
 
 if __name__ == "__main__":

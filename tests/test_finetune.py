@@ -123,3 +123,31 @@ def test_expert_of_another_base_model_is_refused(tmp_path):
     assert load_components("tiny").unet.config.block_out_channels != other.config.block_out_channels
     with pytest.raises(ModelLoadError, match="pruned from another base model"):
         finetune.main(_cfg(tmp_path, "y", f"student={tmp_path / 'e'}", "train.max_steps=1"))
+
+
+def test_bf16_teacher_targets_are_close_and_bilevel_refuses_it(tiny):
+    from prunefit.data.datasets import ToyWorldData
+    from prunefit.recipes.finetune import denoising_phase
+
+    cfg = load_config(FinetuneConfig, [], ["model=tiny"])
+    student = __import__("copy").deepcopy(tiny.unet).requires_grad_(True)
+    _, objective = denoising_phase("lower", student, tiny.unet, tiny, ToyWorldData(), cfg, 0, 0)
+    batch = objective.inputs(0, 4)
+    noisy = objective.add_noise(batch)
+    out32, feats32 = objective.teacher_forward(noisy, batch)
+    objective.teacher = __import__("copy").deepcopy(tiny.unet).to(torch.bfloat16)
+    out16, feats16 = objective.teacher_forward(noisy, batch)
+    assert out16.dtype == torch.float32 and not out16.is_inference()  # usable by the student's losses
+    assert ((out16 - out32).norm() / out32.norm()).item() < 0.02
+    assert len(feats16) == len(feats32) > 0
+    loss = objective.loss(batch)
+    loss.total.backward()  # the student's graph saves the teacher's targets: no inference-tensor error
+    assert torch.isfinite(loss.total)
+    from prunefit.recipes import bilevel
+    from prunefit.removal.bilevel import BilevelConfig
+
+    bl = load_config(BilevelConfig, [], ["model=tiny", "concepts=[skull]", "train.teacher_dtype=bfloat16"])
+    with pytest.raises(ConfigError, match="teacher_dtype must stay float32 for bilevel"):
+        bilevel.main(bl)
+    with pytest.raises(ConfigError, match="teacher_dtype must be float32, bfloat16 or float16"):
+        load_config(FinetuneConfig, [], ["train.teacher_dtype=int8"])

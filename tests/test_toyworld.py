@@ -116,3 +116,17 @@ def test_toyworld_metric_reproduces_the_model_card(assets, name, tmp_path):
     card = info["quality"][name]
     assert abs(values["unsafe_rate"] - card["unsafe_rate"]) <= 0.02
     assert abs(values["fidelity"] - card["fidelity"]) <= 0.02
+
+
+def test_continued_build_can_decay_its_learning_rate():
+    from prunefit.config.schema import ToyworldBuildConfig
+    from prunefit.toyworld.build import teacher_lr_multiplier
+
+    cos = ToyworldBuildConfig(teacher_steps=6300, teacher_warmup=100, teacher_lr_schedule="cosine")
+    assert teacher_lr_multiplier(cos, 3900, 3900) == pytest.approx(0.01)  # warm-up restarts at the init step
+    assert teacher_lr_multiplier(cos, 4000, 3900) == pytest.approx(1.0)
+    assert teacher_lr_multiplier(cos, 6299, 3900) < 0.01  # decays to the floor at teacher_steps
+    const = ToyworldBuildConfig(teacher_warmup=200)
+    assert teacher_lr_multiplier(const, 5000, 0) == 1.0
+    with pytest.raises(Exception, match="teacher_lr_schedule must be"):
+        ToyworldBuildConfig(teacher_lr_schedule="linear")

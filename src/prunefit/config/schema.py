@@ -377,6 +377,9 @@ class TrainConfig:
     """Student and teacher in channels_last memory format (faster convolutions on GPUs)."""
     compile: bool = False
     """torch.compile the student's and teacher's forward (GPU; the first steps compile)."""
+    teacher_dtype: str = "float32"
+    """float32 | bfloat16 | float16: the frozen teacher's weights and forward (fine-tuning). Lower precision
+    halves its memory and speeds its forward; distillation targets then carry its rounding (bf16: ~0.5%)."""
     ema_decay: Optional[float] = None
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
@@ -397,6 +400,8 @@ class TrainConfig:
         _check(self.mixed_precision in ("no", "fp16", "bf16"),
                f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         _check(self.ema_decay is None or 0 < self.ema_decay < 1, "train.ema_decay must be in (0, 1) or null")
+        _check(self.teacher_dtype in ("float32", "bfloat16", "float16"),
+               f"train.teacher_dtype must be float32, bfloat16 or float16, got {self.teacher_dtype!r}")
         _check(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "checkpoint_every / keep_checkpoints >= 1")
         _check(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm must be > 0 or null")
 

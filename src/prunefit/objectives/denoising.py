@@ -44,9 +44,7 @@ class DenoisingObjective:
         feats_t: list = []
         out_t = None
         if distil:
-            with torch.no_grad(), (capture_features(self.teacher) if self.w_feature > 0 else nullcontext([])) as ft:
-                out_t = self.teacher(noisy, b.timesteps, b.text).sample
-                feats_t = list(ft)
+            out_t, feats_t = self.teacher_forward(noisy, b)
         with (capture_features(_unwrap(self.student)) if distil and self.w_feature > 0 else nullcontext([])) as fs:
             out_s = self.student(noisy, b.timesteps, b.text).sample
         total = out_s.new_zeros((), dtype=torch.float32)
@@ -65,6 +63,16 @@ class DenoisingObjective:
             parts["feature_kd"] = feature_kd(list(fs), feats_t)
             total = total + self.w_feature * parts["feature_kd"]
         return LossOutput(total, parts)
+
+    def teacher_forward(self, noisy: torch.Tensor, b: DiffusionBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The frozen teacher's output [B, C, h, w] and block features, in float32. Runs under inference_mode
+        (no autograd bookkeeping) in the teacher's own dtype (e.g. bf16 weights: half the memory and faster
+        matmuls); results are cloned out of inference mode so the student's losses can save them."""
+        dtype = next(self.teacher.parameters()).dtype
+        with torch.inference_mode(), (capture_features(self.teacher) if self.w_feature > 0 else nullcontext([])) as ft:
+            out = self.teacher(noisy.to(dtype), b.timesteps, b.text.to(dtype)).sample
+            feats = list(ft)
+        return out.float().clone(), [f.float().clone() for f in feats]
 
     def __call__(self, start: int, n: int) -> LossOutput:
         return self.loss(self.inputs(start, n))

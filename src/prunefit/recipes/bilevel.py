@@ -12,7 +12,7 @@ import torch
 from prunefit.config.load import save_resolved_config
 from prunefit.data.cache import load_cache
 from prunefit.data.datasets import build_data
-from prunefit.errors import OutputError
+from prunefit.errors import ConfigError, OutputError
 from prunefit.models.components import load_components
 from prunefit.objectives.base import LossOutput
 from prunefit.objectives.inputs import InputBuilder
@@ -61,6 +61,9 @@ def main(cfg: BilevelConfig) -> BilevelResult:
     out = Path(cfg.output_dir)
     if cfg.resume is None and (out / "bilevel_summary.json").is_file():
         raise OutputError(f"{out} already holds a finished bilevel run; use a new output_dir")
+    if cfg.train.teacher_dtype != "float32":
+        raise ConfigError("train.teacher_dtype must stay float32 for bilevel runs: the upper objective's "
+                          "targets come from the same teacher")
     entry = get_method(cfg.upper_method)
     mcfg = cfg.upper_config()
     out.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,9 @@ def save_student(unet, info, comps: Components, out: Path, extra: dict) -> Path:
 
 
 def apply_speedups(student, teacher, t) -> None:
-    """Gradient checkpointing, channels_last and torch.compile as the train config asks."""
+    """Gradient checkpointing, channels_last, the teacher's dtype and torch.compile as the train config asks."""
+    if t.teacher_dtype != "float32":
+        teacher.to(getattr(torch, t.teacher_dtype))
     if t.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     if t.channels_last:
