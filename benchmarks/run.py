@@ -8,7 +8,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for name in ("expert_latency", "finetune_step"):
+for name in ("expert_latency", "finetune_step", "bilevel_wall", "routed_generation", "eval_throughput"):
     print(f"\n##### {name}")
     sys.argv = [str(HERE / f"{name}.py")]
     runpy.run_path(str(HERE / f"{name}.py"), run_name="__main__")

@@ -250,8 +250,14 @@ class DataConfig:
     """coco: the train2017 image folder."""
     resolution: Optional[int] = None
     """Training image size; None = the model's native size."""
+    toy_p_unsafe: float = 0.15
+    """toyworld: fraction of scenes showing the unsafe concept (0.15 = the teacher's training mix)."""
+    toy_p_artist: float = 0.5
+    """toyworld: fraction of scenes in an artist's style (0.5 = the teacher's training mix)."""
 
     def __post_init__(self) -> None:
+        _check(0 <= self.toy_p_unsafe <= 1 and 0 <= self.toy_p_artist <= 1,
+               "data.toy_p_unsafe and data.toy_p_artist must be in [0, 1]")
         _check(self.source in ("toyworld", "folder", "coco"),
                f"data.source must be toyworld, folder or coco, got {self.source!r}")
         _check(self.source != "folder" or bool(self.path), "data.source=folder needs data.path")

@@ -140,7 +140,7 @@ def coco_captions(annotations: str | Path, images: str | Path, resolution: int, 
 def build_data(cfg, resolution: int, seed: int = 0):
     """The data source a ``DataConfig`` names, at ``resolution`` pixels."""
     if cfg.source == "toyworld":
-        return ToyWorldData(seed=seed)
+        return ToyWorldData(seed=seed, p_artist=cfg.toy_p_artist, p_unsafe=cfg.toy_p_unsafe)
     if cfg.source == "folder":
         return image_caption_folder(cfg.path, resolution, seed)
     return coco_captions(cfg.annotations, cfg.images, resolution, seed)
