@@ -101,3 +101,23 @@ def test_v_prediction_and_other_samplers(tiny_v, tmp_path):
         res = generate_run(tiny_v, inline_prompts(PROMPTS[:2]), SamplerConfig(scheduler=name, steps=2), 0,
                            tmp_path / name)
         assert res.generated == 2
+
+
+def test_guidance_defaults_to_the_models_own(tmp_path):
+    """SD-like models sample at the paper's 7.5; the toy world (and pipelines saved from it) at its 3.0;
+    an explicit sampler.guidance_scale always wins, and the manifest records the scale really used."""
+    from prunefit.models.components import load_components, save_pipeline
+
+    toy = load_components("toyworld")
+    assert toy.default_guidance == 3.0
+    recs = inline_prompts(["a red circle on a white background"])
+    generate_run(toy, recs, SamplerConfig(batch_size=1), 0, tmp_path / "toy")
+    assert next(iter(read_manifest(tmp_path / "toy" / "manifest.jsonl").values()))["settings"]["guidance_scale"] == 3.0
+    generate_run(toy, recs, SamplerConfig(batch_size=1, guidance_scale=7.5), 0, tmp_path / "toy75")
+    row = next(iter(read_manifest(tmp_path / "toy75" / "manifest.jsonl").values()))
+    assert row["settings"]["guidance_scale"] == 7.5
+    saved = save_pipeline(toy, tmp_path / "derived")
+    assert load_components(str(saved)).default_guidance == 3.0  # prunefit.json travels with the folder
+    tiny = load_components("tiny")
+    assert tiny.default_guidance == 7.5
+    assert not (save_pipeline(tiny, tmp_path / "tinyp") / "prunefit.json").exists()

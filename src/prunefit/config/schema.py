@@ -25,13 +25,15 @@ def _check(cond: bool, message: str) -> None:
 
 @dataclass
 class SamplerConfig:
-    """How images are sampled. Defaults follow the paper: PNDM, 25 steps, classifier-free guidance 7.5."""
+    """How images are sampled. Defaults follow the paper: PNDM, 25 steps, classifier-free guidance 7.5 (SD)."""
 
     scheduler: str = "pndm"
     """One of pndm, ddim, ddpm, euler, euler_ancestral, dpm_solver, lms."""
     steps: int = 25
-    guidance_scale: float = 7.5
-    """Classifier-free guidance scale; 1.0 disables guidance (one UNet pass per step)."""
+    guidance_scale: Optional[float] = None
+    """Classifier-free guidance scale; 1.0 disables guidance (one UNet pass per step). None = the model's
+    default: 7.5 (the paper's, for SD), or what its folder's prunefit.json records (the toy world: 3.0, see
+    its model card: its captions fix the whole image, and guidance above ~4 overshoots)."""
     height: Optional[int] = None
     """Image height in pixels; None = the model's native size (unet.sample_size x VAE factor)."""
     width: Optional[int] = None
@@ -43,7 +45,8 @@ class SamplerConfig:
         _check(self.scheduler in SCHEDULERS,
                f"unknown scheduler {self.scheduler!r} (sampler.scheduler); available: {list(SCHEDULERS)}")
         _check(self.steps >= 1, f"sampler.steps must be >= 1, got {self.steps}")
-        _check(self.guidance_scale >= 0, f"sampler.guidance_scale must be >= 0, got {self.guidance_scale}")
+        _check(self.guidance_scale is None or self.guidance_scale >= 0,
+               f"sampler.guidance_scale must be >= 0, got {self.guidance_scale}")
         _check(self.batch_size >= 1, f"sampler.batch_size must be >= 1, got {self.batch_size}")
         for name in ("height", "width"):
             value = getattr(self, name)

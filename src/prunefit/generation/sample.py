@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -64,9 +64,17 @@ def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def resolve_sampler(sampler: SamplerConfig, components: Components) -> SamplerConfig:
+    """``sampler`` with an unset guidance scale filled from the model's default."""
+    if sampler.guidance_scale is not None:
+        return sampler
+    return replace(sampler, guidance_scale=components.default_guidance)
+
+
 def sample_images(components: Components, records: list[PromptRecord], sampler: SamplerConfig, seeds: list[int],
                   device: str = "cpu") -> list[Image.Image]:
     """Images for ``records`` in one pipeline call; ``seeds[i]`` seeds prompt i's own generator."""
+    sampler = resolve_sampler(sampler, components)
     pipe = make_pipeline(components, make_scheduler(sampler.scheduler, components.scheduler.config))
     with torch.inference_mode():
         out = pipe(
@@ -110,6 +118,7 @@ def generate_run(components: Components, records: list[PromptRecord], sampler: S
                  expert: Optional[int] = None) -> GenerationResult:
     """Generate every record not yet in ``output_dir``'s manifest, then (re)write the contact sheet."""
     prepare_output_dir(output_dir)
+    sampler = resolve_sampler(sampler, components)  # the manifest records the scale really used
     manifest_path = output_dir / MANIFEST
     done = read_manifest(manifest_path)
     settings = sampling_settings(sampler)

@@ -13,6 +13,9 @@ import torch
 from prunefit.errors import ModelLoadError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEFAULT_GUIDANCE = 7.5
+"""The paper's classifier-free guidance scale for SD (PNDM 25 steps, CFG 7.5)."""
+SIDECAR = "prunefit.json"
 
 
 @dataclass
@@ -25,6 +28,8 @@ class Components:
     tokenizer: Any
     scheduler: Any
     source: str
+    default_guidance: float = DEFAULT_GUIDANCE
+    """Guidance scale used when a sampler leaves it unset (a pipeline folder's prunefit.json may set it)."""
 
     @property
     def vae_scale_factor(self) -> int:
@@ -49,6 +54,26 @@ class Components:
     def with_unet(self, unet: Any, source: str | None = None) -> "Components":
         """The same components with another UNet (an expert, an erased copy)."""
         return replace(self, unet=unet, source=source or self.source)
+
+
+def read_sidecar(folder: Path) -> dict:
+    """prunefit's notes on a pipeline folder (``prunefit.json``: e.g. default_guidance_scale), or {}."""
+    path = Path(folder) / SIDECAR
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON ({exc.msg}); fix or delete it") from None
+
+
+def save_pipeline(components: Components, target: Path) -> Path:
+    """Save ``components`` as a standard diffusers folder, plus prunefit.json when its default guidance is
+    not SD's (so a toy-world derivative keeps sampling like the toy world)."""
+    make_pipeline(components).save_pretrained(target)
+    if components.default_guidance != DEFAULT_GUIDANCE:
+        (Path(target) / SIDECAR).write_text(json.dumps({"default_guidance_scale": components.default_guidance}) + "\n")
+    return Path(target)
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -93,8 +118,9 @@ def _load_pipeline_parts(spec: str, dtype: torch.dtype) -> Components:
             raise ModelLoadError(f"cannot load model {spec!r} from the hub: {hint}") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load pipeline folder {path}: {first}") from None
+    guidance = read_sidecar(path).get("default_guidance_scale", DEFAULT_GUIDANCE) if is_local else DEFAULT_GUIDANCE
     return Components(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                      scheduler=pipe.scheduler, source=spec)
+                      scheduler=pipe.scheduler, source=spec, default_guidance=float(guidance))
 
 
 def load_components(spec: str, dtype: str = "float32", device: str = "cpu") -> Components:

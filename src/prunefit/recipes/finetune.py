@@ -49,12 +49,9 @@ def save_student(unet, info, comps: Components, out: Path, extra: dict) -> Path:
         info = copy.deepcopy(info)
         info.extra = {**(info.extra or {}), **extra}
         return save_expert(unet, info, out / "expert")
-    from prunefit.models.components import make_pipeline
+    from prunefit.models.components import save_pipeline
 
-    pipe = make_pipeline(comps.with_unet(unet))
-    target = out / "pipeline"
-    pipe.save_pretrained(target)
-    return target
+    return save_pipeline(comps.with_unet(unet), out / "pipeline")
 
 
 def apply_speedups(student, teacher, t) -> None:

@@ -35,6 +35,19 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from prunefit.errors import ModelLoadError
+    from prunefit.toyworld.build import remeasure
+    from prunefit.toyworld.paths import assets_dir as default_assets_dir
+
+    assets = Path(args.assets) if args.assets else default_assets_dir()
+    if not (assets / "quality.json").is_file():
+        raise ModelLoadError(f"no exported toy world at {assets} (no quality.json); run `prunefit toyworld build`")
+    card = remeasure(assets, args.n, log=lambda m: print(m, file=sys.stderr))
+    print(card.read_text())
+    return 0
+
+
 def add_toyworld_parser(sub) -> None:
     from prunefit.cli import _config_args
 
@@ -51,3 +64,8 @@ def add_toyworld_parser(sub) -> None:
     s.add_argument("-n", type=int, default=16, help="images per grid")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_show)
+    m = tsub.add_parser("measure", help="re-measure a built toy world's quality (default guidance and 7.5) and "
+                                        "rewrite quality.json and MODEL_CARD.md")
+    m.add_argument("--assets", help="toy-world folder (default: the one shipped in the package)")
+    m.add_argument("-n", type=int, default=None, help="prompts per set (default: the build's eval_prompts)")
+    m.set_defaults(func=_cmd_measure)

@@ -9,6 +9,8 @@ S_base. The mask is the union over steps; W <- W * (1 - M). Masks are returned f
 
 from __future__ import annotations
 
+from typing import Optional
+
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +32,8 @@ class ConceptPruneConfig:
     skill_ratio: float = 0.01
     steps: int = 25
     """Denoising steps whose statistics are collected (the reference: 50 DDIM)."""
-    guidance_scale: float = 7.5
+    guidance_scale: Optional[float] = None
+    """None = the model's default (SD: 7.5, the reference's)."""
     scheduler: str = "ddim"
 
     def __post_init__(self) -> None:
@@ -76,7 +79,8 @@ def _activation_norms(ctx: RemovalContext, prompts: list[str], cfg: ConceptPrune
     try:
         for n, prompt in enumerate(prompts):
             state["step"] = 0
-            pipe(prompt, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, output_type="latent",
+            pipe(prompt, num_inference_steps=cfg.steps, output_type="latent",
+                 guidance_scale=ctx.components.default_guidance if cfg.guidance_scale is None else cfg.guidance_scale,
                  generator=torch.Generator().manual_seed(ctx.seed + n), callback_on_step_end=on_step)
     finally:
         for h in handles:
