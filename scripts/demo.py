@@ -38,8 +38,8 @@ def run() -> None:
               "eval_prompts=0"])
     step("Table 3 in small: two-stage ESD vs bilevel ESD, for the unsafe concept and an artist",
          ["experiment", "table3", f"output_dir={OUT / 'table3'}", f"expert={prune_dir / 'experts' / 'expert-0'}",
-          "rows=[distilled+esd, ours_esd]", "concepts=[skull, Claude Dots]", "lower_steps=150", "eval_prompts=50",
-          "esd_iterations=40", "upper_every=5", "sample_prompts=6", "kept_artists=1"])
+          "rows=[distilled+esd, ours_esd]", "concepts=[skull, Claude Dots]", "lower_steps=160", "eval_prompts=50",
+          "esd_iterations=40", "upper_every=4", "sample_prompts=6", "kept_artists=1"])
     print(f"\nDemo finished in {time.time() - t0:.0f} s. Outputs in {OUT.resolve()}:")
     for p in sorted(OUT.rglob("*")):
         if p.suffix in (".md", ".png") and "images" not in p.parts and "samples" not in p.parts[:-1]:
