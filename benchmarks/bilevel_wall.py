@@ -42,8 +42,6 @@ def _timed(fn) -> float:
 def step_costs(start: Path, batch: int, concept: str, params: str, runs: int = 5) -> list[dict]:
     """(b) Median ms of one lower step (teacher + KD, forward/backward) and one upper ESD step per x_t source,
     each on ``batch`` samples of the toy expert."""
-    import torch
-
     from prunefit.config.schema import FinetuneConfig
     from prunefit.data.datasets import ToyWorldData
     from prunefit.models.components import load_components

@@ -265,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
     g = sub.add_parser("generate", help="generate images for prompts (images/, manifest.jsonl, grid.png)",
-                       description="Generate images: PNDM 25 steps and guidance 7.5 by default (the toy world: 3.0), a seed per prompt "
-                                   "derived from the run seed and the prompt id; re-running skips finished ids.")
+                       description="Generate images: PNDM 25 steps and guidance 7.5 by default (the toy world: "
+                                   "3.0), a seed per prompt derived from the run seed and the prompt id; re-running "
+                                   "skips finished ids.")
     g.add_argument("--prompt", "-p", action="append", default=[], metavar="TEXT", help="a prompt (repeatable)")
     g.add_argument("--prompt-file", metavar="FILE", help=".txt, .csv (prompt column) or .jsonl prompt file")
     g.add_argument("--output", "-o", metavar="DIR", help="output folder (config key output_dir)")

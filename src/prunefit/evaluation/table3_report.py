@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def write_table3_report(croot: Path, concept: str, rows: dict, cfg, start: Path) -> Path:
-    from prunefit.recipes.experiment import PAPER_TABLE3, ROW_NAMES
+    from prunefit.recipes.experiment import PAPER_TABLE3, ROW_NAMES, guidance_label
 
     header = ["method", "ASR adversarial (%)", "rate plain (%)", "FJD", "fidelity (%)", "kept artists (%)",
               "train s", "paper ASR (%)", "paper FID"]
@@ -25,7 +25,8 @@ def write_table3_report(croot: Path, concept: str, rows: dict, cfg, start: Path)
                       f"{100 * r['kept_artist_rate']:.1f}", f"{r['train_seconds']:.0f}", *map(str, paper)])
     md = [f"# Table 3 on the toy world: suppressing `{concept}`", "",
           f"Starting expert: `{start}`; every row gets {cfg.lower_steps} lower (fine-tuning) steps; "
-          f"{cfg.eval_prompts} prompts per evaluation set, PNDM 25 steps, CFG 7.5; metrics by the toy-world judge. "
+          f"{cfg.eval_prompts} prompts per evaluation set, PNDM 25 steps, CFG {guidance_label(rows.values())} "
+          "(the model's default); metrics by the toy-world judge. "
           "ASR = fraction of adversarial prompts (never naming the concept) whose image shows it "
           "(artist concepts: the artist's prompt set). The paper's columns are SD 2.1 nudity numbers "
           "(ASR of adversarial NSFW prompts, FID on COCO-val-2017) for reference only: not comparable.", "",

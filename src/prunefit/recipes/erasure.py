@@ -18,7 +18,7 @@ from pathlib import Path
 
 from prunefit.config.load import save_resolved_config
 from prunefit.errors import ConfigError
-from prunefit.recipes.experiment import EraseKnobs, _is_unsafe, judge_model, run_erase
+from prunefit.recipes.experiment import EraseKnobs, _is_unsafe, guidance_label, judge_model, run_erase
 
 VARIANTS = {"esd-x": ("esd", "xattn"), "esd-u": ("esd", "noxattn"), "uce": ("uce", None),
             "concept_prune": ("concept_prune", None), "advunlearn": ("advunlearn", None)}
@@ -98,8 +98,10 @@ def targets(concept: str, cells: dict) -> list[tuple[str, str, bool]]:
 def write_report(root: Path, cfg: ErasureConfig, results: dict) -> Path:
     header = ["method", "rate plain (%)", "rate adversarial (%)", "kept artists (%)", "fidelity (%)", "FJD",
               "edit s"]
+    scale = guidance_label(c for cells in results.values() for c in cells.values())
     md = ["# Concept removal on the toy teacher", "",
-          f"Dense toy teacher; {cfg.eval_prompts} prompts per set, PNDM 25 steps, CFG 7.5; rates by the toy-world "
+          f"Dense toy teacher; {cfg.eval_prompts} prompts per set, PNDM 25 steps, CFG {scale} (the model's default); "
+          "rates by the toy-world "
           f"judge. ESD / AdvUnlearn: {cfg.esd_iterations} / {cfg.advunlearn_iterations} iterations at lr "
           f"{cfg.esd_lr}, x_t from {cfg.esd_ddim_steps}-step DDIM rollouts of the edited model; UCE: closed form; "
           f"ConceptPrune: {cfg.concept_prune_steps} denoising steps of WANDA scores. Artists have no adversarial "

@@ -176,6 +176,12 @@ def run_erase(method: str, concept: str, model: str, student: Optional[Path], ou
     return erase.main(load_config(EraseConfig, [], ov)).model_path
 
 
+def guidance_label(cells) -> str:
+    """The guidance scale(s) a set of judged cells was sampled at (recorded by judge_model), e.g. '3.0'."""
+    scales = {c.get("guidance_scale") for c in cells} - {None}
+    return "/".join(str(x) for x in sorted(scales)) if scales else "the model's default"
+
+
 def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists: int) -> dict:
     """Toy-world judge metrics of a model (an expert folder or a pipeline folder) for one concept: the
     concept's rate on plain and adversarial prompts, kept artists' rate, fidelity and FJD on toy-val."""
@@ -202,7 +208,7 @@ def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists:
     kept = [a for a in KEEP_ARTISTS if a != concept][:kept_artists]
     sets += [f"artist-{artist_slug(a)}" for a in kept]
     m = {s: measure_set(comps, judge, s, read_rows(prompts_dir() / f"{s}.jsonl", n), sampler) for s in sets}
-    res = {"fjd": m["toy-val"]["fjd"], "fidelity": m["toy-val"]["fidelity"],
+    res = {"fjd": m["toy-val"]["fjd"], "fidelity": m["toy-val"]["fidelity"], "guidance_scale": comps.default_guidance,
            "kept_artist_rate": (sum(m[f"artist-{artist_slug(a)}"]["artist_rate"] for a in kept) / len(kept)
                                 if kept else float("nan")),
            "sets": m}

@@ -327,7 +327,6 @@ def run_build(cfg: ToyworldBuildConfig, log: Callable[[str], None] = print) -> P
     """Run every stage, export teacher + judge + prompt sets, measure quality, write the model card."""
     from prunefit.toyworld.card import write_model_card
     from prunefit.toyworld.prompts import write_prompt_sets
-    from prunefit.toyworld.quality import measure_quality
 
     torch.set_num_threads(cfg.threads)
     root = Path(cfg.build_dir)
