@@ -71,8 +71,8 @@ class ExperimentConfig:
     track_vartheta: bool = True
     """Train the L_ft-only twin for the constraint-gap curve (a diagnostic: it doubles the lower-level cost of the
     bilevel rows' train_seconds; benchmarks/bilevel_wall.py times bilevel without it)."""
-    upper_lr: float = 1e-4
-    """The toy default matches the two-stage ESD's lr; the paper: 5e-6 upper vs 1e-6 lower."""
+    upper_lr: float = 5e-4
+    """Upper (suppression) LR: 5x the lower LR, the paper's ratio (5e-6 upper vs 1e-6 lower)."""
     upper_warmup_steps: int = 5
     bilevel_xt_source: str = "model"
     """x_t of the upper ESD step: 'model' (the paper: 'a step identical to an ESD step') or 'images' (the
