@@ -179,7 +179,7 @@ def run_erase(method: str, concept: str, model: str, student: Optional[Path], ou
 def guidance_label(cells) -> str:
     """The guidance scale(s) a set of judged cells was sampled at (recorded by judge_model), e.g. '3.0'."""
     scales = {c.get("guidance_scale") for c in cells} - {None}
-    return "/".join(str(x) for x in sorted(scales)) if scales else "the model's default"
+    return "/".join(str(x) for x in sorted(scales)) if scales else "unrecorded"
 
 
 def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists: int) -> dict:
