@@ -46,7 +46,7 @@ def main() -> None:
             experts.append((f"magnitude-{target}", e))
     teacher_macs = count_macs(comps.unet, lat, text)
     rows = []
-    for batch in (1, 8):
+    for batch in (1, 8, 32):  # the toy UNet is small: at batch 1-8 per-op overhead, not MACs, dominates
         t_teacher = measure_latency(comps.unet, lat, text, batch, args.runs)["median_s"]
         for name, unet in experts:
             mac_ratio = count_macs(unet, lat, text) / teacher_macs
@@ -54,7 +54,7 @@ def main() -> None:
             rows.append({"expert": name, "batch": batch, "mac_ratio": mac_ratio, "latency_ratio": t / t_teacher,
                          "latency/mac": (t / t_teacher) / mac_ratio, "teacher_ms": 1000 * t_teacher,
                          "expert_ms": 1000 * t})
-    report("expert_latency", rows, {"target": "latency_ratio <= 1.15 x mac_ratio (batch 8)",
+    report("expert_latency", rows, {"target": "latency_ratio <= 1.1 x mac_ratio (performance issue; the pruning issue: 1.15x)",
                                     "threads": torch.get_num_threads()})
 
 
