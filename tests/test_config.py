@@ -12,8 +12,12 @@ from prunefit.errors import ConfigError
 
 
 def test_defaults_follow_the_paper():
+    from prunefit.generation.sample import resolve_sampler
+    from prunefit.models.components import load_components
+
     cfg = load_config(GenerateConfig)
-    assert (cfg.sampler.scheduler, cfg.sampler.steps, cfg.sampler.guidance_scale) == ("pndm", 25, 7.5)
+    assert (cfg.sampler.scheduler, cfg.sampler.steps, cfg.sampler.guidance_scale) == ("pndm", 25, None)
+    assert resolve_sampler(cfg.sampler, load_components("tiny")).guidance_scale == 7.5  # SD-like: the paper's
 
 
 def test_yaml_then_overrides_in_order(tmp_path):
