@@ -133,6 +133,7 @@ def fit(phases: list[Phase], model: torch.nn.Module, cfg: TrainConfig, out: Path
         sample: Optional[Callable[[int], None]] = None, ema: Optional[EMA] = None) -> int:
     """Train ``phases`` to cfg.max_steps with logging, checkpoints (main process) and resume."""
     main = accelerator.is_main_process
+    sharded = "FSDP" in str(getattr(accelerator, "distributed_type", ""))  # FSDP ranks hold different shards
     start = 0
     if resume is not None:
         state = load_checkpoint(resume, model, phases, ema.shadow if ema else None)
@@ -151,7 +152,7 @@ def fit(phases: list[Phase], model: torch.nn.Module, cfg: TrainConfig, out: Path
             values.update({f"{ph.name}/lr": ph.optimizer.param_groups[0]["lr"] for ph in ran})
             now = time.time()
             values["steps_per_s"] = (step - s_last) / max(now - t_last, 1e-9)
-            if check_ranks_agree(model, step):
+            if not sharded and check_ranks_agree(model, step):
                 values["ranks_agree"] = 1.0
             t_last, s_last = now, step
             logger.log(step, values)
