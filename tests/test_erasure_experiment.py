@@ -62,5 +62,10 @@ def test_bad_erasure_configs(override, message):
         load_config(ErasureConfig, [], [override])
 
 
-def test_erasure_module_is_registered_in_the_cli():
-    assert erasure.VARIANTS.keys() == {"esd-x", "esd-u", "uce", "concept_prune", "advunlearn"}
+def test_erasure_is_a_cli_experiment(capsys):
+    from prunefit.cli import main
+
+    assert main(["experiment", "erasure", "--print-config", "variants=[esd-x,advunlearn]"]) == 0
+    printed = capsys.readouterr().out
+    assert "variants:" in printed and "- esd-x" in printed and "- advunlearn" in printed
+    assert set(erasure.VARIANTS) == {"esd-x", "esd-u", "uce", "concept_prune", "advunlearn"}

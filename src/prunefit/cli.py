@@ -240,7 +240,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         return 0
     results = experiment.main(cfg, log=lambda m: print(m, flush=True))
     for concept in results:
-        path = Path(cfg.output_dir) / concept.lower().replace(" ", "-").replace("'", "") / "report.md"
+        path = Path(cfg.output_dir) / experiment.concept_slug(concept) / "report.md"
         print(path.read_text())
         print(f"report: {path}")
     return 0

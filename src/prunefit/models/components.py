@@ -67,12 +67,17 @@ def read_sidecar(folder: Path) -> dict:
         raise ModelLoadError(f"{path} is not valid JSON ({exc.msg}); fix or delete it") from None
 
 
+def write_sidecar(folder: Path, default_guidance: float) -> None:
+    """Record a pipeline folder's default guidance in its prunefit.json."""
+    (Path(folder) / SIDECAR).write_text(json.dumps({"default_guidance_scale": default_guidance}) + "\n")
+
+
 def save_pipeline(components: Components, target: Path) -> Path:
     """Save ``components`` as a standard diffusers folder, plus prunefit.json when its default guidance is
     not SD's (so a toy-world derivative keeps sampling like the toy world)."""
     make_pipeline(components).save_pretrained(target)
     if components.default_guidance != DEFAULT_GUIDANCE:
-        (Path(target) / SIDECAR).write_text(json.dumps({"default_guidance_scale": components.default_guidance}) + "\n")
+        write_sidecar(target, components.default_guidance)
     return Path(target)
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from prunefit.config.load import save_resolved_config
 from prunefit.errors import ConfigError
-from prunefit.recipes.experiment import EraseKnobs, _is_unsafe, guidance_label, judge_model, run_erase
+from prunefit.recipes.experiment import (EraseKnobs, _is_unsafe, concept_slug, guidance_label, judge_model,
+                                         run_erase)
 
 VARIANTS = {"esd-x": ("esd", "xattn"), "esd-u": ("esd", "noxattn"), "uce": ("uce", None),
             "concept_prune": ("concept_prune", None), "advunlearn": ("advunlearn", None)}
@@ -57,10 +58,6 @@ class ErasureConfig:
     def knobs(self) -> EraseKnobs:
         return EraseKnobs(self.esd_iterations, self.esd_lr, self.esd_ddim_steps, self.advunlearn_iterations,
                           self.concept_prune_steps)
-
-
-def _slug(concept: str) -> str:
-    return concept.lower().replace(" ", "-").replace("'", "")
 
 
 def targets(concept: str, cells: dict) -> list[tuple[str, str, bool]]:
@@ -126,7 +123,7 @@ def main(cfg: ErasureConfig, log=print) -> dict:
     save_resolved_config(cfg, root)
     results: dict = {}
     for concept in cfg.concepts:
-        croot = root / _slug(concept)
+        croot = root / concept_slug(concept)
         cells: dict = {}
         for variant in ["original", *cfg.variants]:
             cfile = croot / variant / "cell.json"

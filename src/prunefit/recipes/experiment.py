@@ -94,6 +94,11 @@ def _is_unsafe(concept: str) -> bool:
     return concept in UNSAFE_PHRASES or concept == "unsafe"
 
 
+def concept_slug(concept: str) -> str:
+    """A concept's folder name in experiment outputs ("Claude Dots" -> "claude-dots")."""
+    return concept.lower().replace(" ", "-").replace("'", "")
+
+
 def _overrides(d: dict, prefix: str = "") -> list[str]:
     out = []
     for k, v in d.items():
@@ -263,7 +268,8 @@ class Table3:
         resume = ["resume=latest"] if (out / "checkpoints").is_dir() else []
         return finetune.main(load_config(FinetuneConfig, [], ov + resume)).model_path
 
-    def erased(self, method: str, concept: str, student: Optional[Path], out: Path, model: Optional[str] = None) -> Path:
+    def erased(self, method: str, concept: str, student: Optional[Path], out: Path,
+               model: Optional[str] = None) -> Path:
         c = self.cfg
         knobs = EraseKnobs(c.esd_iterations, c.esd_lr, c.esd_ddim_steps, c.advunlearn_iterations, c.concept_prune_steps)
         return run_erase(method, concept, model or c.model, student, out, knobs, c.seed, c.device)
@@ -334,7 +340,7 @@ class Table3:
         start = self.start_expert()
         results: dict = {}
         for concept in self.cfg.concepts:
-            croot = self.root / concept.lower().replace(" ", "-").replace("'", "")
+            croot = self.root / concept_slug(concept)
             rows = {}
             for row in ["distilled", *self.cfg.rows]:
                 rfile = croot / row / "row.json"

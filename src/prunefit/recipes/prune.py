@@ -21,6 +21,7 @@ from prunefit.losses.diffusion import diffusion_target, min_snr_weights, snr, we
 from prunefit.losses.distillation import feature_kd, output_kd
 from prunefit.models.components import Components, encode_images, encode_prompts, load_components
 from prunefit.models.features import capture_features
+from prunefit.objectives.base import LossOutput
 from prunefit.pruning.baselines import magnitude_scores, prune_to_target, random_scores
 from prunefit.pruning.expert import expert_info, save_expert
 from prunefit.pruning.gating import gated
@@ -28,7 +29,6 @@ from prunefit.pruning.macs import MacModel, mac_model
 from prunefit.pruning.materialize import materialize
 from prunefit.pruning.router import Router, RouterConfig
 from prunefit.pruning.spec import GateSpec, gate_spec
-from prunefit.objectives.base import LossOutput
 from prunefit.training.loop import Phase
 from prunefit.training.runtime import fit, make_accelerator, report_effective_batch, resolve_resume
 from prunefit.utils.optim import warmup_cosine
@@ -82,7 +82,8 @@ class RouterObjective:
             out_s = unet(noisy, t, text).sample
         target = diffusion_target(comps.prediction_type, latents, noise, acp, t)
         parts = {
-            "ddpm": weighted_mse(out_s, target, min_snr_weights(snr(acp, t), cfg.min_snr_gamma, comps.prediction_type)),
+            "ddpm": weighted_mse(out_s, target,
+                                 min_snr_weights(snr(acp, t), cfg.min_snr_gamma, comps.prediction_type)),
             "distill": output_kd(out_s, out_t),
             "block": feature_kd(feats_s, feats_t),
             "contrastive": contrastive_loss(self.router.normalized(s), z),
@@ -207,17 +208,15 @@ def main(cfg: PruneConfig, log=print) -> Optional[PruneResult]:
                     "teacher_gmacs": macs.total / 1e9}
     summary: dict = {"method": cfg.method, "target": cfg.target, "gates": {"width_groups": len(spec.width),
                      "width_entries": spec.width_dim, "depth": spec.depth_dim}, "mac_protocol": mac_protocol}
-    if cfg.method == "aptp":
-        router = train_router(cfg, comps, spec, macs, log, accelerator, resume)
-        if not accelerator.is_main_process:
-            return None
+    router = train_router(cfg, comps, spec, macs, log, accelerator, resume) if cfg.method == "aptp" else None
+    if not accelerator.is_main_process:  # other processes only helped train the router
+        return None
+    if router is not None:
         codes = router.expert_codes()
         router.save(out / "router", {"encoder": router.encoder_name, "source_model": comps.source,
                                      "spec_dim": spec.dim, "ffn_groups": cfg.router.ffn_groups})
         summary["routing_toy_val"] = route_toyval(router) if comps.source == "toyworld" else None
     else:
-        if not accelerator.is_main_process:
-            return None
         codes = baseline_codes(cfg, comps, spec, macs)
     experts, ratios = export_experts(cfg, comps, spec, macs, codes, mac_protocol)
     summary["experts"] = [{"path": str(p), "mac_ratio": r} for p, r in zip(experts, ratios)]

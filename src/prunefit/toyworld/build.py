@@ -27,6 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from prunefit.config.schema import ToyworldBuildConfig
 from prunefit.losses.diffusion import diffusion_target, min_snr_weights, snr, weighted_mse
+from prunefit.models.components import DEFAULT_GUIDANCE, read_sidecar, write_sidecar
 from prunefit.models.schedulers import sd_training_scheduler_config
 from prunefit.models.tiny import TinySDConfig, build_text_encoder, build_unet
 from prunefit.models.tokenizer import trained_bpe_tokenizer
@@ -320,7 +321,7 @@ one artist at 7.5 (MODEL_CARD.md has both tables). Recorded in teacher/prunefit.
 
 def _save_teacher(pipe, folder: Path) -> None:
     pipe.save_pretrained(folder)
-    (folder / "prunefit.json").write_text(json.dumps({"default_guidance_scale": TOY_GUIDANCE}) + "\n")
+    write_sidecar(folder, TOY_GUIDANCE)
 
 
 def run_build(cfg: ToyworldBuildConfig, log: Callable[[str], None] = print) -> Path:
@@ -348,7 +349,8 @@ def run_build(cfg: ToyworldBuildConfig, log: Callable[[str], None] = print) -> P
     log(f"exported teacher, judge and prompt sets to {assets}")
     quality, quality75 = measure_both(assets, judge, cfg.eval_prompts)
     info = {"config": asdict(cfg), "teacher_step": state.step, "teacher_init_step": state.init_step,
-            "guidance_scale": TOY_GUIDANCE, "quality_cfg_7_5": quality75, "build_seconds_this_run": round(time.time() - t0, 1),
+            "guidance_scale": TOY_GUIDANCE, "quality_cfg_7_5": quality75,
+            "build_seconds_this_run": round(time.time() - t0, 1),
             "judge_held_out": _done(root / "judge")["held_out_accuracy"], "quality": quality,
             "vae": _done(root / "vae"), "teacher_log": _log_summary(root / "teacher" / "log.jsonl")}
     (assets / "quality.json").write_text(json.dumps(info, indent=2))
@@ -364,7 +366,7 @@ def measure_both(assets: Path, judge, n: int) -> tuple[dict, dict]:
 
     default = measure_quality(assets / "teacher", judge, assets / "prompts", n=n)
     sd = measure_quality(assets / "teacher", judge, assets / "prompts", n=n,
-                         sampler=SamplerConfig(batch_size=50, guidance_scale=7.5))
+                         sampler=SamplerConfig(batch_size=50, guidance_scale=DEFAULT_GUIDANCE))
     return default, sd
 
 
@@ -375,8 +377,7 @@ def remeasure(assets: Path, n: Optional[int] = None, log: Callable[[str], None] 
     info = json.loads((assets / "quality.json").read_text())
     n = n or info["config"]["eval_prompts"]
     info["config"]["eval_prompts"] = n
-    sidecar = assets / "teacher" / "prunefit.json"
-    info["guidance_scale"] = json.loads(sidecar.read_text())["default_guidance_scale"] if sidecar.is_file() else 7.5
+    info["guidance_scale"] = read_sidecar(assets / "teacher").get("default_guidance_scale", DEFAULT_GUIDANCE)
     info["quality"], info["quality_cfg_7_5"] = measure_both(assets, load_judge(assets / "judge"), n)
     tmp = assets / "quality.json.tmp"
     tmp.write_text(json.dumps(info, indent=2))

@@ -33,9 +33,9 @@ def write_model_card(assets: Path, info: dict) -> Path:
         f"- AutoencoderKL: channels {list(TEACHER_SIZES.vae_channels)} (factor {2 ** (len(TEACHER_SIZES.vae_channels) - 1)}, 32x32 images); "
         f"{cfg['vae_steps']} steps, batch {cfg['vae_batch_size']}, L1+MSE+1e-4 KL.",
         f"- Training: {info['teacher_step']} steps, batch {cfg['teacher_batch_size']}, AdamW lr "
-        f"{cfg['teacher_lr']} (warm-up {cfg['teacher_warmup']}, {_schedule(cfg, info)}), epsilon prediction, min-SNR gamma "
-        f"{cfg['min_snr_gamma']}, caption dropout {cfg['caption_dropout']}, EMA {cfg['ema_decay']} (EMA weights "
-        f"shipped), scaled-linear betas (SD's), seed {cfg['seed']}.",
+        f"{cfg['teacher_lr']} (warm-up {cfg['teacher_warmup']}, {_schedule(cfg, info)}), epsilon prediction, "
+        f"min-SNR gamma {cfg['min_snr_gamma']}, caption dropout {cfg['caption_dropout']}, EMA {cfg['ema_decay']} "
+        f"(EMA weights shipped), scaled-linear betas (SD's), seed {cfg['seed']}.",
         f"- Built on: {platform.machine()} CPU, {cfg['threads']} threads, torch {torch.__version__}; teacher "
         f"steps took {info['teacher_log'].get('seconds', 0) / 3600:.2f} h of wall time in all.",
         "",

@@ -9,9 +9,8 @@ S_base. The mask is the union over steps; W <- W * (1 - M). Masks are returned f
 
 from __future__ import annotations
 
-from typing import Optional
-
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
