@@ -1,0 +1,1 @@
+"""Prompt attacks that measure how much of an erased concept an attacker can still get out of a model."""
