@@ -65,3 +65,12 @@ def test_unknown_arch_and_non_empty_folder_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="not empty"):
         sk.build_skeleton("sd15", tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_cli_skeleton_refuses_a_non_empty_folder(tmp_path, capsys):
+    from prunefit.cli import main
+
+    (tmp_path / "old").write_text("keep")
+    assert main(["dev", "skeleton", "--arch", "sd21", "-o", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "old").read_text() == "keep"

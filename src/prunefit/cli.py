@@ -257,6 +257,15 @@ def _cmd_route(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dev_skeleton(args: argparse.Namespace) -> int:
+    from prunefit.recipes.skeleton import main as skeleton
+
+    res = skeleton(args.arch, args.output, seed=args.seed)
+    print(f"{res.arch} skeleton (random weights, seed {res.seed}): {res.path} "
+          f"({res.bytes_on_disk / 1e9:.2f} GB, {res.seconds:.0f} s); use it as model={res.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunefit",
@@ -347,6 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-n", type=int, default=5000, help="images (sorted by id); 0 = all")
     c.add_argument("--size", type=int, default=512, help="reference image size (the paper: 512)")
     c.set_defaults(func=_cmd_data_coco)
+
+    dv = sub.add_parser("dev", help="developer tools (full-size random-weight SD pipelines)")
+    dvsub = dv.add_subparsers(dest="dev_command", metavar="<subcommand>", required=True)
+    sk = dvsub.add_parser("skeleton", help="write a full-size SD pipeline folder from the published configs, "
+                                           "random weights from a seed, real CLIP tokenizer")
+    sk.add_argument("--arch", required=True, choices=["sd15", "sd21", "sd21-base"])
+    sk.add_argument("--output", "-o", required=True, metavar="DIR", help="new (or empty) folder")
+    sk.add_argument("--seed", type=int, default=0)
+    sk.set_defaults(func=_cmd_dev_skeleton)
 
     from prunefit.toyworld.cli import add_toyworld_parser
 
