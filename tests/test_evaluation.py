@@ -13,7 +13,7 @@ import torch
 from prunefit.cli import main
 from prunefit.config.schema import ClipScoreConfig, CostConfig, FidConfig, NudityConfig
 from prunefit.errors import ConfigError, DataError, OutputError
-from prunefit.evaluation.clip import clip_score
+from prunefit.evaluation.clip import clip_score, mean_clip_score
 from prunefit.evaluation.context import EvalContext
 from prunefit.evaluation.fid import feature_stats, fid_from_features, frechet_distance
 from prunefit.evaluation.metrics import similarity_dropped, zero_shot_accuracy
@@ -54,7 +54,9 @@ def test_clip_score_conventions_by_hand():
     txt = torch.tensor([[1.0, 1.0], [-1.0, 0.0]])
     s = clip_score(img, txt)
     assert s.tolist() == pytest.approx([100 / np.sqrt(2), -100.0])
-    assert clip_score(img, txt, clamp_zero=True).tolist() == pytest.approx([100 / np.sqrt(2), 0.0])
+    assert mean_clip_score(s, "each_at_zero") == pytest.approx(50 / np.sqrt(2))
+    assert mean_clip_score(s, "none") == pytest.approx(50 / np.sqrt(2) - 50)
+    assert mean_clip_score(s, "mean_at_zero") == 0.0  # torchmetrics: max(mean, 0)
     assert clip_score(img, txt, scale=1.0).tolist() == pytest.approx([1 / np.sqrt(2), -1.0])
 
 
@@ -136,7 +138,9 @@ def test_clip_score_metric_on_a_local_clip(tiny_run, tiny_clip):
     clip = load_clip(tiny_clip)
     ctx = EvalContext.from_run(tiny_run)
     manual = clip_score(clip.image_embeds(ctx.images()), clip.text_embeds(ctx.prompts)).mean().item()
-    assert res.values["clip_score"] == pytest.approx(manual)
+    assert res.values["clip_score"] == pytest.approx(max(manual, 0.0))
+    plain = clip_score_metric(EvalContext.from_run(tiny_run), ClipScoreConfig(model=tiny_clip, clamp="none"))
+    assert plain.values["clip_score"] == pytest.approx(manual)
     assert res.protocol["scale"] == 100.0 and res.protocol["n"] == 6
 
 

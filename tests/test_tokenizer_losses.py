@@ -42,8 +42,8 @@ def test_snr_and_min_snr_weights_by_hand():
     assert torch.allclose(eps, torch.tensor([5 / 9, 1.0, 1.0]))
     v = min_snr_weights(s, 5.0, "v_prediction")
     assert torch.allclose(v, torch.tensor([5 / 10, 1 / 2, (1 / 9) / (1 / 9 + 1)]))
-    legacy = min_snr_weights(s, 5.0, "v_prediction", formula="legacy")
-    assert torch.allclose(legacy, eps)
+    legacy = min_snr_weights(s, 5.0, "v_prediction", formula="legacy")  # official code: min(snr+1, g)/(snr+1)
+    assert torch.allclose(legacy, torch.tensor([5 / 10, 2 / 2, 1.0]))
 
 
 def test_v_target_and_weighted_mse():

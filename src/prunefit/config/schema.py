@@ -164,9 +164,14 @@ class ClipScoreConfig:
     """CLIPModel folder or hub id (the paper: OpenAI ViT-B/32)."""
     scale: float = 100.0
     """100 = logit scale, as the paper's code; 1 = raw cosine (UnlearnDiffAtk leaderboard)."""
-    clamp_zero: bool = False
-    """True = torchmetrics' convention max(100 cos, 0)."""
+    clamp: str = "mean_at_zero"
+    """mean_at_zero = torchmetrics' CLIPScore max(mean(100 cos), 0); each_at_zero = mean(max(100 cos_i, 0));
+    none = the plain mean (the paper's code)."""
     batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.clamp in ("mean_at_zero", "each_at_zero", "none"),
+               f"clip_score.clamp must be mean_at_zero, each_at_zero or none, got {self.clamp!r}")
 
 
 @dataclass
@@ -356,7 +361,8 @@ class FinetuneLoss:
     min_snr_gamma: Optional[float] = 5.0
     """None = plain MSE."""
     min_snr_formula: str = "paper"
-    """paper: min(snr, g)/snr (eps) or min(snr, g)/(snr + 1) (v); legacy: the official code's min(snr, g)/snr for both."""
+    """paper: min(snr, g)/snr (eps) or min(snr, g)/(snr + 1) (v); legacy: the official code's v form
+    min(snr + 1, g)/(snr + 1) (eps unchanged)."""
 
     def __post_init__(self) -> None:
         for k in ("ddpm", "output_kd", "feature_kd"):

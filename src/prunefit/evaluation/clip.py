@@ -3,7 +3,8 @@
 Embeddings are computed from the towers and projections directly (``vision_model -> visual_projection``),
 which is stable across transformers 4.x / 5.x (5.x changed ``get_image_features``' return type, which
 breaks torchmetrics' CLIPScore). Preprocessing follows the model's ``preprocessor_config.json``
-(resize the short side bicubic, centre crop, normalize), done in torch without torchvision.
+(resize the short side bicubic, the long side floored as transformers does, centre crop, normalize),
+done in torch without torchvision.
 """
 
 from __future__ import annotations
@@ -22,13 +23,36 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def clip_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: float = 100.0,
-               clamp_zero: bool = False) -> torch.Tensor:
-    """Per-pair ``scale * cos(image, text)``; [N, D] x2 -> [N]. The paper's code: scale 100, no clamp;
-    torchmetrics' CLIPScore: scale 100, clamped at 0; the UnlearnDiffAtk leaderboard: scale 1."""
+CLAMPS = ("mean_at_zero", "each_at_zero", "none")
+"""How a set's CLIP score is clamped: torchmetrics' CLIPScore max(mean(s), 0); the mean of max(s_i, 0); or the
+plain mean (the paper's code)."""
+
+
+def clip_score(image_embeds: torch.Tensor, text_embeds: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
+    """Per-pair ``scale * cos(image, text)``, unclamped; [N, D] x2 -> [N]. The paper's code and torchmetrics'
+    CLIPScore: scale 100; the UnlearnDiffAtk leaderboard: scale 1."""
     cos = F.cosine_similarity(image_embeds.double(), text_embeds.double(), dim=-1)
-    s = scale * cos
-    return s.clamp_min(0) if clamp_zero else s
+    return scale * cos
+
+
+def mean_clip_score(scores: torch.Tensor, clamp: str = "mean_at_zero") -> float:
+    """A set's CLIP score from per-pair scores [N]: ``mean_at_zero`` = max(mean(s), 0) (torchmetrics),
+    ``each_at_zero`` = mean(max(s_i, 0)), ``none`` = mean(s) (the paper's code)."""
+    if clamp == "mean_at_zero":
+        return max(scores.mean().item(), 0.0)
+    if clamp == "each_at_zero":
+        return scores.clamp_min(0).mean().item()
+    if clamp == "none":
+        return scores.mean().item()
+    raise ValueError(f"unknown CLIP-score clamp {clamp!r}; available: {list(CLAMPS)}")
+
+
+def resize_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(height, width) after resizing the short side to ``size``; the long side is int(size * long / short),
+    floored as transformers' ``get_resize_output_image_size`` does (not rounded)."""
+    short, long = min(height, width), max(height, width)
+    new_long = int(size * long / short)
+    return (size, new_long) if height <= width else (new_long, size)
 
 
 @dataclass
@@ -45,10 +69,8 @@ class ClipEncoder:
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N, 3, H, W] -> normalized float [N, 3, size, size]."""
         x = images.float() / 255.0
-        h, w = x.shape[-2:]
-        scale = self.size / min(h, w)
-        x = F.interpolate(x, size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
-                          mode="bicubic", align_corners=False, antialias=True)
+        x = F.interpolate(x, size=resize_shape(*x.shape[-2:], self.size), mode="bicubic", align_corners=False,
+                          antialias=True)
         top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
         x = x[..., top : top + self.size, left : left + self.size].clamp(0, 1)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)

@@ -117,7 +117,7 @@ def fid_metric(ctx: EvalContext, cfg: FidConfig) -> MetricResult:
 # ---------------------------------------------------------------- CLIP score
 
 def clip_score_metric(ctx: EvalContext, cfg: ClipScoreConfig) -> MetricResult:
-    from prunefit.evaluation.clip import clip_score, load_clip
+    from prunefit.evaluation.clip import clip_score, load_clip, mean_clip_score
 
     clip = load_clip(cfg.model)
     images = ctx.images()
@@ -125,12 +125,12 @@ def clip_score_metric(ctx: EvalContext, cfg: ClipScoreConfig) -> MetricResult:
     for i in range(0, len(images), cfg.batch_size):
         img = clip.image_embeds(images[i : i + cfg.batch_size])
         txt = clip.text_embeds(ctx.prompts[i : i + cfg.batch_size])
-        scores.append(clip_score(img, txt, cfg.scale, cfg.clamp_zero))
+        scores.append(clip_score(img, txt, cfg.scale))
     s = torch.cat(scores)
-    protocol = {"model": cfg.model, "scale": cfg.scale, "clamp_zero": cfg.clamp_zero, "n": len(s),
-                "definition": "mean over images of scale * cos(image embed, prompt embed)"}
-    return MetricResult({"clip_score": s.mean().item(), "clip_score_std": s.std().item() if len(s) > 1 else 0.0},
-                        protocol)
+    protocol = {"model": cfg.model, "scale": cfg.scale, "clamp": cfg.clamp, "n": len(s),
+                "definition": "mean over images of scale * cos(image embed, prompt embed), clamped per `clamp`"}
+    std = (s.clamp_min(0) if cfg.clamp == "each_at_zero" else s).std().item() if len(s) > 1 else 0.0
+    return MetricResult({"clip_score": mean_clip_score(s, cfg.clamp), "clip_score_std": std}, protocol)
 
 
 # ---------------------------------------------------------------- nudity

@@ -32,16 +32,20 @@ def diffusion_target(prediction_type: str, latents: torch.Tensor, noise: torch.T
 def min_snr_weights(snr_t: torch.Tensor, gamma: float, prediction_type: str, formula: str = "paper") -> torch.Tensor:
     """Per-sample loss weights of min-SNR-gamma. [B] -> [B].
 
-    ``formula="paper"`` (Hang et al.): epsilon: min(snr, g) / snr; v: min(snr, g) / (snr + 1).
-    ``formula="legacy"`` (the diffusers example script the official code copied, which divides by snr
-    for both targets): min(snr, g) / snr, i.e. v-prediction is down-weighted at low SNR.
+    ``formula="paper"`` (Hang et al.; current diffusers): epsilon: min(snr, g) / snr; v: min(snr, g) / (snr + 1).
+    ``formula="legacy"`` (the official APTP code, ``Pruner.step`` / ``UnetFineTuner.step``, after an old diffusers
+    example): epsilon as above; v: snr' = snr + 1, then min(snr', g) / snr'. The two v forms agree for
+    snr + 1 >= g and differ below: at snr 0.25, g 5 the paper gives 0.2, the legacy form 1.0.
     """
-    clipped = torch.minimum(snr_t, torch.full_like(snr_t, gamma))
-    if formula == "legacy" or prediction_type == "epsilon":
-        return clipped / snr_t
-    if formula == "paper" and prediction_type == "v_prediction":
-        return clipped / (snr_t + 1)
-    raise ValueError(f"unknown min-SNR formula {formula!r} / prediction_type {prediction_type!r}")
+    if formula not in ("paper", "legacy") or prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"unknown min-SNR formula {formula!r} / prediction_type {prediction_type!r}")
+    g = torch.full_like(snr_t, gamma)
+    if prediction_type == "epsilon":
+        return torch.minimum(snr_t, g) / snr_t
+    if formula == "legacy":
+        shifted = snr_t + 1
+        return torch.minimum(shifted, g) / shifted
+    return torch.minimum(snr_t, g) / (snr_t + 1)
 
 
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -43,16 +43,23 @@ def ffn_outputs(unet) -> list[tuple[str, torch.nn.Linear]]:
     return [(n, m) for n, m in unet.named_modules() if n.endswith("ff.net.2") and isinstance(m, torch.nn.Linear)]
 
 
+ESD_U_EXCLUDED_PREFIXES = ("conv_norm_out", "conv_out", "time_embedding", "time_embed")
+"""Top-level modules ESD-u leaves frozen besides cross-attention: the output head (CompVis ``out.``) and the time
+embedding (CompVis ``time_embed``), as the original ``train-esd.py`` does."""
+
+
 def param_subset(unet, which: str) -> list[tuple[str, torch.nn.Parameter]]:
-    """ESD's parameter subsets: 'xattn' (cross-attention, ESD-x), 'noxattn' (all but cross-attention,
-    ESD-u), 'selfattn', 'full'."""
+    """ESD's parameter subsets, as the original ``train-esd.py``: 'xattn' (every "attn2" parameter, ESD-x),
+    'noxattn' (ESD-u: all but cross-attention, the output head and the time embedding), 'selfattn' ("attn1"),
+    'full'. On SD 2.1: xattn 80 tensors / 50,352,320 parameters, noxattn 598 / 813,495,680 (the APTP code's
+    esd_diffusers.py also trains the head and the time embedding)."""
     from prunefit.errors import ConfigError
 
     params = list(unet.named_parameters())
     if which == "xattn":
         return [(n, p) for n, p in params if "attn2" in n]
     if which == "noxattn":
-        return [(n, p) for n, p in params if "attn2" not in n]
+        return [(n, p) for n, p in params if "attn2" not in n and not n.startswith(ESD_U_EXCLUDED_PREFIXES)]
     if which == "selfattn":
         return [(n, p) for n, p in params if "attn1" in n]
     if which == "full":

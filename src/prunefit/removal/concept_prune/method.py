@@ -4,7 +4,8 @@ For every FFN output projection ff.net.2 (W [out, in]; the layer list is read fr
 with dropped blocks work) and denoising step t: a_{t,j} = ||column j of the L2-normalized input token rows||
 accumulated over all prompts (both CFG halves), for target and base prompts. WANDA score S = |W| * a;
 skilled weights of step t: per output row the top int(skill_ratio * in) columns by S_target that also beat
-S_base. The mask is the union over steps; W <- W * (1 - M). Masks are returned for saving.
+S_base. The mask is the union over the first tau steps (the reference: ``--timesteps 10`` of 50 DDIM steps);
+W <- W * (1 - M). Masks are returned for saving.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ class ConceptPruneConfig:
     """e.g. 'a photo of a naked {thing}' for nudity (then concepts only name the run)."""
     skill_ratio: float = 0.01
     steps: int = 25
-    """Denoising steps whose statistics are collected (the reference: 50 DDIM)."""
+    """Denoising steps of the sampler that produces the statistics (the reference: 50 DDIM)."""
+    union_steps: Optional[int] = None
+    """tau: the masks of the first tau steps are unioned (the reference: 10 of 50). None = the reference's
+    fraction of ``steps``: max(1, round(steps / 5)), i.e. 10 of 50, 5 of 25, 2 of 10."""
     guidance_scale: Optional[float] = None
     """None = the model's default (SD: 7.5, the reference's)."""
     scheduler: str = "ddim"
@@ -40,6 +44,14 @@ class ConceptPruneConfig:
             raise ConfigError(f"concept_prune.skill_ratio must be in (0, 1), got {self.skill_ratio}")
         if self.steps < 1 or not self.things:
             raise ConfigError("concept_prune.steps must be >= 1 and things non-empty")
+        if self.union_steps is not None and not 1 <= self.union_steps <= self.steps:
+            raise ConfigError(f"concept_prune.union_steps must be in [1, steps={self.steps}] (or null = steps / 5), "
+                              f"got {self.union_steps}")
+
+    @property
+    def tau(self) -> int:
+        """How many leading denoising steps are unioned."""
+        return self.union_steps if self.union_steps is not None else max(1, round(self.steps / 5))
 
 
 def skilled_mask(w: torch.Tensor, act_target: torch.Tensor, act_base: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -52,25 +64,39 @@ def skilled_mask(w: torch.Tensor, act_target: torch.Tensor, act_base: torch.Tens
     return top & (s_t > s_b)
 
 
+def union_over_steps(w: torch.Tensor, act_target: list[torch.Tensor], act_base: list[torch.Tensor], ratio: float,
+                     tau: int) -> torch.Tensor:
+    """Boolean [out, in]: the union of ``skilled_mask`` over the first ``tau`` steps (per-step norms [in] each)."""
+    union = torch.zeros_like(w, dtype=torch.bool)
+    for t in range(tau):
+        union |= skilled_mask(w, act_target[t], act_base[t], ratio)
+    return union
+
+
 @torch.no_grad()
 def _activation_norms(ctx: RemovalContext, prompts: list[str], cfg: ConceptPruneConfig) -> list[list[torch.Tensor]]:
-    """[layer][step] -> column norms [in] accumulated over prompts."""
+    """[layer][step] -> column norms [in] accumulated over prompts, for the first tau steps (sampling stops there)."""
     from prunefit.models.components import make_pipeline
     from prunefit.models.schedulers import make_scheduler
 
     layers = ffn_outputs(ctx.unet)
-    sq = [[torch.zeros(m.in_features, dtype=torch.float64) for _ in range(cfg.steps)] for _, m in layers]
+    tau = cfg.tau
+    sq = [[torch.zeros(m.in_features, dtype=torch.float64) for _ in range(tau)] for _, m in layers]
     state = {"step": 0}
     handles = []
     for li, (_, mod) in enumerate(layers):
         def hook(module, args, li=li):
+            if state["step"] >= tau:
+                return
             x = args[0].detach().double().reshape(-1, args[0].shape[-1])
             x = torch.nn.functional.normalize(x, dim=-1)
-            sq[li][min(state["step"], cfg.steps - 1)] += x.pow(2).sum(0).cpu()
+            sq[li][state["step"]] += x.pow(2).sum(0).cpu()
         handles.append(mod.register_forward_pre_hook(hook))
 
     def on_step(pipe, i, t, kwargs):
         state["step"] = i + 1
+        if state["step"] >= tau:  # later steps are not unioned: stop sampling
+            pipe._interrupt = True
         return kwargs
 
     pipe = make_pipeline(ctx.components.with_unet(ctx.unet),
@@ -99,12 +125,10 @@ def apply(ctx: RemovalContext, cfg: ConceptPruneConfig) -> dict:
     with torch.no_grad():
         for li, (name, mod) in enumerate(ffn_outputs(ctx.unet)):
             w = mod.weight.data
-            union = torch.zeros_like(w, dtype=torch.bool)
-            for t in range(cfg.steps):
-                union |= skilled_mask(w.double(), a_target[li][t], a_base[li][t], cfg.skill_ratio)
+            union = union_over_steps(w.double(), a_target[li], a_base[li], cfg.skill_ratio, cfg.tau)
             mod.weight.data = w * (~union).to(w.dtype)
             masks[name] = union
             removed += int(union.sum())
     total = sum(m.weight.numel() for _, m in ffn_outputs(ctx.unet))
     return {"masks": masks, "layers": list(masks), "removed_weights": removed, "removed_fraction": removed / total,
-            "prompts": {"target": len(target), "base": len(base)}}
+            "union_steps": cfg.tau, "prompts": {"target": len(target), "base": len(base)}}
