@@ -46,9 +46,9 @@ def step_costs(start: Path, batch: int, concept: str, params: str, runs: int = 5
     from prunefit.data.datasets import ToyWorldData
     from prunefit.models.components import load_components
     from prunefit.pruning.expert import load_expert
-    from prunefit.recipes.finetune import denoising_phase
     from prunefit.removal.context import RemovalContext
     from prunefit.removal.esd.method import ESDConfig, ESDObjective
+    from prunefit.training.students import denoising_phase
 
     comps = load_components("toyworld")
     student, _ = load_expert(start, comps.unet.config)

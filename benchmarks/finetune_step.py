@@ -87,7 +87,7 @@ def measure(comps, label: str, batch: int, runs: int, compile_rows: bool = False
     if compile_rows:  # torch.compile of student and teacher forwards (train.compile=true); first calls compile
         from types import SimpleNamespace
 
-        from prunefit.recipes.finetune import apply_speedups
+        from prunefit.training.students import apply_speedups
 
         flags = SimpleNamespace(gradient_checkpointing=False, channels_last=False, compile=True,
                                 teacher_dtype="float32")

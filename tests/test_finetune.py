@@ -42,7 +42,7 @@ def test_gradient_accumulation_matches_the_large_batch(tmp_path):
 
 def test_one_teacher_forward_per_step_and_parts(tiny):
     from prunefit.data.datasets import ToyWorldData
-    from prunefit.recipes.finetune import denoising_phase
+    from prunefit.training.students import denoising_phase
 
     cfg = load_config(FinetuneConfig, [], ["model=tiny"])
     student = __import__("copy").deepcopy(tiny.unet).requires_grad_(True)
@@ -63,7 +63,7 @@ def test_one_teacher_forward_per_step_and_parts(tiny):
 def test_cached_latents_give_the_same_losses(tiny, tmp_path):
     from prunefit.data.cache import build_cache, load_cache
     from prunefit.data.datasets import ToyWorldData
-    from prunefit.recipes.finetune import denoising_phase
+    from prunefit.training.students import denoising_phase
 
     data = ToyWorldData(seed=3)
     build_cache(tiny, data, 8, tmp_path / "cache", batch_size=4, meta={"model": "tiny"})
@@ -127,7 +127,7 @@ def test_expert_of_another_base_model_is_refused(tmp_path):
 
 def test_bf16_teacher_targets_are_close_and_bilevel_refuses_it(tiny):
     from prunefit.data.datasets import ToyWorldData
-    from prunefit.recipes.finetune import denoising_phase
+    from prunefit.training.students import denoising_phase
 
     cfg = load_config(FinetuneConfig, [], ["model=tiny"])
     student = __import__("copy").deepcopy(tiny.unet).requires_grad_(True)

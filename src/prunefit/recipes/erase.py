@@ -14,11 +14,11 @@ from safetensors.torch import save_file
 from prunefit.config.load import save_resolved_config
 from prunefit.errors import OutputError
 from prunefit.models.components import load_components
-from prunefit.recipes.finetune import load_student, save_student
 from prunefit.removal.config import EraseConfig
 from prunefit.removal.context import RemovalContext
 from prunefit.removal.registry import get_method
 from prunefit.training.runtime import fit, make_accelerator, resolve_resume
+from prunefit.training.students import load_student, save_student
 
 
 @dataclass

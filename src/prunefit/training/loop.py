@@ -6,6 +6,9 @@ accumulation (accelerate keeps one accumulation counter per Accelerator, which i
 would share), its optimizer and its LR function of the phase step (stateless, so exactly resumable).
 Samples are indexed: phase step s, micro-batch m, process r read samples
 ((s * accum + m) * world + r) * micro_batch onwards.
+
+An objective is called as ``objective(start, n)``; one that declares ``uses_step = True`` is called as
+``objective(start, n, step=s)`` with its phase step s (no back-pointers from objectives to phases).
 """
 
 from __future__ import annotations
@@ -93,6 +96,12 @@ def _distributed(world: int) -> bool:
     return world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def _call_objective(phase: Phase, start: int) -> LossOutput:
+    if getattr(phase.objective, "uses_step", False):
+        return phase.objective(start, phase.micro_batch, step=phase.step)
+    return phase.objective(start, phase.micro_batch)
+
+
 def run_phase(phase: Phase, global_step: int, backward: Callable, rank: int = 0, world: int = 1,
               autocast=nullcontext, check_finite: bool = True) -> None:
     """One optimizer step of ``phase`` (``accum`` micro-batches)."""
@@ -105,7 +114,7 @@ def run_phase(phase: Phase, global_step: int, backward: Callable, rank: int = 0,
         if world > 1 and phase.model is not None and m < phase.accum - 1 and hasattr(phase.model, "no_sync"):
             sync = phase.model.no_sync()
         with sync, autocast():
-            out = phase.objective(phase.sample_start(m, rank, world), phase.micro_batch)
+            out = _call_objective(phase, phase.sample_start(m, rank, world))
             if check_finite:
                 _check_finite(phase, out, global_step)
             backward(out.total / phase.accum)

@@ -1,29 +1,41 @@
-"""AdvUnlearn as a training phase.
+"""AdvUnlearn (Zhang et al. 2024) as a training phase: unlearning against a prompt attack that adapts.
 
-Inner attack (``attack_steps`` signed-gradient steps of size ``attack_lr``, within an L_inf ball of
-``attack_eps``): a perturbation delta of the concept prompt's text states that makes the edited model
-regenerate the concept again, i.e. minimizes ||eps_theta(x_t, c + delta) - eps*(x_t, c)||^2.
-Outer step: the ESD target on the attacked prompt, ||eps_theta(x_t, c + delta) - [eps*(x_t, "") -
-eta (eps*(x_t, c) - eps*(x_t, ""))]||^2, plus ``retain_weight`` * ||eps_theta(x_t, r) - eps*(x_t, r)||^2
-on retain prompts r. ``target='text_encoder'`` trains the text encoder instead of the UNet (the
-reference's recommended setting for SD); the attack then perturbs the token embeddings.
+Inner attack (the reference's ``prefix_k`` attack in word-embedding space): ``attack_tokens`` soft tokens in
+the text encoder's token-embedding space, prepended to the prompt right after BOS (``attacks.soft_prompt``),
+are optimized by ``attack_steps`` signed-gradient (PGD) steps of ``attack_lr`` so that the edited model
+regenerates the concept, i.e. they minimize ||eps_theta(x_t, [p] + c) - eps*(x_t, c)||^2; the perturbation
+p - p_0 stays in an L_inf ball of ``attack_eps``. The soft tokens are warm-started from the previous
+iteration's (``attack_init='latest'``) and the attack waits ``attack_warmup`` iterations (clean prompts) first.
+The reference runs 1,000 iterations, 200 warm-up, 30 PGD steps of 1e-3; ``AdvUnlearnConfig.scaled(n)``
+keeps those proportions at a smaller budget (see there).
+Outer step: the ESD target on the attacked prompt, ||eps_theta(x_t, [p] + c) - [eps*(x_t, "") -
+eta (eps*(x_t, c) - eps*(x_t, ""))]||^2, plus ``retain_weight`` * ||eps_theta(x_t, r) - eps*(x_t, r)||^2 on
+retain prompts r. ``target='text_encoder'`` trains the text encoder instead of the UNet (the reference's
+recommended setting for SD). The soft tokens live in the objective: a resumed run restarts the attack from
+its initial tokens.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from prunefit.attacks.soft_prompt import encode_with_prefix, init_prefix, pgd_step
 from prunefit.errors import ConfigError
-from prunefit.losses.guidance import negative_guidance_target
 from prunefit.objectives.base import LossOutput
 from prunefit.objectives.inputs import sample_generator
 from prunefit.removal.context import RemovalContext, concept_from_index, param_subset
 from prunefit.removal.esd.method import ESDConfig, ESDObjective
 from prunefit.training.loop import Phase
+
+ADVUNLEARN_STREAM = 17
+ATTACK_INIT_STREAM = 18
+REFERENCE = {"iterations": 1000, "attack_warmup": 200, "attack_steps": 30, "attack_lr": 1e-3}
+"""The reference's budget (AdvUnlearn's released settings)."""
 
 
 @dataclass
@@ -41,26 +53,50 @@ class AdvUnlearnConfig:
     lr: float = 1e-5
     iterations: int = 1000
     batch_size: int = 1
-    attack_steps: int = 5
-    attack_lr: float = 1e-2
+    attack_tokens: int = 1
+    """k soft prefix tokens (the reference: one adversarial token)."""
+    attack_steps: int = 30
+    attack_lr: float = 1e-3
     attack_eps: float = 0.5
+    """L_inf radius of the soft tokens' perturbation from their initial embeddings."""
+    attack_warmup: int = 200
+    """Iterations with clean prompts before the attack starts."""
+    attack_init: str = "latest"
+    """latest: warm-start each attack from the previous iteration's tokens; random: fresh tokens every time."""
     retain_weight: float = 1.0
     xt_source: str = "model"
     ddim_steps: int = 50
     start_guidance: float = 3.0
     concept_images: Optional[str] = None
+    condition: str = "concept"
+    """concept or caption (with xt_source=images): what the prompts (and the attack's prefix) precede."""
 
     def __post_init__(self) -> None:
         if self.target not in ("unet", "text_encoder"):
             raise ConfigError(f"advunlearn.target must be unet or text_encoder, got {self.target!r}")
-        if self.attack_steps < 0 or self.attack_lr <= 0 or self.attack_eps <= 0 or self.retain_weight < 0:
-            raise ConfigError("advunlearn: attack_steps >= 0, attack_lr > 0, attack_eps > 0, retain_weight >= 0")
+        if (self.attack_steps < 0 or self.attack_lr <= 0 or self.attack_eps <= 0 or self.retain_weight < 0
+                or self.attack_tokens < 1 or self.attack_warmup < 0):
+            raise ConfigError("advunlearn: attack_steps >= 0, attack_lr > 0, attack_eps > 0, retain_weight >= 0, "
+                              "attack_tokens >= 1, attack_warmup >= 0")
+        if self.attack_init not in ("latest", "random"):
+            raise ConfigError(f"advunlearn.attack_init must be latest or random, got {self.attack_init!r}")
         self.esd_config()  # validates the shared ESD settings
 
     def esd_config(self) -> ESDConfig:
         """The ESD settings AdvUnlearn's outer step shares (x_t source, DDIM rollout, eta, parameter subset)."""
-        return ESDConfig(self.concepts, self.train_method, self.eta, self.lr, self.iterations, self.batch_size,
-                         self.xt_source, self.ddim_steps, self.start_guidance, self.concept_images)
+        return ESDConfig(concepts=self.concepts, train_method=self.train_method, eta=self.eta, lr=self.lr,
+                         iterations=self.iterations, batch_size=self.batch_size, xt_source=self.xt_source,
+                         ddim_steps=self.ddim_steps, start_guidance=self.start_guidance,
+                         concept_images=self.concept_images, condition=self.condition)
+
+    def scaled(self, iterations: int) -> "AdvUnlearnConfig":
+        """The reference's attack schedule at ``iterations``: warm-up 20% of the iterations; PGD steps 30 x
+        iterations / 1000 (at least 1); step size so that steps x lr stays the reference's 0.03 per iteration
+        (warm-started, the perturbation then reaches eps after about eps / 0.03 attacked iterations, as at 1,000)."""
+        steps = max(1, round(REFERENCE["attack_steps"] * iterations / REFERENCE["iterations"]))
+        reach = REFERENCE["attack_steps"] * REFERENCE["attack_lr"]
+        return dataclasses.replace(self, iterations=iterations, attack_steps=steps, attack_lr=reach / steps,
+                                   attack_warmup=round(iterations * REFERENCE["attack_warmup"] / REFERENCE["iterations"]))
 
 
 @dataclass
@@ -68,55 +104,66 @@ class AdvUnlearnObjective:
     ctx: RemovalContext
     student: torch.nn.Module
     cfg: AdvUnlearnConfig
-    stream: int = 17
+    stream: int = ADVUNLEARN_STREAM
 
     def __post_init__(self) -> None:
         self.esd = ESDObjective(self.ctx, self.student, self.cfg.esd_config(), self.stream)
+        self.calls = 0
+        self.origin: dict[str, torch.Tensor] = {}
+        self.prefix: dict[str, torch.Tensor] = {}
 
-    def text(self, prompt: str) -> torch.Tensor:
-        """Concept text states; with target=text_encoder they carry the encoder's gradients."""
+    def encode(self, prompts: list[str], prefix: Optional[torch.Tensor]) -> torch.Tensor:
+        """Text states of ``prompts`` (after ``prefix``); with target=text_encoder they carry its gradients."""
         if self.cfg.target == "text_encoder":
-            from prunefit.models.components import encode_prompts
+            return encode_with_prefix(self.ctx.components, prompts, prefix)
+        with torch.no_grad():
+            return encode_with_prefix(self.ctx.components, prompts, prefix).to(self.ctx.device)
 
-            return encode_prompts(self.ctx.components, [prompt])
-        return self.esd.text(prompt)
+    def _start(self, concept: str) -> torch.Tensor:
+        if concept not in self.origin or self.cfg.attack_init == "random":
+            g = sample_generator(self.ctx.seed, ATTACK_INIT_STREAM, self.calls)
+            self.origin[concept] = init_prefix(self.ctx.components, self.cfg.attack_tokens, generator=g)
+            self.prefix[concept] = self.origin[concept].clone()
+        return self.prefix[concept]
 
-    def attack(self, x, t, cond: torch.Tensor, clean_ref: torch.Tensor) -> torch.Tensor:
-        delta = torch.zeros_like(cond, requires_grad=True)
+    def attack(self, concept: str, prompts: list[str], x, t, clean_ref: torch.Tensor) -> torch.Tensor:
+        """PGD on the soft prefix: the edited model's prediction on [p] + prompt pulled to the frozen model's
+        prediction on the clean prompt. Returns the new prefix (detached; also kept for the warm start)."""
+        p = self._start(concept)
+        n = len(x)
         for _ in range(self.cfg.attack_steps):
-            pred = self.student(x, t, (cond.detach() + delta).expand(len(x), -1, -1)).sample
-            loss = F.mse_loss(pred.float(), clean_ref.float())
-            (grad,) = torch.autograd.grad(loss, delta)
-            with torch.no_grad():
-                delta -= self.cfg.attack_lr * grad.sign()
-                delta.clamp_(-self.cfg.attack_eps, self.cfg.attack_eps)
-        return delta.detach()
+            p = p.detach().requires_grad_(True)
+            cond = encode_with_prefix(self.ctx.components, prompts, p)
+            pred = self.student(x, t, cond.expand(n, -1, -1)).sample
+            (grad,) = torch.autograd.grad(F.mse_loss(pred.float(), clean_ref.float()), p)
+            p = pgd_step(p, grad, self.cfg.attack_lr, origin=self.origin[concept], eps=self.cfg.attack_eps)
+        self.prefix[concept] = p.detach()
+        return self.prefix[concept]
 
     def __call__(self, start: int, n: int) -> LossOutput:
         gens = [sample_generator(self.ctx.seed, self.stream, i) for i in range(start, start + n)]
         concept = concept_from_index(self.cfg.concepts, start)
-        clean = self.esd.text(concept)
         if self.cfg.xt_source == "model":
-            x, t = self.esd._xt_from_model(gens, clean, n)
+            prompts = [concept]
+            x, t = self.esd.xt_from_model(gens, self.esd.text(concept), n)
         else:
-            x, t = self.esd._xt_from_images(start, n, gens)
-        empty = self.esd.empty.expand(n, -1, -1)
-        with torch.no_grad():
-            ref = self.ctx.frozen(torch.cat([x, x]), torch.cat([t, t]),
-                                  torch.cat([empty, clean.expand(n, -1, -1)])).sample
-            e_neu, e_pos = ref.chunk(2)
-            target = negative_guidance_target(e_neu, e_pos, self.cfg.eta)
-        delta = self.attack(x, t, clean, e_pos)
-        cond = self.text(concept) + delta
+            x, t, captions = self.esd.xt_from_images(start, n, gens)
+            prompts = captions if self.cfg.condition == "caption" else [concept]
+        clean = self.ctx.text(prompts)
+        target, e_pos = self.esd.targets(x, t, clean)
+        attacking = self.calls >= self.cfg.attack_warmup and self.cfg.attack_steps > 0
+        prefix = self.attack(concept, prompts, x, t, e_pos) if attacking else None
+        self.calls += 1
+        cond = self.encode(prompts, prefix)
         unlearn = F.mse_loss(self.student(x, t, cond.expand(n, -1, -1)).sample.float(), target.float())
         retain_prompt = self.cfg.retain_prompts[start % len(self.cfg.retain_prompts)]
-        r_clean = self.esd.text(retain_prompt)
         with torch.no_grad():
-            r_ref = self.ctx.frozen(x, t, r_clean.expand(n, -1, -1)).sample
-        retain = F.mse_loss(self.student(x, t, self.text(retain_prompt).expand(n, -1, -1)).sample.float(),
+            r_ref = self.ctx.frozen(x, t, self.esd.text(retain_prompt).expand(n, -1, -1)).sample
+        retain = F.mse_loss(self.student(x, t, self.encode([retain_prompt], None).expand(n, -1, -1)).sample.float(),
                             r_ref.float())
         total = unlearn + self.cfg.retain_weight * retain
-        return LossOutput(total, {"unlearn": unlearn, "retain": retain, "attack_norm": delta.abs().max()})
+        norm = (prefix - self.origin[concept]).abs().max() if prefix is not None else torch.zeros(())
+        return LossOutput(total, {"unlearn": unlearn, "retain": retain, "attack_norm": norm})
 
 
 def build_phase(ctx: RemovalContext, cfg: AdvUnlearnConfig, name: str = "advunlearn", every: int = 1,

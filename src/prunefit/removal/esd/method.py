@@ -15,6 +15,9 @@ from prunefit.objectives.inputs import sample_generator
 from prunefit.removal.context import RemovalContext, concept_from_index, param_subset
 from prunefit.training.loop import Phase
 
+ESD_STREAM = 11
+"""RNG stream of ESD's per-sample draws (x_T noise, DDIM depth, image noise)."""
+
 
 @dataclass
 class ESDConfig:
@@ -32,12 +35,19 @@ class ESDConfig:
     """Guidance of the edited model's DDIM rollout that produces x_t."""
     concept_images: Optional[str] = None
     """xt_source=images: an image-caption folder of the concept; None on the toy world = renders of the concept."""
+    condition: str = "concept"
+    """concept: the student and the targets condition on the concept's name (ESD); caption: on each concept
+    image's own caption (the official bilevel code's upper step; needs xt_source=images)."""
 
     def __post_init__(self) -> None:
         if self.train_method not in ("xattn", "noxattn", "selfattn", "full"):
             raise ConfigError(f"esd.train_method must be xattn, noxattn, selfattn or full, got {self.train_method!r}")
         if self.xt_source not in ("model", "images"):
             raise ConfigError(f"esd.xt_source must be model or images, got {self.xt_source!r}")
+        if self.condition not in ("concept", "caption"):
+            raise ConfigError(f"esd.condition must be concept or caption, got {self.condition!r}")
+        if self.condition == "caption" and self.xt_source != "images":
+            raise ConfigError("esd.condition=caption needs esd.xt_source=images (captions come with the images)")
         if self.lr <= 0 or self.iterations < 1 or self.batch_size < 1 or self.ddim_steps < 3:
             raise ConfigError("esd: lr must be > 0, iterations and batch_size >= 1, ddim_steps >= 3")
 
@@ -49,7 +59,7 @@ class ESDObjective:
     ctx: RemovalContext
     student: torch.nn.Module
     cfg: ESDConfig
-    stream: int = 11
+    stream: int = ESD_STREAM
 
     def __post_init__(self) -> None:
         comps = self.ctx.components
@@ -66,10 +76,12 @@ class ESDObjective:
             self._text[prompt] = self.ctx.text([prompt])
         return self._text[prompt]
 
-    def _xt_from_model(self, gens, cond: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def xt_from_model(self, gens, cond: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t from k DDIM steps of the edited model itself, k uniform in [0, ddim_steps) as in the reference
+        (k = 0: pure noise at the first DDIM timestep); cond: (1 or n, L, D)."""
         shape = (4, self.ctx.native_latent(), self.ctx.native_latent())
         x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.ctx.device)
-        k = int(torch.randint(1, self.cfg.ddim_steps - 1, (1,), generator=gens[0]))
+        k = int(torch.randint(0, self.cfg.ddim_steps, (1,), generator=gens[0]))
         self.ddim.set_timesteps(self.cfg.ddim_steps)
         x = x * self.ddim.init_noise_sigma
         ctx_pair = torch.cat([self.empty.expand(n, -1, -1), cond.expand(n, -1, -1)])
@@ -81,9 +93,10 @@ class ESDObjective:
         t = self.ddim.timesteps[k].repeat(n).to(self.ctx.device)
         return x, t
 
-    def _xt_from_images(self, start: int, n: int, gens) -> tuple[torch.Tensor, torch.Tensor]:
+    def xt_from_images(self, start: int, n: int, gens) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Real concept images [start, start + n) encoded and noised at a uniform t; also their captions."""
         comps = self.ctx.components
-        images, _ = self.images.samples(start, n)
+        images, captions = self.images.samples(start, n)
         with torch.no_grad():
             dist = comps.vae.encode(images.to(comps.vae.device)).latent_dist
         eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens])
@@ -91,21 +104,34 @@ class ESDObjective:
         latents = (dist.mean + dist.std * eps) * comps.vae.config.scaling_factor
         t = torch.cat([torch.randint(0, 1000, (1,), generator=g) for g in gens])
         a = self.ddim.alphas_cumprod[t].view(-1, 1, 1, 1)
-        return (a.sqrt() * latents + (1 - a).sqrt() * noise).to(self.ctx.device), t.to(self.ctx.device)
+        return (a.sqrt() * latents + (1 - a).sqrt() * noise).to(self.ctx.device), t.to(self.ctx.device), list(captions)
+
+    def inputs(self, start: int, n: int, gens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, cond) of samples [start, start + n): cond is (1, L, D) for the concept's name or (n, L, D)
+        for the images' own captions."""
+        concept = concept_from_index(self.cfg.concepts, start)
+        if self.cfg.xt_source == "model":
+            cond = self.text(concept)
+            x, t = self.xt_from_model(gens, cond, n)
+            return x, t, cond
+        x, t, captions = self.xt_from_images(start, n, gens)
+        cond = self.ctx.text(captions) if self.cfg.condition == "caption" else self.text(concept)
+        return x, t, cond
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(negative-guidance target, the frozen reference's conditional prediction), uncond and cond in one
+        batched forward of the frozen reference."""
+        n = len(x)
+        ref = self.ctx.frozen(torch.cat([x, x]), torch.cat([t, t]),
+                              torch.cat([self.empty.expand(n, -1, -1), cond.expand(n, -1, -1)])).sample
+        e_neu, e_pos = ref.chunk(2)
+        return negative_guidance_target(e_neu, e_pos, self.cfg.eta), e_pos
 
     def __call__(self, start: int, n: int) -> LossOutput:
         gens = [sample_generator(self.ctx.seed, self.stream, i) for i in range(start, start + n)]
-        concept = concept_from_index(self.cfg.concepts, start)
-        cond = self.text(concept)
-        if self.cfg.xt_source == "model":
-            x, t = self._xt_from_model(gens, cond, n)
-        else:
-            x, t = self._xt_from_images(start, n, gens)
-        with torch.no_grad():  # the frozen reference: uncond and cond in one batched forward
-            ref = self.ctx.frozen(torch.cat([x, x]), torch.cat([t, t]),
-                                  torch.cat([self.empty.expand(n, -1, -1), cond.expand(n, -1, -1)])).sample
-            e_neu, e_pos = ref.chunk(2)
-            target = negative_guidance_target(e_neu, e_pos, self.cfg.eta)
+        x, t, cond = self.inputs(start, n, gens)
+        target, _ = self.targets(x, t, cond)
         pred = self.student(x, t, cond.expand(n, -1, -1)).sample
         loss = torch.nn.functional.mse_loss(pred.float(), target.float())
         return LossOutput(loss, {"esd": loss})

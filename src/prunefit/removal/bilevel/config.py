@@ -1,0 +1,184 @@
+"""The bilevel configuration (the paper's method) and its two realizations as named presets.
+
+Under Adam every coordinate moves by about its learning rate per step, so with two optimizers the balance
+between unlearning and distillation is r = upper_lr / (upper_every * lower_lr): lambda and the loss scales
+drop out. The paper's r is 5e-6 / (20 * 1e-6) = 0.25; the official code's 5e-6 / (10 * 1e-6) = 0.5.
+
+- ``official`` (the authors' code): two AdamW optimizers over the same student; every step a lower
+  (fine-tuning) step at ``train.lr``, every 10th step an upper step at ``upper_lr`` (5e-6, 250 warm-up upper
+  steps). The upper ESD step uses real concept images noised at a random t, each conditioned on its own
+  caption, the unpruned teacher as reference, all parameters, eta 1, and the lower batch size.
+- ``paper`` (Eq. 17-19, one optimizer at ``train.lr``): the theta-gradient of
+  G_lambda = f(theta) + lambda (L_ft(theta) - L_ft(vartheta)) is lambda grad L_ft + grad f (vartheta does not
+  enter it); f's gradient reaches only the upper method's parameter subset (ESD-x: cross-attention;
+  ESD-u: the rest); f is an ESD step (x_t from the student's own DDIM rollout, the concept as condition).
+  Two readings of the double loop (``double_loop``):
+    * ``interleaved`` (default): theta takes lambda grad L_ft every step, and k grad f every k-th step, so the
+      expected gradient per step is lambda grad L_ft + grad f (unbiased; weighting f by 1 every k-th step would
+      give it 1/k of its weight);
+    * ``nested``: k steps on vartheta (the inner max: vartheta minimizes L_ft at ``train.lr``), then one theta
+      step on grad f + lambda grad L_ft at ``upper_lr``; vartheta is then mandatory.
+  With one Adam the balance is set by lambda (the gradient ratio), not by a learning-rate ratio.
+An optional vartheta twin (``track_vartheta``) reports the constraint gap L_ft(theta) - L_ft(vartheta).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+from prunefit.config.schema import DataConfig, FinetuneLoss, TrainConfig
+from prunefit.errors import ConfigError
+from prunefit.removal.advunlearn.method import AdvUnlearnConfig
+from prunefit.removal.esd.method import ESDConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a preset fixes; every field can be overridden by the matching ``BilevelConfig`` key."""
+
+    upper_every: int
+    optimizers: int
+    """2: a second AdamW for the upper step (official); 1: the penalized G_lambda (paper)."""
+    xt_source: str
+    train_method: Optional[str]
+    """Parameters the upper step trains; None = the method section's own (e.g. esd.train_method)."""
+    condition: str
+    """caption: each concept image's own caption (official code); concept: the concept's name (ESD)."""
+    upper_lr: float
+    upper_batch: str
+    """lower: the lower level's micro-batch (official code); method: the method section's batch_size (ESD: 1)."""
+
+
+PRESETS = {
+    "official": Preset(upper_every=10, optimizers=2, xt_source="images", train_method="full", condition="caption",
+                       upper_lr=5e-6, upper_batch="lower"),
+    "paper": Preset(upper_every=20, optimizers=1, xt_source="model", train_method=None, condition="concept",
+                    upper_lr=5e-6, upper_batch="method"),
+}
+DOUBLE_LOOPS = ("interleaved", "nested")
+
+
+def _train_methods() -> list[str]:
+    from prunefit.removal.registry import list_methods
+
+    return sorted(m.name for m in list_methods() if m.kind == "train")
+
+
+@dataclass
+class BilevelConfig:
+    """``prunefit bilevel``: fine-tune an expert while suppressing concepts (lower: distillation; upper:
+    a trainable removal method against the unpruned teacher)."""
+
+    model: str = "toyworld"
+    student: Optional[str] = None
+    output_dir: str = "runs/bilevel"
+    resume: Optional[str] = None
+    seed: int = 0
+    device: str = "cpu"
+    preset: str = "official"
+    upper_method: str = "esd"
+    """Any registered train method (``prunefit list methods``): esd, advunlearn."""
+    concepts: list[str] = field(default_factory=list)
+    upper_every: Optional[int] = None
+    """Lower steps per upper step (k); None = the preset's (official 10, paper 20)."""
+    lam: float = 100.0
+    """lambda of the paper preset (the weight of L_ft in G_lambda); unused by the official preset."""
+    double_loop: str = "interleaved"
+    """Paper preset: interleaved or nested (see the module docstring)."""
+    upper_lr: Optional[float] = None
+    """Official: the upper AdamW's lr; paper/nested: the theta step's lr; None = the preset's (5e-6).
+    Unused by paper/interleaved (one optimizer at train.lr)."""
+    upper_warmup_steps: int = 250
+    upper_train_method: Optional[str] = None
+    """Parameters the upper step trains (xattn, noxattn, selfattn, full); None = the preset's (official: full;
+    paper: the method section's own, e.g. esd.train_method)."""
+    upper_xt_source: Optional[str] = None
+    """model (ESD: x_t from the student's DDIM rollout) or images (real concept images); None = the preset's."""
+    upper_condition: Optional[str] = None
+    """caption or concept (what the upper step conditions on); None = the preset's."""
+    upper_batch_size: Optional[int] = None
+    """Samples per upper step; None = the preset's (official: train.micro_batch_size; paper: the method's)."""
+    track_vartheta: bool = False
+    cache_dir: Optional[str] = None
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: FinetuneLoss = field(default_factory=FinetuneLoss)
+    esd: ESDConfig = field(default_factory=ESDConfig)
+    advunlearn: AdvUnlearnConfig = field(default_factory=AdvUnlearnConfig)
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown bilevel preset {self.preset!r}; available: {sorted(PRESETS)}")
+        methods = _train_methods()
+        if self.upper_method not in methods:
+            raise ConfigError(f"bilevel upper_method must be a train method {methods}, got {self.upper_method!r}")
+        if self.double_loop not in DOUBLE_LOOPS:
+            raise ConfigError(f"double_loop must be one of {list(DOUBLE_LOOPS)}, got {self.double_loop!r}")
+        if self.lam <= 0:
+            raise ConfigError(f"lam must be > 0, got {self.lam}")
+        if self.upper_every is not None and self.upper_every < 1:
+            raise ConfigError(f"upper_every must be >= 1, got {self.upper_every}")
+        if (self.upper_lr is not None and self.upper_lr <= 0) or (self.upper_batch_size is not None
+                                                                   and self.upper_batch_size < 1):
+            raise ConfigError("upper_lr must be > 0 and upper_batch_size >= 1")
+        if self.upper_condition not in (None, "caption", "concept"):
+            raise ConfigError(f"upper_condition must be caption or concept, got {self.upper_condition!r}")
+
+    # ------------------------------------------------------------------ resolved values (read once)
+    @property
+    def spec(self) -> Preset:
+        return PRESETS[self.preset]
+
+    @property
+    def every(self) -> int:
+        return self.upper_every or self.spec.upper_every
+
+    @property
+    def nested(self) -> bool:
+        return self.spec.optimizers == 1 and self.double_loop == "nested"
+
+    @property
+    def tracks_vartheta(self) -> bool:
+        return self.track_vartheta or self.nested
+
+    def resolved_upper_lr(self) -> Optional[float]:
+        """The upper step's own learning rate; None where there is none (paper/interleaved: one optimizer)."""
+        if self.spec.optimizers == 1 and not self.nested:
+            return None
+        return self.upper_lr if self.upper_lr is not None else self.spec.upper_lr
+
+    def resolved_upper_batch(self) -> int:
+        if self.upper_batch_size is not None:
+            return self.upper_batch_size
+        if self.spec.upper_batch == "lower":
+            return self.train.micro_batch_size
+        return getattr(self, self.upper_method).batch_size
+
+    def balance_r(self) -> Optional[float]:
+        """r = upper_lr / (upper_every * lower_lr): the step-size balance under Adam; None for one optimizer."""
+        lr = self.resolved_upper_lr()
+        return None if lr is None else lr / (self.every * self.train.lr)
+
+    def upper_config(self):
+        """The upper method's config with the concepts and the preset's choices filled in (a new object)."""
+        mcfg = getattr(self, self.upper_method)
+        concepts = list(mcfg.concepts) or list(self.concepts)
+        if not concepts:
+            raise ConfigError("no concepts to suppress: set concepts (e.g. concepts='[skull]')")
+        p = self.spec
+        xt = self.upper_xt_source or p.xt_source
+        condition = self.upper_condition or (p.condition if xt == "images" else "concept")  # captions need images
+        return dataclasses.replace(
+            mcfg, concepts=concepts, xt_source=xt, train_method=self.upper_train_method or p.train_method
+            or mcfg.train_method, condition=condition, batch_size=self.resolved_upper_batch())
+
+    def balance(self) -> dict:
+        """What sets the unlearning/distillation balance, for summaries and reports."""
+        one = self.spec.optimizers == 1
+        return {"preset": self.preset, "double_loop": self.double_loop if one else None,
+                "r": self.balance_r(), "lower_lr": self.train.lr, "upper_lr": self.resolved_upper_lr(),
+                "upper_every": self.every, "lam": self.lam if one else None,
+                "lower_batch": self.train.micro_batch_size * self.train.grad_accum_steps,
+                "upper_batch": self.resolved_upper_batch()}

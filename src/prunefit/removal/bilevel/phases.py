@@ -1,0 +1,69 @@
+"""The phases each bilevel preset trains, built once from a ``BilevelConfig`` (the recipe only runs them)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from prunefit.objectives.denoising import DenoisingObjective
+from prunefit.removal.bilevel.config import BilevelConfig
+from prunefit.removal.bilevel.objective import PenalizedObjective
+from prunefit.removal.context import RemovalContext
+from prunefit.removal.registry import get_method
+from prunefit.training.loop import Phase, constant_with_warmup
+from prunefit.training.students import denoising_phase
+
+THETA_LOWER_STREAM = 1
+"""RNG stream of the nested reading's theta-step lower batches (vartheta and the other phases use stream 0)."""
+
+
+@dataclass
+class BilevelPhases:
+    phases: list[Phase]
+    lower: DenoisingObjective
+    """L_ft of theta (for the held-out validator)."""
+    twin: Optional[torch.nn.Module] = None
+    twin_lower: Optional[DenoisingObjective] = None
+    """L_ft of vartheta, when the twin is trained."""
+
+
+def build_phases(cfg: BilevelConfig, student, comps, data, cache, device, rank: int = 0,
+                 world: int = 1) -> BilevelPhases:
+    """official: [lower, upper every k]; paper/interleaved: [G_lambda every step]; paper/nested: [vartheta
+    every step, theta every k]; plus the vartheta twin where it is tracked and not already a phase."""
+    mcfg = cfg.upper_config()
+    ctx = RemovalContext(student, comps.unet, comps, cfg.seed, device)  # upper targets: the unpruned teacher
+    upper = get_method(cfg.upper_method).build_phase(ctx, mcfg, name="upper", every=cfg.every,
+                                                     lr=cfg.resolved_upper_lr() or cfg.train.lr,
+                                                     student=student, freeze_others=False)
+    upper.lr_factor = constant_with_warmup(cfg.upper_warmup_steps)
+    twin = twin_phase = twin_obj = None
+    if cfg.tracks_vartheta:
+        twin = copy.deepcopy(student).requires_grad_(True)
+        twin_phase, twin_obj = denoising_phase("vartheta", twin, comps.unet, comps, data, cfg, cfg.seed, 0, cache,
+                                               device)
+    if cfg.spec.optimizers == 2:
+        lower, lower_obj = denoising_phase("lower", student, comps.unet, comps, data, cfg, cfg.seed, 0, cache, device)
+        phases = [lower, upper]
+    elif not cfg.nested:
+        lower, lower_obj = denoising_phase("bilevel", student, comps.unet, comps, data, cfg, cfg.seed, 0, cache,
+                                           device)
+        lower.objective = PenalizedObjective(lower_obj, upper.objective, student, upper.params, cfg.lam, cfg.every,
+                                             mcfg.batch_size, rank, world)
+        phases = [lower]
+    else:
+        theta, lower_obj = denoising_phase("theta", student, comps.unet, comps, data, cfg, cfg.seed,
+                                           THETA_LOWER_STREAM, cache, device)
+        theta.objective = PenalizedObjective(lower_obj, upper.objective, student, upper.params, cfg.lam, 1,
+                                             mcfg.batch_size, rank, world)
+        theta.every, theta.lr = cfg.every, cfg.resolved_upper_lr()
+        theta.lr_factor = constant_with_warmup(cfg.upper_warmup_steps)
+        for g in theta.optimizer.param_groups:
+            g["lr"] = theta.lr
+        phases = [theta]
+    if twin_phase is not None:
+        phases.insert(0, twin_phase) if cfg.nested else phases.append(twin_phase)
+    return BilevelPhases(phases, lower_obj, twin, twin_obj)
