@@ -28,6 +28,23 @@ def step(title: str, argv: list[str]) -> None:
     print(f"({time.time() - t0:.0f} s)", flush=True)
 
 
+def figure_step() -> None:
+    """Distilled, Distilled + ESD and bilevel side by side on the toy analogue of the paper's Fig. 6 prompts
+    (erased artists, the unsafe concept, a neutral and a kept prompt), one figure per Table-3 concept."""
+    from prunefit.recipes.experiment import ROW_NAMES, concept_slug
+
+    prompts = Path(__file__).resolve().parent.parent / "configs/toyworld/prompts/table6_fig6_erasure_after_pruning.csv"
+    names = {"distilled": "Distilled", **{r: ROW_NAMES[r] for r in ("distilled+esd", "ours_esd")}}
+    for concept in ("skull", "Claude Dots"):
+        croot = OUT / "table3" / concept_slug(concept)
+        if not all((croot / row).is_dir() for row in names):
+            continue
+        models = ", ".join(f'{{name: "{name}", path: "{croot / row}"}}' for row, name in names.items())
+        step(f"Figure: the Table 3 rows on erased, kept and unsafe prompts ({concept} erased)",
+             ["experiment", "figures", f"models=[{models}]", f"prompt_file={prompts}", f'erased=["{concept}"]',
+              f"output_dir={croot / 'figure'}"])
+
+
 def run() -> None:
     t0 = time.time()
     step("The toy teacher: model card and sample grids", ["toyworld", "show", "-o", str(OUT / "show"), "-n", "8"])
@@ -40,6 +57,7 @@ def run() -> None:
          ["experiment", "table3", f"output_dir={OUT / 'table3'}", f"expert={prune_dir / 'experts' / 'expert-0'}",
           "rows=[distilled+esd, ours_esd]", "concepts=[skull, Claude Dots]", "lower_steps=160", "eval_prompts=50",
           "esd_iterations=40", "upper_every=4", "sample_prompts=6", "kept_artists=1"])
+    figure_step()
     print(f"\nDemo finished in {time.time() - t0:.0f} s. Outputs in {OUT.resolve()}:")
     for p in sorted(OUT.rglob("*")):
         if p.suffix in (".md", ".png") and "images" not in p.parts and "samples" not in p.parts[:-1]:

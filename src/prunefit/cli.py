@@ -235,6 +235,16 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         print(path.read_text())
         print(f"report: {path}")
         return 0
+    if args.name == "figures":
+        from prunefit.recipes import figures
+
+        cfg = _load(figures.FiguresConfig, args)
+        if cfg is None:
+            return 0
+        res = figures.main(cfg)
+        print(f"rendered {sum(res.generated.values())} image(s), reused {sum(res.skipped.values())}")
+        print(f"figure: {res.figure} ({res.size[0]}x{res.size[1]})\ncells: {res.sidecar}\npage: {res.html}")
+        return 0
     cfg = _load(experiment.ExperimentConfig, args)
     if cfg is None:
         return 0
@@ -314,8 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     bl.set_defaults(func=_cmd_bilevel)
 
     ex = sub.add_parser("experiment", help="run an experiment end to end with a report: table3 (the paper's "
-                                           "Table 3) or erasure (every removal method on the dense teacher)")
-    ex.add_argument("name", choices=["table3", "erasure"])
+                                           "Table 3), erasure (every removal method on the dense teacher) or "
+                                           "figures (models x prompts at the same seeds, a labelled grid)")
+    ex.add_argument("name", choices=["table3", "erasure", "figures"])
     _config_args(ex)
     ex.set_defaults(func=_cmd_experiment)
 
