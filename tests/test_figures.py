@@ -154,3 +154,14 @@ def test_toy_prompt_sets_are_the_grammars_and_cover_every_role():
             parsed = parse_caption(r["prompt"])
             assert (parsed["artist"] or (UNSAFE if parsed["obj"] == UNSAFE else "")) == r["concept"]
     assert "skull" not in t6[4]["prompt"] and parse_caption(t6[4]["prompt"])["obj"] == UNSAFE  # adversarial
+
+
+def test_cli_refuses_bad_figure_configs_with_exit_2(tmp_path, capsys):
+    from prunefit.cli import main
+
+    prompts = f"prompt_file={TOY / 'table4_fig1_pruned.csv'}"
+    assert main(["experiment", "figures", prompts, f"output_dir={tmp_path / 'o'}"]) == 2
+    assert "no models" in capsys.readouterr().err
+    assert main(["experiment", "figures", prompts, "models=[{name: T, path: toyworld, kind: dense}]"]) == 2
+    assert "unknown figure model kind 'dense'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -108,6 +108,8 @@ class ModelRow:
     kind: str
     path: str
     run_dir: Path
+    base_model: str = "toyworld"
+    """The dense model under an expert (unused for pipelines; routed sets use their own source model)."""
     generated: int = 0
     skipped: int = 0
 
@@ -183,14 +185,14 @@ def read_figure_prompts(prompt_file: str | Path, limit: Optional[int] = None) ->
     return records
 
 
-def _generate_row(row: ModelRow, base_model: str, prompt_file: str, limit: Optional[int], sampler: SamplerConfig,
-                  seed: int, device: str, dtype: str) -> None:
+def _generate_row(row: ModelRow, prompt_file: str, limit: Optional[int], sampler: SamplerConfig, seed: int,
+                  device: str, dtype: str) -> None:
     """Generate (or reuse) one model's images through ``prunefit generate``'s resumable run folder."""
     from prunefit.config.schema import GenerateConfig
     from prunefit.recipes import generate
 
-    where = {"pipeline": {"model": row.path}, "expert": {"model": base_model, "expert": row.path},
-             "routed": {"model": base_model, "experts": row.path}}[row.kind]
+    where = {"pipeline": {"model": row.path}, "expert": {"model": row.base_model, "expert": row.path},
+             "routed": {"model": row.base_model, "experts": row.path}}[row.kind]
     cfg = GenerateConfig(output_dir=str(row.run_dir), prompt_file=prompt_file, max_prompts=limit, seed=seed,
                          dtype=dtype, device=device, grid_max_images=0, sampler=sampler, **where)
     res = generate.main(cfg)
@@ -253,33 +255,37 @@ def render_figure(models: list[FigureModel], prompt_file: str | Path, out_dir: s
                         caption_lines=style.caption_lines, font_size=style.font_size)
     out = Path(out_dir)
     records = read_figure_prompts(cfg.prompt_file, max_prompts)
-    rows = [ModelRow(m.name, model_slug(m.name), *resolve_model(m), out / "models" / model_slug(m.name))
-            for m in models]  # every path is checked before anything is generated
-    for m, row in zip(models, rows):
-        _generate_row(row, m.base_model or base_model, cfg.prompt_file, max_prompts, cfg.sampler, seed, device, dtype)
+    rows = [ModelRow(m.name, model_slug(m.name), *resolve_model(m), out / "models" / model_slug(m.name),
+                     base_model=m.base_model or base_model) for m in models]  # all paths checked before generating
+    for row in rows:
+        _generate_row(row, cfg.prompt_file, max_prompts, cfg.sampler, seed, device, dtype)
     marks = [is_erased(r, erased) for r in records]
     cells = _cells(rows, records, marks, out)
-    images = [[Image.open(out / c["image"]) for c in cells if c["row"] == r] for r in range(len(rows))]
+    images = [[Image.open(out / c["image"]).convert("RGB") for c in cells if c["row"] == r] for r in range(len(rows))]
     sheet = labelled_grid(images, [r.name for r in rows], [r.prompt for r in records], marks, style=style)
-    native = max(images[0][0].size)
     sidecar = {"prompt_file": str(prompt_file), "figure": "figure.png", "size": list(sheet.size),
                "style": asdict(style), "erased": erased, "sampler": asdict(cfg.sampler), "seed": seed,
                "models": [{"row": i, "name": r.name, "slug": r.slug, "kind": r.kind, "path": r.path,
+                           "base_model": None if r.kind == "pipeline" else r.base_model,
                            "generated": r.generated, "reused": r.skipped} for i, r in enumerate(rows)],
-               "prompts": [{"column": c, "id": r.id, "prompt": r.prompt, "erased": marks[c], **r.extra}
+               "prompts": [{**r.extra, "column": c, "id": r.id, "prompt": r.prompt, "erased": marks[c]}
                            for c, r in enumerate(records)],
                "cells": cells}
+    page = _html(f"{Path(prompt_file).name}: {len(rows)} models x {len(records)} prompts", rows, records, cells,
+                 marks, max(max(images[0][0].size), style.cell))
+    _write_outputs(out, sheet, sidecar, page)
+    return FiguresResult(output_dir=out, figure=out / "figure.png", sidecar=out / "figure.json",
+                         html=out / "index.html", size=sheet.size, rows=rows)
+
+
+def _write_outputs(out: Path, sheet, sidecar: dict, page: str) -> None:
     import io
 
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     _atomic_write(out / "figure.png", buf.getvalue())
     _atomic_write(out / "figure.json", (json.dumps(sidecar, indent=1) + "\n").encode())
-    page = _html(f"{Path(prompt_file).name}: {len(rows)} models x {len(records)} prompts", rows, records, cells,
-                 marks, max(native, style.cell))
     _atomic_write(out / "index.html", page.encode())
-    return FiguresResult(output_dir=out, figure=out / "figure.png", sidecar=out / "figure.json",
-                         html=out / "index.html", size=sheet.size, rows=rows)
 
 
 def main(cfg: FiguresConfig) -> FiguresResult:
