@@ -245,6 +245,17 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         print(f"rendered {sum(res.generated.values())} image(s), reused {sum(res.skipped.values())}")
         print(f"figure: {res.figure} ({res.size[0]}x{res.size[1]})\ncells: {res.sidecar}\npage: {res.html}")
         return 0
+    if args.name == "pareto":
+        from prunefit.recipes import pareto
+
+        cfg = _load(pareto.ParetoConfig, args)
+        if cfg is None:
+            return 0
+        for concept, summary in pareto.main(cfg, log=lambda m: print(m, flush=True)).items():
+            path = Path(cfg.output_dir) / experiment.concept_slug(concept) / "report.md"
+            print(path.read_text())
+            print(f"report: {path}\nplot: {path.parent / 'pareto.png'}")
+        return 0
     cfg = _load(experiment.ExperimentConfig, args)
     if cfg is None:
         return 0
@@ -326,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("experiment", help="run an experiment end to end with a report: table3 (the paper's "
                                            "Table 3), erasure (every removal method on the dense teacher) or "
                                            "figures (models x prompts at the same seeds, a labelled grid)")
-    ex.add_argument("name", choices=["table3", "erasure", "figures"])
+    ex.add_argument("name", choices=["table3", "erasure", "figures", "pareto"])
     _config_args(ex)
     ex.set_defaults(func=_cmd_experiment)
 

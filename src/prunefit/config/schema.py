@@ -261,6 +261,9 @@ class DataConfig:
     toy_p_unsafe: float = 0.15
     """toyworld: fraction of scenes showing the unsafe concept (0.15 = the teacher's training mix)."""
     toy_p_artist: float = 0.5
+    toy_exclude_artists: list[str] = field(default_factory=list)
+    """toyworld: artists the data never shows (a scene drawn in their style is shown without an artist), so
+    their share is 0 while the other artists keep theirs."""
     """toyworld: fraction of scenes in an artist's style (0.5 = the teacher's training mix)."""
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ of 8 (gradient accumulation is exactly equivalent). Unreadable images are skippe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,25 +29,34 @@ class ToyWorldData:
     seed: int = 0
     p_artist: float = 0.5
     p_unsafe: float = 0.15
+    exclude_artists: tuple[str, ...] = ()
     skipped: int = 0
+
+    def _scene(self, i: int):
+        from prunefit.toyworld.world import sample_scene
+
+        rng = np.random.default_rng([self.seed, 7, i])
+        scene = sample_scene(rng, self.p_artist, self.p_unsafe)
+        if scene.artist in self.exclude_artists:
+            scene = dataclasses.replace(scene, artist=None)
+        return scene, rng
 
     def captions(self, start: int, n: int) -> list[str]:
         """The captions of samples [start, start + n) without rendering."""
-        from prunefit.toyworld.world import caption, sample_scene
+        from prunefit.toyworld.world import caption
 
         out = []
         for i in range(start, start + n):
-            rng = np.random.default_rng([self.seed, 7, i])
-            out.append(caption(sample_scene(rng, self.p_artist, self.p_unsafe), rng))
+            scene, rng = self._scene(i)
+            out.append(caption(scene, rng))
         return out
 
     def samples(self, start: int, n: int) -> tuple[torch.Tensor, list[str]]:
-        from prunefit.toyworld.world import caption, render, sample_scene
+        from prunefit.toyworld.world import caption, render
 
         imgs, caps = [], []
         for i in range(start, start + n):
-            rng = np.random.default_rng([self.seed, 7, i])
-            scene = sample_scene(rng, self.p_artist, self.p_unsafe)
+            scene, rng = self._scene(i)
             imgs.append(render(scene))
             caps.append(caption(scene, rng))
         return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 127.5 - 1.0, caps
@@ -140,7 +150,8 @@ def coco_captions(annotations: str | Path, images: str | Path, resolution: int, 
 def build_data(cfg, resolution: int, seed: int = 0):
     """The data source a ``DataConfig`` names, at ``resolution`` pixels."""
     if cfg.source == "toyworld":
-        return ToyWorldData(seed=seed, p_artist=cfg.toy_p_artist, p_unsafe=cfg.toy_p_unsafe)
+        return ToyWorldData(seed=seed, p_artist=cfg.toy_p_artist, p_unsafe=cfg.toy_p_unsafe,
+                            exclude_artists=tuple(cfg.toy_exclude_artists))
     if cfg.source == "folder":
         return image_caption_folder(cfg.path, resolution, seed)
     return coco_captions(cfg.annotations, cfg.images, resolution, seed)

@@ -32,6 +32,18 @@ def write_table3_report(croot: Path, concept: str, rows: dict, cfg, start: Path)
           "(ASR of adversarial NSFW prompts, FID on COCO-val-2017) for reference only: not comparable.", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in table]
+    for key, r in rows.items():
+        b = r.get("balance") or {}
+        if b:
+            r_txt = "n/a (one optimizer; lambda sets the balance)" if b.get("r") is None else f"{b['r']:.3g}"
+            md += ["", f"{ROW_NAMES.get(key, key)}: preset {b['preset']}"
+                   + (f" ({b['double_loop']})" if b.get("double_loop") else "")
+                   + f", r = upper_lr / (upper_every x lower_lr) = {r_txt}, lower lr {b['lower_lr']:g}, upper lr "
+                   f"{b['upper_lr'] if b['upper_lr'] is not None else 'n/a'}, upper every {b['upper_every']}, lambda "
+                   f"{b['lam'] if b['lam'] is not None else 'n/a'}, batches lower {b['lower_batch']} / upper "
+                   f"{b['upper_batch']}."]
+    threads = {r.get("threads") for r in rows.values()} - {None}
+    md += ["", f"torch threads: {'/'.join(map(str, sorted(threads))) or 'unrecorded'}; one seed ({cfg.seed})."]
     ours = rows.get("ours_esd")
     base = rows.get("distilled+esd")
     if ours and base:
@@ -68,8 +80,8 @@ def _scatter(croot: Path, rows: dict, concept: str) -> None:
 def _curves(croot: Path, rows: dict) -> None:
     series = {}
     for key in ("ours_esd", "ours_advunlearn"):
-        log = croot / key / "log.jsonl"
-        if key in rows and log.is_file():
+        log = Path(rows[key]["model"]).parent / "log.jsonl" if key in rows else None
+        if log is not None and log.is_file():
             series[key] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
     if not series:
         return

@@ -3,7 +3,9 @@
 Rows (each a composition of the other recipes, at the same lower-step budget):
   Distilled+ESD, ESD+Distilled (unlearn -> prune -> distil), Distilled+UCE, Distilled+CP,
   Distilled+AdvUnlearn, Ours (ESD), Ours (AdvUnlearn).
-Every finished row is kept in ``<output>/<concept>/<row>/row.json`` and reused on re-runs. Outputs:
+Every stage lives in a folder named by a hash of the settings it depends on (``<output>/<concept>/<stage>-<hash>/``
+with ``spec.json``), so a finished row is reused only when its resolved settings match and a changed setting
+computes a new folder beside the old one (nothing is overwritten). Outputs:
 report.md (our table beside the paper's numbers), report.csv, asr_vs_fjd.png, curves.png (lower loss,
 upper loss, constraint gap of the bilevel rows) and samples.png (rows x adversarial prompts).
 """
@@ -11,6 +13,8 @@ upper loss, constraint gap of the bilevel rows) and samples.png (rows x adversar
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -66,19 +70,37 @@ class ExperimentConfig:
     concept_prune_steps: int = 10
     bilevel_preset: str = "official"
     upper_every: int = 4
-    upper_batch_size: int = 1
-    """Samples per upper step: ESD's batch (1), so an upper step costs what a two-stage ESD iteration costs."""
+    r: float = 0.25
+    """The unlearning/distillation balance under Adam, r = upper_lr / (upper_every * train.lr); the paper's is
+    5e-6 / (20 * 1e-6) = 0.25 (the official code's 0.5). Sets upper_lr unless upper_lr is given."""
+    upper_lr: Optional[float] = None
+    lam: float = 100.0
+    """lambda of the paper preset (weight of L_ft in G_lambda)."""
+    double_loop: str = "interleaved"
+    """Paper preset: interleaved or nested (removal/bilevel/config.py)."""
+    upper_batch_size: Optional[int] = None
+    """Samples per upper step; None = the preset's (official: the lower batch; paper: ESD's 1)."""
+    upper_warmup_steps: int = 5
+    upper_train_method: Optional[str] = None
+    """Parameters of the upper step (xattn, noxattn, selfattn, full); None = the two-stage ESD row's (ESD-u for
+    the unsafe concept, ESD-x for artists)."""
+    bilevel_xt_source: Optional[str] = None
+    """x_t of the upper step: model (ESD's own rollout) or images (the official code); None = the preset's."""
+    upper_condition: Optional[str] = None
+    """caption or concept; None = the preset's (official with images: each image's caption)."""
     track_vartheta: bool = True
     """Train the L_ft-only twin for the constraint-gap curve (a diagnostic: it doubles the lower-level cost of the
     bilevel rows' train_seconds; benchmarks/bilevel_wall.py times bilevel without it)."""
-    upper_lr: float = 5e-4
-    """Upper (suppression) LR: 5x the lower LR, the paper's ratio (5e-6 upper vs 1e-6 lower)."""
-    upper_warmup_steps: int = 5
-    bilevel_xt_source: str = "model"
-    """x_t of the upper ESD step: 'model' (the paper: 'a step identical to an ESD step') or 'images' (the
-    official code); the upper step trains the same parameters as the two-stage ESD row."""
+    lower_concept_share: Optional[float] = None
+    """Share of the erased concept in the lower-level data; None = ``data`` as given. The unsafe concept: any
+    value in [0, 1] (data.toy_p_unsafe); an artist: 0 (the artist is left out of the data)."""
+    threads: int = 1
+    """torch threads of the whole experiment (recorded in the report)."""
     kept_artists: int = 2
     """Kept artists whose rate is measured (erasure must not spill over)."""
+
+    def resolved_upper_lr(self) -> float:
+        return self.upper_lr if self.upper_lr is not None else self.r * self.upper_every * self.train.lr
 
     def __post_init__(self) -> None:
         bad = [r for r in self.rows if r not in ALL_ROWS]
@@ -86,6 +108,10 @@ class ExperimentConfig:
             raise ConfigError(f"unknown table3 rows {bad}; available: {list(ALL_ROWS)}")
         if self.lower_steps < 1 or self.eval_prompts < 2:
             raise ConfigError("lower_steps must be >= 1 and eval_prompts >= 2")
+        if self.r <= 0 or self.threads < 1:
+            raise ConfigError("r must be > 0 and threads >= 1")
+        if self.lower_concept_share is not None and not 0 <= self.lower_concept_share <= 1:
+            raise ConfigError(f"lower_concept_share must be in [0, 1], got {self.lower_concept_share}")
 
 
 def _is_unsafe(concept: str) -> bool:
@@ -97,17 +123,6 @@ def _is_unsafe(concept: str) -> bool:
 def concept_slug(concept: str) -> str:
     """A concept's folder name in experiment outputs ("Claude Dots" -> "claude-dots")."""
     return concept.lower().replace(" ", "-").replace("'", "")
-
-
-def _overrides(d: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out += _overrides(v, key + ".")
-        elif v is not None:
-            out.append(f"{key}={json.dumps(v)}")
-    return out
 
 
 @dataclass
@@ -226,22 +241,71 @@ def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists:
     return res
 
 
+def stage_key(spec: dict) -> str:
+    """A short, stable hash of a stage's resolved settings (its folder name suffix)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def stage_dir(root: Path, name: str, spec: dict) -> Path:
+    """``root/<name>-<hash>/`` with the settings in ``spec.json``: a stage is reused only by the same settings."""
+    d = root / f"{name}-{stage_key(spec)}"
+    d.mkdir(parents=True, exist_ok=True)
+    if not (d / "spec.json").is_file():
+        (d / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True, default=str))
+    return d
+
+
 class Table3:
     def __init__(self, cfg: ExperimentConfig, log=print) -> None:
         self.cfg, self.log = cfg, log
         self.root = Path(cfg.output_dir)
 
-    # ---------------------------------------------------------------- building blocks
-    def _common(self) -> list[str]:
+    # ---------------------------------------------------------------- settings each stage depends on
+    def lower_data(self, concept: str) -> DataConfig:
+        """The lower-level data, with the erased concept's share set where ``lower_concept_share`` asks."""
+        share, data = self.cfg.lower_concept_share, self.cfg.data
+        if share is None:
+            return data
+        if _is_unsafe(concept):
+            return dataclasses.replace(data, toy_p_unsafe=share)
+        if share != 0:
+            raise ConfigError(f"lower_concept_share for an artist ({concept}) can only be 0 (left out of the data)")
+        return dataclasses.replace(data, toy_exclude_artists=sorted({*data.toy_exclude_artists, concept}))
+
+    def start_spec(self) -> dict:
         c = self.cfg
-        return [f"model={json.dumps(c.model)}", f"seed={c.seed}", f"device={c.device}",
-                *_overrides(asdict(c.data), "data."), *_overrides(asdict(c.loss), "loss.")]
+        return {"model": c.model, "expert": c.expert, "target": c.target}
 
-    def _train(self, steps: int) -> list[str]:
-        t = asdict(self.cfg.train)
-        t["max_steps"] = steps
-        return _overrides(t, "train.")
+    def distil_spec(self, concept: str) -> dict:
+        c = self.cfg
+        return {**self.start_spec(), "seed": c.seed, "data": asdict(self.lower_data(concept)), "train": asdict(c.train),
+                "loss": asdict(c.loss), "lower_steps": c.lower_steps}
 
+    def erase_knobs(self) -> EraseKnobs:
+        c = self.cfg
+        return EraseKnobs(c.esd_iterations, c.esd_lr, c.esd_ddim_steps, c.advunlearn_iterations, c.concept_prune_steps)
+
+    def bilevel_config(self, method: str, concept: str, student: Path, out: Path):
+        """The typed ``prunefit bilevel`` config of a bilevel row."""
+        from prunefit.removal.advunlearn.method import AdvUnlearnConfig
+        from prunefit.removal.bilevel.config import BilevelConfig
+        from prunefit.removal.esd.method import ESDConfig
+
+        c = self.cfg
+        upper_steps = max(1, c.lower_steps // c.upper_every)
+        train = dataclasses.replace(c.train, max_steps=c.lower_steps, val_every=max(10, c.lower_steps // 10),
+                                    val_samples=16)
+        return BilevelConfig(
+            model=c.model, student=str(student), output_dir=str(out), seed=c.seed, device=c.device,
+            preset=c.bilevel_preset, upper_method=method, concepts=[concept], upper_every=c.upper_every, lam=c.lam,
+            double_loop=c.double_loop, upper_lr=c.resolved_upper_lr(), upper_warmup_steps=c.upper_warmup_steps,
+            upper_train_method=c.upper_train_method or esd_parameters(concept), upper_xt_source=c.bilevel_xt_source,
+            upper_condition=c.upper_condition, upper_batch_size=c.upper_batch_size, track_vartheta=c.track_vartheta,
+            data=self.lower_data(concept), train=train, loss=c.loss, esd=ESDConfig(ddim_steps=c.esd_ddim_steps),
+            advunlearn=AdvUnlearnConfig(ddim_steps=c.esd_ddim_steps).scaled(upper_steps),
+            resume="latest" if (out / "checkpoints").is_dir() else None)
+
+    # ---------------------------------------------------------------- building blocks
     def start_expert(self) -> Path:
         if self.cfg.expert:
             return Path(self.cfg.expert)
@@ -251,67 +315,71 @@ class Table3:
             from prunefit.recipes import prune
 
             self.log(f"[table3] magnitude-pruning the teacher to {self.cfg.target} of its MACs")
-            prune.main(load_config(PruneConfig, [], [f"model={json.dumps(self.cfg.model)}", "method=magnitude",
-                                                     f"target={self.cfg.target}", f"output_dir={path}",
-                                                     "eval_prompts=0", f"device={self.cfg.device}"]))
+            prune.main(dataclasses.replace(PruneConfig(), model=self.cfg.model, method="magnitude",
+                                           target=self.cfg.target, output_dir=str(path), eval_prompts=0,
+                                           device=self.cfg.device))
         return path / "experts" / "expert-0"
 
-    def finetuned(self, student: Path, out: Path, model: Optional[str] = None) -> Path:
-        if (out / "expert" / "expert.json").is_file():
-            return out / "expert"
+    def train_distilled(self, student: Path, out: Path, data: DataConfig, model: Optional[str] = None) -> Path:
+        """Fine-tune (distil) ``student`` for ``lower_steps`` into ``out`` (reused when finished, else resumed)."""
+        done = out / "expert"
+        if (done / "expert.json").is_file():
+            return done
         from prunefit.config.schema import FinetuneConfig
         from prunefit.recipes import finetune
 
-        ov = [*self._common(), *self._train(self.cfg.lower_steps), f"student={student}", f"output_dir={out}"]
-        if model:
-            ov.append(f"model={json.dumps(model)}")
-        resume = ["resume=latest"] if (out / "checkpoints").is_dir() else []
-        return finetune.main(load_config(FinetuneConfig, [], ov + resume)).model_path
+        c = self.cfg
+        cfg = FinetuneConfig(model=model or c.model, student=str(student), output_dir=str(out), seed=c.seed,
+                             device=c.device, data=data, train=dataclasses.replace(c.train, max_steps=c.lower_steps),
+                             loss=c.loss, resume="latest" if (out / "checkpoints").is_dir() else None)
+        return finetune.main(cfg).model_path
+
+    def distilled(self, concept: str, croot: Path, start: Path) -> Path:
+        spec = self.distil_spec(concept)
+        return self.train_distilled(start, stage_dir(croot, "distilled", spec), self.lower_data(concept))
 
     def erased(self, method: str, concept: str, student: Optional[Path], out: Path,
                model: Optional[str] = None) -> Path:
         c = self.cfg
-        knobs = EraseKnobs(c.esd_iterations, c.esd_lr, c.esd_ddim_steps, c.advunlearn_iterations, c.concept_prune_steps)
-        return run_erase(method, concept, model or c.model, student, out, knobs, c.seed, c.device)
+        return run_erase(method, concept, model or c.model, student, out, self.erase_knobs(), c.seed, c.device)
 
     def bilevel(self, method: str, concept: str, student: Path, out: Path) -> Path:
         if (out / "bilevel_summary.json").is_file():
             return out / "expert"
         from prunefit.recipes import bilevel
-        from prunefit.removal.bilevel import BilevelConfig
 
-        c = self.cfg
-        esd_method = esd_parameters(concept)
-        ov = [*self._common(), *self._train(c.lower_steps), f"student={student}", f"output_dir={out}",
-              f"preset={c.bilevel_preset}", f"upper_method={method}", f"concepts={json.dumps([concept])}",
-              f"upper_every={c.upper_every}", f"upper_lr={c.upper_lr}", f"upper_warmup_steps={c.upper_warmup_steps}",
-              f"{method}.ddim_steps={c.esd_ddim_steps}", f"upper_train_method={esd_method}",
-              f"upper_xt_source={c.bilevel_xt_source}",
-              f"upper_batch_size={c.upper_batch_size}", f"track_vartheta={str(c.track_vartheta).lower()}",
-              f"train.val_every={max(10, c.lower_steps // 10)}", "train.val_samples=16"]
-        if (out / "checkpoints").is_dir():
-            ov.append("resume=latest")
-        return bilevel.main(load_config(BilevelConfig, [], ov)).model_path
+        return bilevel.main(self.bilevel_config(method, concept, student, out)).model_path
 
     # ---------------------------------------------------------------- rows
-    def run_row(self, row: str, concept: str, croot: Path, start: Path) -> Path:
-        rdir = croot / row
-        distilled = lambda: self.finetuned(start, croot / "distilled")  # noqa: E731  (shared stage 1)
-        if row == "distilled+esd":
-            return self.erased("esd", concept, distilled(), rdir)
-        if row == "distilled+uce":
-            return self.erased("uce", concept, distilled(), rdir)
-        if row == "distilled+cp":
-            return self.erased("concept_prune", concept, distilled(), rdir)
-        if row == "distilled+advunlearn":
-            return self.erased("advunlearn", concept, distilled(), rdir)
+    def row_spec(self, row: str, concept: str) -> dict:
+        """Every setting a row's model depends on."""
+        spec = {"row": row, "concept": concept, **self.distil_spec(concept)}
+        if row.startswith("distilled+") or row == "esd+distilled":
+            spec["erase"] = asdict(self.erase_knobs())
+        if row.startswith("ours_"):
+            b = self.bilevel_config(row.split("_", 1)[1], concept, Path("-"), Path("-"))
+            spec["bilevel"] = {**asdict(b), "student": None, "output_dir": None, "resume": None,
+                               "balance": b.balance()}
+        return spec
+
+    def run_row(self, row: str, concept: str, croot: Path, start: Path) -> tuple[Path, dict]:
+        """(the row's model, its bilevel balance or {}): trains what is missing."""
+        if row == "distilled":
+            return self.distilled(concept, croot, start), {}
+        rdir = stage_dir(croot, row, self.row_spec(row, concept))
+        methods = {"distilled+esd": "esd", "distilled+uce": "uce", "distilled+cp": "concept_prune",
+                   "distilled+advunlearn": "advunlearn"}
+        if row in methods:
+            return self.erased(methods[row], concept, self.distilled(concept, croot, start), rdir), {}
         if row == "esd+distilled":
-            erased_teacher = self.erased("esd", concept, None, croot / "esd_teacher")
+            teacher_spec = {"model": self.cfg.model, "seed": self.cfg.seed, "concept": concept,
+                            "erase": asdict(self.erase_knobs())}
+            erased_teacher = self.erased("esd", concept, None, stage_dir(croot, "esd_teacher", teacher_spec))
             pruned = self._prune_like(start, erased_teacher, rdir / "pruned")
-            return self.finetuned(pruned, rdir, model=str(erased_teacher))
-        if row == "ours_esd":
-            return self.bilevel("esd", concept, start, rdir)
-        return self.bilevel("advunlearn", concept, start, rdir)
+            return self.train_distilled(pruned, rdir, self.lower_data(concept), model=str(erased_teacher)), {}
+        method = row.split("_", 1)[1]
+        model = self.bilevel(method, concept, start, rdir)
+        return model, json.loads((rdir / "bilevel_summary.json").read_text())["balance"]
 
     def _prune_like(self, start: Path, teacher_dir: Path, out: Path) -> Path:
         """Apply the starting expert's architecture to another (erased) dense model: load, then slice."""
@@ -331,30 +399,37 @@ class Table3:
         return save_expert(unet, info, out)
 
     # ---------------------------------------------------------------- evaluation
+    def eval_spec(self) -> dict:
+        return {"eval_prompts": self.cfg.eval_prompts, "kept_artists": self.cfg.kept_artists}
+
     def evaluate(self, model_path: Path, concept: str) -> dict:
         return judge_model(model_path, self.cfg.model, concept, self.cfg.eval_prompts, self.cfg.kept_artists)
 
+    def row_result(self, row: str, concept: str, croot: Path, start: Path) -> dict:
+        """The row's judged result: reused from row.json only when its model and evaluation settings match."""
+        spec = self.distil_spec(concept) if row == "distilled" else self.row_spec(row, concept)
+        rfile = stage_dir(croot, row, spec) / "row.json"
+        if rfile.is_file():
+            old = json.loads(rfile.read_text())
+            if old.get("eval") == self.eval_spec():
+                return old
+        self.log(f"[table3] {concept}: {row}")
+        t0 = time.time()
+        model, balance = self.run_row(row, concept, croot, start)
+        res = {"model": str(model), "train_seconds": round(time.time() - t0, 1), "eval": self.eval_spec(),
+               "balance": balance, "threads": self.cfg.threads, **self.evaluate(model, concept)}
+        rfile.write_text(json.dumps(res, indent=1))
+        return res
+
     def run(self) -> dict:
+        torch.set_num_threads(self.cfg.threads)
         self.root.mkdir(parents=True, exist_ok=True)
         save_resolved_config(self.cfg, self.root)
         start = self.start_expert()
         results: dict = {}
         for concept in self.cfg.concepts:
             croot = self.root / concept_slug(concept)
-            rows = {}
-            for row in ["distilled", *self.cfg.rows]:
-                rfile = croot / row / "row.json"
-                if rfile.is_file():
-                    rows[row] = json.loads(rfile.read_text())
-                    continue
-                self.log(f"[table3] {concept}: {row}")
-                t0 = time.time()
-                model = self.finetuned(start, croot / "distilled") if row == "distilled" else \
-                    self.run_row(row, concept, croot, start)
-                rows[row] = {"model": str(model), "train_seconds": round(time.time() - t0, 1),
-                             **self.evaluate(model, concept)}
-                rfile.parent.mkdir(parents=True, exist_ok=True)
-                rfile.write_text(json.dumps(rows[row], indent=1))
+            rows = {row: self.row_result(row, concept, croot, start) for row in ["distilled", *self.cfg.rows]}
             results[concept] = rows
             from prunefit.evaluation.table3_report import write_table3_report
 

@@ -1,0 +1,98 @@
+"""Write the Pareto report of one concept: the table with intervals, the verdict and the fronts plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLOURS = {"two-stage": "tab:gray", "official": "tab:blue", "interleaved": "tab:orange", "nested": "tab:green"}
+
+
+def could_dominate(q, p) -> bool:
+    """Within the intervals, q may be at least as good as p on both ASR and FJD (lower is better)."""
+    return q.asr.low <= p.asr.high and q.fjd.low <= p.fjd.high
+
+
+def verdict(results: list) -> tuple[bool, str]:
+    """Does a bilevel point lie beyond the whole two-stage front (no two-stage point could dominate it)?"""
+    base = [r for r in results if r.point.family == "two-stage" and not r.point.pure]
+    ours = [r for r in results if r.point.family != "two-stage"]
+    if not base or not ours:
+        return False, "verdict: not enough points yet (needs two-stage and bilevel points)"
+    beyond = [p for p in ours if not any(could_dominate(q, p) for q in base)]
+    seeds = sorted({len(r.seeds) for r in results})
+    tail = f" ({'/'.join(map(str, seeds))} seed(s) per point)"
+    if beyond:
+        names = ", ".join(f"{p.point.name} (ASR {p.asr.text(100)} %, FJD {p.fjd.text(1, 2)})" for p in beyond)
+        return True, f"verdict: YES - beyond the two-stage front by the 95% intervals: {names}{tail}"
+    return False, ("verdict: NO - every bilevel point could be matched or dominated by a two-stage point "
+                   f"within the 95% intervals{tail}")
+
+
+def front(rs: list) -> list:
+    """The non-dominated points of a family (by estimates), sorted by FJD."""
+    keep = [p for p in rs if not any(q is not p and q.asr.estimate <= p.asr.estimate and
+                                     q.fjd.estimate <= p.fjd.estimate and
+                                     (q.asr.estimate, q.fjd.estimate) != (p.asr.estimate, p.fjd.estimate) for q in rs)]
+    return sorted(keep, key=lambda r: r.fjd.estimate)
+
+
+def _balance(b: dict) -> tuple[str, str]:
+    r = "" if not b or b.get("r") is None else f"{b['r']:.3g}"
+    lam = "" if not b or b.get("lam") is None else f"{b['lam']:g}"
+    return r, lam
+
+
+def write_pareto_report(croot: Path, concept: str, results: list, cfg) -> dict:
+    croot.mkdir(parents=True, exist_ok=True)
+    ok, line = verdict(results)
+    header = ["point", "family", "seeds", "ASR % [95% CI]", "FJD [95% CI]", "fidelity %", "r", "lambda", "pure data"]
+    md = [f"# ASR vs FJD fronts on the toy world: suppressing `{concept}`", "",
+          f"{cfg.eval_prompts} prompts per set (adversarial / artist set for ASR, toy-val for FJD and fidelity), "
+          f"{cfg.lower_steps} lower steps per run, upper every {cfg.upper_every}, ESD lr {cfg.esd_lr:g}, lower lr "
+          f"{cfg.train.lr:g}, torch threads {cfg.threads}; intervals: hierarchical bootstrap over seeds and prompts "
+          f"({cfg.n_boot} draws for ASR). Grids fixed before any run.", "", line, "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
+    for r in results:
+        rr, lam = _balance(r.balance)
+        rows.append({"point": r.point.name, "family": r.point.family, "value": r.point.value, "pure": r.point.pure,
+                     "seeds": r.seeds, "asr": vars(r.asr), "fjd": vars(r.fjd), "fidelity": r.fidelity,
+                     "balance": r.balance})
+        md.append(f"| {r.point.name} | {r.point.family} | {len(r.seeds)} | {r.asr.text(100)} | {r.fjd.text(1, 2)} | "
+                  f"{100 * r.fidelity:.1f} | {rr} | {lam} | {'yes' if r.point.pure else ''} |")
+    (croot / "report.md").write_text("\n".join(md) + "\n")
+    summary = {"concept": concept, "verdict": line, "beyond_front": ok, "points": rows}
+    (croot / "pareto.json").write_text(json.dumps(summary, indent=1))
+    _plot(croot, concept, results, line)
+    return summary
+
+
+def _plot(croot: Path, concept: str, results: list, line: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for fam, colour in COLOURS.items():
+        for pure in (False, True):
+            rs = [r for r in results if r.point.family == fam and r.point.pure == pure]
+            if not rs:
+                continue
+            xs, ys = [r.fjd.estimate for r in rs], [100 * r.asr.estimate for r in rs]
+            xerr = [[r.fjd.estimate - r.fjd.low for r in rs], [r.fjd.high - r.fjd.estimate for r in rs]]
+            yerr = [[100 * (r.asr.estimate - r.asr.low) for r in rs], [100 * (r.asr.high - r.asr.estimate) for r in rs]]
+            ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="s" if pure else "o", color=colour, alpha=0.8, capsize=2,
+                        mfc="white" if pure else colour, label=f"{fam}{' (pure lower data)' if pure else ''}")
+            f = front(rs)
+            ax.plot([r.fjd.estimate for r in f], [100 * r.asr.estimate for r in f], "-", color=colour, alpha=0.5)
+    ax.set_xscale("log")
+    ax.set_xlabel("FJD on toy-val (log scale, lower is better)")
+    ax.set_ylabel(f"ASR of '{concept}' (%, lower is better)")
+    ax.set_title(line.split(" - ")[0], fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(croot / "pareto.png", dpi=120)
+    plt.close(fig)
