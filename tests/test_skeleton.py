@@ -74,3 +74,20 @@ def test_cli_skeleton_refuses_a_non_empty_folder(tmp_path, capsys):
     assert main(["dev", "skeleton", "--arch", "sd21", "-o", str(tmp_path)]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "old").read_text() == "keep"
+
+
+def test_sd21_gate_layout_is_the_official_1620_entries():
+    from prunefit.pruning.spec import gate_spec
+
+    with torch.device("meta"):
+        spec = gate_spec(sk.build_unet("sd21"))
+    assert (len(spec.width), spec.width_dim, spec.depth_dim, spec.dim) == (70, 1606, 14, 1620)
+
+
+def test_full_size_analytic_macs_equal_flop_counter_on_meta():
+    from prunefit.evaluation.cost import count_macs
+    from prunefit.pruning.macs import module_macs
+
+    with torch.device("meta"):
+        unet = sk.build_unet("sd21")
+    assert sum(module_macs(unet, 8, 77).values()) == count_macs(unet, 8, 77)
