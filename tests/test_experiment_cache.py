@@ -1,0 +1,75 @@
+"""Experiments reuse a finished stage only when its resolved settings match: a changed setting trains a new
+stage beside the old one (never over it), and ``experiment pareto`` resumes and extends a grid."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prunefit.config.load import load_config
+from prunefit.recipes.experiment import ExperimentConfig, Table3, stage_dir
+
+
+def _t3(tmp_path, *ov):
+    return Table3(load_config(ExperimentConfig, [], [f"output_dir={tmp_path}", *ov]))
+
+
+@pytest.mark.parametrize("override", ["lam=10", "r=0.5", "bilevel_preset=paper", "double_loop=nested",
+                                      "upper_train_method=full", "upper_batch_size=4", "lower_concept_share=0",
+                                      "bilevel_xt_source=model", "train.lr=2e-4", "seed=1", "lower_steps=200"])
+def test_a_changed_bilevel_setting_gets_a_new_stage(tmp_path, override):
+    base, changed = _t3(tmp_path), _t3(tmp_path, override)
+    assert base.row_spec("ours_esd", "skull") != changed.row_spec("ours_esd", "skull")
+    assert stage_dir(tmp_path, "ours_esd", base.row_spec("ours_esd", "skull")) != \
+        stage_dir(tmp_path, "ours_esd", changed.row_spec("ours_esd", "skull"))
+
+
+def test_settings_a_row_does_not_use_keep_its_stage(tmp_path):
+    base = _t3(tmp_path)
+    assert base.distil_spec("skull") == _t3(tmp_path, "lam=10", "esd_iterations=7").distil_spec("skull")
+    assert base.row_spec("distilled+esd", "skull") == _t3(tmp_path, "lam=10").row_spec("distilled+esd", "skull")
+
+
+def test_a_cached_row_is_reused_only_for_the_same_settings(tmp_path):
+    t3 = _t3(tmp_path, "eval_prompts=10")
+    croot = tmp_path / "skull"
+    rdir = stage_dir(croot, "distilled+esd", t3.row_spec("distilled+esd", "skull"))
+    (rdir / "row.json").write_text(json.dumps({"eval": t3.eval_spec(), "asr_adversarial": 0.123}))
+    assert t3.row_result("distilled+esd", "skull", croot, Path("-"))["asr_adversarial"] == 0.123
+    other = _t3(tmp_path, "eval_prompts=10", "esd_iterations=7")
+    odir = stage_dir(croot, "distilled+esd", other.row_spec("distilled+esd", "skull"))
+    assert odir != rdir and not (odir / "row.json").exists()
+    assert json.loads((rdir / "row.json").read_text())["asr_adversarial"] == 0.123  # the old row is untouched
+
+
+def test_the_bilevel_row_config_carries_every_knob(tmp_path):
+    t3 = _t3(tmp_path, "bilevel_preset=paper", "double_loop=nested", "lam=7", "r=0.5", "upper_train_method=full",
+             "upper_batch_size=3", "lower_concept_share=0")
+    b = t3.bilevel_config("esd", "skull", Path("s"), Path("o"))
+    assert (b.preset, b.double_loop, b.lam, b.upper_train_method, b.upper_batch_size) == ("paper", "nested", 7.0,
+                                                                                         "full", 3)
+    assert b.upper_lr == pytest.approx(0.5 * 4 * 1e-4) and b.data.toy_p_unsafe == 0.0
+    assert b.balance()["r"] == pytest.approx(0.5)
+    art = t3.bilevel_config("esd", "Claude Dots", Path("s"), Path("o"))
+    assert art.data.toy_exclude_artists == ["Claude Dots"]
+
+
+@pytest.mark.slow
+def test_pareto_resumes_and_extends_a_grid_without_recomputing(tmp_path):
+    from prunefit.recipes import pareto
+
+    common = [f"output_dir={tmp_path / 'p'}", "lower_steps=2", "eval_prompts=2", "seeds=[0]", "official_r_grid=[]",
+              "paper_lam_grid=[]", "paper_r_grid=[]", "purity_points=[]", "esd_ddim_steps=3",
+              "train.micro_batch_size=2", "train.checkpoint_every=100", "n_boot=20"]
+    logs: list[str] = []
+    pareto.main(load_config(pareto.ParetoConfig, [], [*common, "esd_grid=[0]"]), log=logs.append)
+    assert [m for m in logs if m.startswith("[pareto]")] == ["[pareto] skull: two-stage-esd0, seed 0"]
+    logs.clear()
+    summary = pareto.main(load_config(pareto.ParetoConfig, [], [*common, "esd_grid=[0, 1]", "esd_iterations=1"]),
+                          log=logs.append)["skull"]
+    assert [m for m in logs if m.startswith("[pareto]")] == ["[pareto] skull: two-stage-esd1, seed 0"]
+    assert [p["point"] for p in summary["points"]] == ["two-stage-esd0", "two-stage-esd1"]
+    assert summary["verdict"].startswith("verdict: not enough points")
+    assert (tmp_path / "p" / "skull" / "pareto.png").is_file()
