@@ -42,6 +42,9 @@ def write_table3_report(croot: Path, concept: str, rows: dict, cfg, start: Path)
                    f"{b['upper_lr'] if b['upper_lr'] is not None else 'n/a'}, upper every {b['upper_every']}, lambda "
                    f"{b['lam'] if b['lam'] is not None else 'n/a'}, batches lower {b['lower_batch']} / upper "
                    f"{b['upper_batch']}."]
+        if r.get("attack_reach") is not None:
+            md += ["", f"{ROW_NAMES.get(key, key)}: the inner attack's soft-token perturbation reached "
+                   f"{r['attack_reach']:.3f} (L_inf; budget eps = {r.get('attack_eps')})."]
     threads = {r.get("threads") for r in rows.values()} - {None}
     md += ["", f"torch threads: {'/'.join(map(str, sorted(threads))) or 'unrecorded'}; one seed ({cfg.seed})."]
     ours = rows.get("ours_esd")

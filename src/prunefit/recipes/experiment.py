@@ -185,7 +185,8 @@ def run_erase(method: str, concept: str, model: str, student: Optional[Path], ou
     ov += {"esd": [f"esd.iterations={knobs.esd_iterations}", f"esd.lr={knobs.esd_lr}",
                    f"esd.ddim_steps={knobs.esd_ddim_steps}", f"esd.train_method={params}"],
            "advunlearn": [f"advunlearn.iterations={knobs.advunlearn_iterations}", f"advunlearn.lr={knobs.esd_lr}",
-                          f"advunlearn.ddim_steps={knobs.esd_ddim_steps}", f"advunlearn.train_method={params}"],
+                          f"advunlearn.ddim_steps={knobs.esd_ddim_steps}", f"advunlearn.train_method={params}",
+                          *_scaled_attack(knobs.advunlearn_iterations)],
            "uce": [f"uce.guides={json.dumps(uce_guide(concept, model))}",
                    f"uce.preserve={json.dumps(uce_preserve(concept, model))}"],
            "concept_prune": [f"concept_prune.steps={knobs.concept_prune_steps}"]
@@ -194,6 +195,26 @@ def run_erase(method: str, concept: str, model: str, student: Optional[Path], ou
     if (out / "checkpoints").is_dir():
         ov.append("resume=latest")
     return erase.main(load_config(EraseConfig, [], ov)).model_path
+
+
+def _scaled_attack(iterations: int) -> list[str]:
+    """AdvUnlearn's reference attack schedule (200 warm-up of 1,000 iterations, 30 PGD steps of 1e-3) at
+    ``iterations`` (``AdvUnlearnConfig.scaled``), as overrides."""
+    from prunefit.removal.advunlearn.method import AdvUnlearnConfig
+
+    a = AdvUnlearnConfig().scaled(iterations)
+    return [f"advunlearn.attack_steps={a.attack_steps}", f"advunlearn.attack_lr={a.attack_lr}",
+            f"advunlearn.attack_warmup={a.attack_warmup}"]
+
+
+def attack_reach(run_dir: Path) -> Optional[float]:
+    """The largest soft-token perturbation AdvUnlearn's inner attack reached in a run (its log), or None."""
+    log = Path(run_dir) / "log.jsonl"
+    if not log.is_file():
+        return None
+    norms = [v for line in log.read_text().splitlines() if line.strip()
+             for k, v in json.loads(line).items() if k.endswith("/attack_norm")]
+    return max(norms) if norms else None
 
 
 def guidance_label(cells) -> str:
@@ -418,6 +439,10 @@ class Table3:
         model, balance = self.run_row(row, concept, croot, start)
         res = {"model": str(model), "train_seconds": round(time.time() - t0, 1), "eval": self.eval_spec(),
                "balance": balance, "threads": self.cfg.threads, **self.evaluate(model, concept)}
+        if "advunlearn" in row:
+            from prunefit.removal.advunlearn.method import AdvUnlearnConfig
+
+            res["attack_reach"], res["attack_eps"] = attack_reach(Path(model).parent), AdvUnlearnConfig().attack_eps
         rfile.write_text(json.dumps(res, indent=1))
         return res
 
