@@ -21,10 +21,13 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override config keys, e.g. sampler.steps=10 output_dir=runs/x")
 
 
-def _load(schema, args: argparse.Namespace, extra: Sequence[str] = ()):
+def _load(schema, args: argparse.Namespace, extra: Sequence[str] = (), loader: Optional[Callable] = None):
     from prunefit.config.load import load_config, to_yaml
 
-    cfg = load_config(schema, args.config, [*extra, *args.overrides])
+    if loader is not None:  # a schema-specific loader, e.g. one that adds the model's method defaults
+        cfg = loader(args.config, [*extra, *args.overrides])
+    else:
+        cfg = load_config(schema, args.config, [*extra, *args.overrides])
     if args.print_config:
         print(to_yaml(cfg), end="")
         return None
@@ -197,9 +200,10 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 def _cmd_erase(args: argparse.Namespace) -> int:
     from prunefit.recipes import erase
     from prunefit.removal.config import EraseConfig
+    from prunefit.removal.defaults import load_erase_config
 
     extra = [f"removal.method={args.method}"] if args.method else []
-    cfg = _load(EraseConfig, args, extra)
+    cfg = _load(EraseConfig, args, extra, loader=load_erase_config)
     if cfg is None:
         return 0
     res = erase.main(cfg)

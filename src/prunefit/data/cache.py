@@ -57,12 +57,32 @@ def build_cache(components, data, n: int, out: Path, batch_size: int = 64, meta:
     return out
 
 
-def load_cache(path: str | Path, expected_model: str | None = None) -> LatentCache:
+def read_cache_meta(path: str | Path, expected_model: str | None = None) -> dict:
+    """A cache folder's cache.json, checked (DataError, one line): present, valid, made with ``expected_model``."""
     d = Path(path)
     if not (d / "cache.safetensors").is_file():
         raise DataError(f"no latent cache at {d}; create one with `prunefit cache`")
-    meta = json.loads((d / "cache.json").read_text())
+    try:
+        meta = json.loads((d / "cache.json").read_text())
+        if not isinstance(meta, dict) or not isinstance(meta.get("captions"), list):
+            raise ValueError("no captions list")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{d / 'cache.json'} is missing or corrupt ({str(exc)[:80]}); rebuild the cache with "
+                        "`prunefit cache`") from None
     if expected_model is not None and meta.get("model") not in (None, expected_model):
-        raise DataError(f"cache {d} was made with model {meta.get('model')!r}, not {expected_model!r}")
-    t = load_file(str(d / "cache.safetensors"))
+        raise DataError(f"cache {d} was made with model {meta.get('model')!r}, not {expected_model!r}; "
+                        "rebuild it for this model or drop cache_dir")
+    return meta
+
+
+def load_cache(path: str | Path, expected_model: str | None = None) -> LatentCache:
+    d = Path(path)
+    meta = read_cache_meta(d, expected_model)
+    try:
+        t = load_file(str(d / "cache.safetensors"))
+    except Exception as exc:
+        raise DataError(f"cannot read {d / 'cache.safetensors'} ({str(exc).splitlines()[0][:100]}); rebuild the "
+                        "cache with `prunefit cache`") from None
+    if len(t.get("mean", ())) != len(meta["captions"]) or len(t.get("text", ())) != len(meta["captions"]):
+        raise DataError(f"cache {d}: cache.safetensors and cache.json disagree on the sample count; rebuild it")
     return LatentCache(t["mean"], t["std"], t["text"], meta.pop("captions"), meta)

@@ -63,13 +63,13 @@ def _record(i: int, row: dict[str, Any], where: str) -> PromptRecord:
 
 
 def _rows_txt(path: Path) -> Iterable[tuple[str, dict]]:
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8-sig").splitlines()]
     for n, line in enumerate(ln for ln in lines if ln):
         yield f"{path}: prompt {n + 1}", {"prompt": line}
 
 
 def _rows_csv(path: Path) -> Iterable[tuple[str, dict]]:
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None or "prompt" not in reader.fieldnames:
             raise DataError(f"{path}: a CSV prompt file needs a 'prompt' column; found {reader.fieldnames}")
@@ -78,7 +78,7 @@ def _rows_csv(path: Path) -> Iterable[tuple[str, dict]]:
 
 
 def _rows_jsonl(path: Path) -> Iterable[tuple[str, dict]]:
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:
         for n, line in enumerate(fh):
             if not line.strip():
                 continue
@@ -109,7 +109,7 @@ _PROMPT_COLUMN = {"mma": "adv_prompt"}
 
 def _rows_csv_column(column: str):
     def rows(path: Path) -> Iterable[tuple[str, dict]]:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or column not in reader.fieldnames:
                 raise DataError(f"{path}: expected a {column!r} column for this format; found {reader.fieldnames}")

@@ -30,18 +30,37 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+RUN_KEYS = ("model", "n", "generation")
+"""Header keys that must match for results to be merged into an existing file (one file = one run)."""
+
+
 def read_results(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise OutputError(f"{path} is not valid JSON; move it aside before evaluating into it") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("metrics"), dict):
+        raise OutputError(f"{path} is not a prunefit results file (no 'metrics' mapping); move it aside or write "
+                          "to a new file with output=...")
+    return doc
+
+
+def check_results_target(path: Path, header: dict[str, Any]) -> dict[str, Any]:
+    """The existing document at ``path`` (or {}), refused if it is unreadable or holds another run's results."""
+    doc = read_results(path)
+    diff = [k for k in RUN_KEYS if k in doc and json.loads(json.dumps(doc[k], default=str))
+            != json.loads(json.dumps(header.get(k), default=str))]
+    if diff:
+        raise OutputError(f"{path} holds results of another run (different {', '.join(diff)}); write to a new file "
+                          "with output=... (nothing was overwritten)")
+    return doc
 
 
 def merge_results(path: Path, header: dict[str, Any], results: dict[str, MetricResult]) -> dict[str, Any]:
     """Merge ``results`` into the file at ``path`` (atomic write) and return the whole document."""
-    doc = read_results(path) or {"metrics": {}}
+    doc = check_results_target(path, header) or {"metrics": {}}
     for name, res in results.items():
         old = doc["metrics"].get(name)
         if old is not None and old.get("protocol") != res.protocol:

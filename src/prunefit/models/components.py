@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,9 @@ class Components:
     source: str
     default_guidance: float = DEFAULT_GUIDANCE
     """Guidance scale used when a sampler leaves it unset (a pipeline folder's prunefit.json may set it)."""
+    method_defaults: dict = field(default_factory=dict)
+    """Removal-method settings that work on this model (prunefit.json's ``method_defaults``: ``methods`` -> section
+    -> key -> value, ``concepts`` -> concept -> section -> key -> value); {} = the methods' own (the papers')."""
 
     @property
     def vae_scale_factor(self) -> int:
@@ -67,17 +70,32 @@ def read_sidecar(folder: Path) -> dict:
         raise ModelLoadError(f"{path} is not valid JSON ({exc.msg}); fix or delete it") from None
 
 
-def write_sidecar(folder: Path, default_guidance: float) -> None:
-    """Record a pipeline folder's default guidance in its prunefit.json."""
-    (Path(folder) / SIDECAR).write_text(json.dumps({"default_guidance_scale": default_guidance}) + "\n")
+def write_sidecar(folder: Path, default_guidance: float, method_defaults: dict | None = None) -> None:
+    """Record a pipeline folder's default guidance (and removal-method defaults, if any) in its prunefit.json."""
+    doc: dict = {"default_guidance_scale": default_guidance}
+    if method_defaults:
+        doc["method_defaults"] = method_defaults
+    (Path(folder) / SIDECAR).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def model_sidecar(spec: str) -> dict:
+    """The prunefit.json of the model ``spec`` names, without loading it: the toy teacher's, a local folder's,
+    or {} (tiny, hub ids)."""
+    if spec == "toyworld":
+        from prunefit.toyworld.paths import teacher_dir
+
+        return read_sidecar(teacher_dir())
+    path = Path(spec).expanduser()
+    return read_sidecar(path) if path.is_dir() else {}
 
 
 def save_pipeline(components: Components, target: Path) -> Path:
     """Save ``components`` as a standard diffusers folder, plus prunefit.json when its default guidance is
-    not SD's (so a toy-world derivative keeps sampling like the toy world)."""
+    not SD's or it carries method defaults (so a toy-world derivative keeps sampling and erasing like the toy
+    world)."""
     make_pipeline(components).save_pretrained(target)
-    if components.default_guidance != DEFAULT_GUIDANCE:
-        write_sidecar(target, components.default_guidance)
+    if components.default_guidance != DEFAULT_GUIDANCE or components.method_defaults:
+        write_sidecar(target, components.default_guidance, components.method_defaults)
     return Path(target)
 
 
@@ -102,6 +120,32 @@ def _check_pipeline_folder(path: Path) -> None:
         raise ModelLoadError(f"{path} is not a Stable Diffusion pipeline: model_index.json lacks {missing}")
 
 
+def check_model_spec(spec: str) -> None:
+    """Fail fast (ModelLoadError, one line) when ``spec`` cannot name a loadable model, without loading it:
+    an unbuilt toy world, a missing or non-pipeline folder, a hub id absent from the cache while offline."""
+    if spec in ("tiny", "tiny-v"):
+        return
+    if spec == "toyworld":
+        from prunefit.toyworld.paths import teacher_dir
+
+        if not (teacher_dir() / "model_index.json").is_file():
+            raise ModelLoadError("the toy-world teacher is not built in this installation; "
+                                 "run `prunefit toyworld build` (or use model=tiny for a smoke test)")
+        return
+    path = Path(spec).expanduser()
+    if path.exists():
+        _check_pipeline_folder(path)
+        return
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        raise ModelLoadError(f"model folder not found: {spec}")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(spec, "model_index.json"), str):
+            raise ModelLoadError(f"cannot load model {spec!r} from the hub: HF_HUB_OFFLINE is set and it is not in "
+                                 "the local cache; download it on a machine with internet or pass a local folder")
+
+
 def _load_pipeline_parts(spec: str, dtype: torch.dtype) -> Components:
     from diffusers import StableDiffusionPipeline
 
@@ -123,9 +167,11 @@ def _load_pipeline_parts(spec: str, dtype: torch.dtype) -> Components:
             raise ModelLoadError(f"cannot load model {spec!r} from the hub: {hint}") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load pipeline folder {path}: {first}") from None
-    guidance = read_sidecar(path).get("default_guidance_scale", DEFAULT_GUIDANCE) if is_local else DEFAULT_GUIDANCE
+    sidecar = read_sidecar(path) if is_local else {}
     return Components(unet=pipe.unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                      scheduler=pipe.scheduler, source=spec, default_guidance=float(guidance))
+                      scheduler=pipe.scheduler, source=spec,
+                      default_guidance=float(sidecar.get("default_guidance_scale", DEFAULT_GUIDANCE)),
+                      method_defaults=sidecar.get("method_defaults", {}))
 
 
 def load_components(spec: str, dtype: str = "float32", device: str = "cpu") -> Components:

@@ -84,6 +84,23 @@ def read_expert_info(path: str | Path) -> ExpertInfo:
         raise ModelLoadError(f"{f} is corrupt or not a {FORMAT} file ({exc}); re-export the expert") from None
 
 
+def check_expert_folder(path: str | Path) -> ExpertInfo:
+    """Fail fast (ModelLoadError, one line) unless ``path`` is a readable expert: a valid expert.json and a
+    unet.safetensors whose header parses (the tensors are not read)."""
+    from safetensors import safe_open
+
+    info = read_expert_info(path)
+    weights = Path(path) / "unet.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(f"{weights} is missing")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read {weights} ({str(exc).splitlines()[0][:120]}); the file is corrupt") from None
+    return info
+
+
 def build_expert_unet(info: ExpertInfo):
     """The pruned architecture with uninitialized-from-file weights (UNet built from the base config)."""
     from diffusers import UNet2DConditionModel

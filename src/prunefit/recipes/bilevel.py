@@ -31,6 +31,16 @@ class BilevelResult:
 
 
 def main(cfg: BilevelConfig) -> BilevelResult:
+    """Check the inputs, then run under the output folder's lock."""
+    from prunefit.recipes.preflight import check_inputs
+    from prunefit.utils.lock import output_lock
+
+    check_inputs(model=cfg.model, student=cfg.student, cache_dir=cfg.cache_dir)
+    with output_lock(cfg.output_dir):
+        return _main(cfg)
+
+
+def _main(cfg: BilevelConfig) -> BilevelResult:
     out = Path(cfg.output_dir)
     if cfg.resume is None and (out / "bilevel_summary.json").is_file():
         raise OutputError(f"{out} already holds a finished bilevel run; use a new output_dir")

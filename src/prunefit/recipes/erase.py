@@ -14,11 +14,13 @@ from safetensors.torch import save_file
 from prunefit.config.load import save_resolved_config
 from prunefit.errors import OutputError
 from prunefit.models.components import load_components
+from prunefit.recipes.preflight import check_inputs
 from prunefit.removal.config import EraseConfig
 from prunefit.removal.context import RemovalContext
 from prunefit.removal.registry import get_method
 from prunefit.training.runtime import fit, make_accelerator, resolve_resume
 from prunefit.training.students import load_student, save_student
+from prunefit.utils.lock import output_lock
 
 
 @dataclass
@@ -34,7 +36,12 @@ def main(cfg: EraseConfig) -> EraseResult:
     out = Path(cfg.output_dir)
     if cfg.resume is None and (out / "erase_summary.json").is_file():
         raise OutputError(f"{out} already holds a finished erase run; use a new output_dir")
-    out.mkdir(parents=True, exist_ok=True)
+    check_inputs(model=cfg.model, student=cfg.student)
+    with output_lock(out):
+        return _erase(cfg, entry, mcfg, out)
+
+
+def _erase(cfg: EraseConfig, entry, mcfg, out: Path) -> EraseResult:
     torch.manual_seed(cfg.seed)
     comps = load_components(cfg.model, device=cfg.device)
     student, expert = load_student(cfg.student, comps)

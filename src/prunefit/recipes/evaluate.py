@@ -14,7 +14,7 @@ from prunefit.evaluation import fid as fidlib
 from prunefit.evaluation.context import EvalContext
 from prunefit.evaluation.metrics import CONFIG_SECTION, _feature_network
 from prunefit.evaluation.registry import get_metric
-from prunefit.evaluation.results import merge_results
+from prunefit.evaluation.results import check_results_target, merge_results
 
 
 def main(cfg: EvaluateConfig) -> tuple[Path, dict[str, Any]]:
@@ -23,15 +23,16 @@ def main(cfg: EvaluateConfig) -> tuple[Path, dict[str, Any]]:
         raise ConfigError("evaluate needs a run folder: prunefit evaluate RUN_DIR (or run_dir=...)")
     entries = [get_metric(m) for m in cfg.metrics]  # unknown names fail before any work
     ctx = EvalContext.from_run(cfg.run_dir, cfg.device)
+    first = ctx.rows[0]
+    header = {"run_dir": str(ctx.run_dir), "model": first.get("model"), "n": len(ctx.rows),
+              "generation": first.get("settings"), "seeds": "per prompt, see manifest.jsonl"}
+    out = Path(cfg.output) if cfg.output else ctx.run_dir / "results.json"
+    check_results_target(out, header)  # a corrupt file or another run's results fail before any work
     if any(e.kind == "images" for e in entries):
         ctx.images()  # every listed image must exist and decode before any model is loaded
     results = {}
     for entry in tqdm(entries, desc="metrics", unit="metric", disable=len(entries) < 2):
         results[entry.name] = entry.fn(ctx, getattr(cfg, CONFIG_SECTION[entry.name]))
-    first = ctx.rows[0]
-    header = {"run_dir": str(ctx.run_dir), "model": first.get("model"), "n": len(ctx.rows),
-              "generation": first.get("settings"), "seeds": "per prompt, see manifest.jsonl"}
-    out = Path(cfg.output) if cfg.output else ctx.run_dir / "results.json"
     return out, merge_results(out, header, results)
 
 

@@ -15,8 +15,10 @@ from prunefit.data.datasets import build_data
 from prunefit.errors import OutputError
 from prunefit.models.components import Components, load_components
 from prunefit.objectives.denoising import DenoisingObjective
+from prunefit.recipes.preflight import check_inputs
 from prunefit.training.runtime import EMA, fit, make_accelerator, report_effective_batch, resolve_resume
 from prunefit.training.students import apply_speedups, denoising_phase, load_student, save_student
+from prunefit.utils.lock import output_lock
 
 
 @dataclass
@@ -31,7 +33,12 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
     out = Path(cfg.output_dir)
     if cfg.resume is None and ((out / "expert" / "expert.json").is_file() or (out / "pipeline").is_dir()):
         raise OutputError(f"{out} already holds a finished fine-tuning run; use a new output_dir")
-    out.mkdir(parents=True, exist_ok=True)
+    check_inputs(model=cfg.model, student=cfg.student, cache_dir=cfg.cache_dir)
+    with output_lock(out):
+        return _finetune(cfg, out)
+
+
+def _finetune(cfg: FinetuneConfig, out: Path) -> FinetuneResult:
     resume = resolve_resume(out, cfg.resume)
     torch.manual_seed(cfg.seed)
     comps = load_components(cfg.model, device=cfg.device)

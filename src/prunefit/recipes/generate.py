@@ -13,6 +13,8 @@ from prunefit.data.prompts import inline_prompts, read_prompt_file
 from prunefit.errors import ConfigError, OutputError
 from prunefit.generation.sample import GenerationResult, generate_run, prepare_output_dir, sampling_settings
 from prunefit.models.components import load_components
+from prunefit.recipes.preflight import check_inputs
+from prunefit.utils.lock import output_lock
 
 # Settings that must match when a run folder is reused; prompts may be added, nothing else may change.
 _RUN_KEYS = ("model", "expert", "experts", "seed", "dtype", "sampler")
@@ -42,11 +44,17 @@ def main(cfg: GenerateConfig) -> GenerationResult:
         records = inline_prompts(cfg.prompts, cfg.max_prompts)
     else:
         raise ConfigError("no prompts: pass --prompt TEXT, --prompt-file FILE, or set prompts / prompt_file")
+    check_inputs(model=None if cfg.experts else cfg.model, expert=cfg.expert, experts=cfg.experts)
     out = Path(cfg.output_dir)
-    prepare_output_dir(out)
     _check_same_run(cfg, out)
-    if cfg.experts:
-        return _generate_routed(cfg, records, out)
+    with output_lock(out):
+        prepare_output_dir(out)
+        if cfg.experts:
+            return _generate_routed(cfg, records, out)
+        return _generate(cfg, records, out)
+
+
+def _generate(cfg: GenerateConfig, records, out: Path) -> GenerationResult:
     components = load_components(cfg.model, cfg.dtype, cfg.device)
     expert_id = None
     if cfg.expert:

@@ -29,8 +29,10 @@ from prunefit.pruning.macs import MacModel, mac_model
 from prunefit.pruning.materialize import materialize
 from prunefit.pruning.router import Router, RouterConfig
 from prunefit.pruning.spec import GateSpec, gate_spec
+from prunefit.recipes.preflight import check_inputs
 from prunefit.training.loop import Phase
 from prunefit.training.runtime import fit, make_accelerator, report_effective_batch, resolve_resume
+from prunefit.utils.lock import output_lock
 from prunefit.utils.optim import warmup_cosine
 
 
@@ -193,7 +195,12 @@ def main(cfg: PruneConfig, log=print) -> Optional[PruneResult]:
     out = Path(cfg.output_dir)
     if (out / "prune_summary.json").is_file():
         raise OutputError(f"{out} already holds a finished prune run; use a new output_dir (nothing was overwritten)")
-    out.mkdir(parents=True, exist_ok=True)
+    check_inputs(model=cfg.model)
+    with output_lock(out):
+        return _prune(cfg, out, log)
+
+
+def _prune(cfg: PruneConfig, out: Path, log) -> Optional[PruneResult]:
     resume = resolve_resume(out, cfg.resume)
     accelerator = make_accelerator(router_train_config(cfg), cfg.device)
     if accelerator.is_main_process:

@@ -20,6 +20,8 @@ class RemovalSection:
     """Concepts to remove; copied into the method's section when that lists none."""
     reference: str = "frozen"
     """Targets from a frozen copy of the edited model (ESD) or from the unpruned teacher ('teacher')."""
+    model_defaults: list[str] = field(default_factory=list)
+    """Written by ``load_erase_config``: the method keys taken from the model's prunefit.json (a record)."""
 
     def __post_init__(self) -> None:
         if self.reference not in ("frozen", "teacher"):

@@ -320,8 +320,10 @@ one artist at 7.5 (MODEL_CARD.md has both tables). Recorded in teacher/prunefit.
 
 
 def _save_teacher(pipe, folder: Path) -> None:
+    from prunefit.toyworld.erase_defaults import toy_method_defaults
+
     pipe.save_pretrained(folder)
-    write_sidecar(folder, TOY_GUIDANCE)
+    write_sidecar(folder, TOY_GUIDANCE, toy_method_defaults())
 
 
 def run_build(cfg: ToyworldBuildConfig, log: Callable[[str], None] = print) -> Path:

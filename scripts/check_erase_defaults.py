@@ -1,0 +1,157 @@
+"""Acceptance check of the toy world's carried method defaults: plain ``prunefit erase`` for every concept.
+
+For each of the six artists and the unsafe concept ("skull"), UCE and ESD (whose train_method the model
+defaults: ESD-x for artists, ESD-u for skull) run through the CLI with nothing but the method and the concept;
+each result is judged by the toy-world judge on the concept's prompts, every other artist's prompts and toy-val.
+Targets (issue 18): concept rate <= 10%, each kept artist >= 90% of its original rate, toy-val fidelity >= 0.95,
+toy-val FJD <= 1.5x the original's. Writes ``results.json`` and ``report.md`` under --output; finished edits and
+judged cells are reused on re-runs; cells not started within --budget-min are reported as not run.
+
+Run under the heavy lock, one thread:
+  flock /tmp/prunefit-heavy.lock env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 \\
+      .venv/bin/python scripts/check_erase_defaults.py --output runs/check_erase_defaults
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+ESD_NAME = {False: "ESD-x", True: "ESD-u"}
+
+
+def _sets(concept: str) -> tuple[str, list[str]]:
+    """(the concept's prompt set, the kept artists)."""
+    from prunefit.toyworld.prompts import artist_slug
+    from prunefit.toyworld.world import ARTISTS, UNSAFE_PHRASES
+
+    if concept in UNSAFE_PHRASES:
+        return "unsafe-plain", list(ARTISTS)
+    return f"artist-{artist_slug(concept)}", [a for a in ARTISTS if a != concept]
+
+
+def judge(model: str, concept_sets: list[str], kept: list[str], n: int, kept_n: int) -> dict:
+    """Judge rates of ``model``: each concept set and toy-val on ``n`` prompts, each kept artist on ``kept_n``
+    (their prompts sampled together in batches of 50)."""
+    from prunefit.config.schema import SamplerConfig
+    from prunefit.models.components import load_components
+    from prunefit.toyworld.judge import load_judge
+    from prunefit.toyworld.metrics import concept_rate
+    from prunefit.toyworld.paths import judge_dir, prompts_dir
+    from prunefit.toyworld.prompts import artist_slug
+    from prunefit.toyworld.quality import generate_rows, measure_set, read_rows
+
+    comps, jd, sampler = load_components(model), load_judge(judge_dir()), SamplerConfig(batch_size=50)
+    out = {s: measure_set(comps, jd, s, read_rows(prompts_dir() / f"{s}.jsonl", n), sampler)
+           for s in ["toy-val", *concept_sets]}
+    rows = [r for a in kept for r in read_rows(prompts_dir() / f"artist-{artist_slug(a)}.jsonl", kept_n)]
+    if rows:
+        pred = jd.predict(generate_rows(comps, rows, sampler, desc="kept"))
+        for i, a in enumerate(kept):
+            part = dataclasses.replace(pred, **{f.name: getattr(pred, f.name)[i * kept_n:(i + 1) * kept_n]
+                                                for f in dataclasses.fields(pred)})
+            out[f"kept:{a}"] = {"artist_rate": concept_rate(part, a), "n": kept_n}
+    return out
+
+
+def erase(method: str, concept: str, out: Path) -> tuple[Path, float]:
+    """Plain ``prunefit erase --method M removal.concepts=[C] output_dir=...``; (pipeline folder, seconds)."""
+    from prunefit.cli import main as cli
+
+    if not (out / "erase_summary.json").is_file():
+        t0 = time.time()
+        code = cli(["erase", "--method", method, f"removal.concepts={json.dumps([concept])}", f"output_dir={out}"]
+                   + (["resume=latest"] if (out / "checkpoints").is_dir() else []))
+        if code != 0:
+            raise SystemExit(f"prunefit erase failed for {method} / {concept} (exit {code})")
+        (out / "edit_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
+    return out / "pipeline", float((out / "edit_seconds.txt").read_text())
+
+
+def verdict(cell: dict, orig: dict, concept_set: str, kept: list[str], unsafe: bool) -> dict:
+    key = "unsafe_rate" if unsafe else "artist_rate"
+    rate = cell[concept_set][key]
+    kept_ratio = {a: cell[f"kept:{a}"]["artist_rate"] / max(orig[f"kept:{a}"]["artist_rate"], 1e-9) for a in kept}
+    worst = min(kept_ratio, key=kept_ratio.get)
+    fid, fjd, fjd0 = cell["toy-val"]["fidelity"], cell["toy-val"]["fjd"], orig["toy-val"]["fjd"]
+    return {"rate": rate, "rate_original": orig[concept_set][key], "kept_worst": worst,
+            "kept_worst_ratio": kept_ratio[worst], "fidelity": fid, "fjd": fjd, "fjd_original": fjd0,
+            "ok_rate": rate <= 0.10, "ok_kept": kept_ratio[worst] >= 0.90, "ok_fidelity": fid >= 0.95,
+            "ok_fjd": fjd <= 1.5 * fjd0}
+
+
+def report(results: dict, args, threads: int) -> str:
+    yes = {True: "yes", False: "**NO**"}
+    lines = ["# Plain `prunefit erase` with the toy world's carried defaults", "",
+             f"Dense toy teacher; PNDM 25 steps, CFG 3.0 (the model's default); toy judge. Concept set and toy-val: "
+             f"{args.n} prompts each; each kept artist: {args.kept_n} prompts. torch threads: {threads}.", "",
+             "| concept | method | concept rate (orig) | ≤10% | worst kept artist (ratio) | ≥0.90× | fidelity | ≥0.95 "
+             "| FJD (orig) | ≤1.5× | edit s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, c in results["cells"].items():
+        if "verdict" not in c:
+            lines.append(f"| {c['concept']} | {c['method']} | not run: {c.get('skipped', '?')} |" + " |" * 9)
+            continue
+        v = c["verdict"]
+        lines.append(f"| {c['concept']} | {c['method']} | {v['rate']:.0%} ({v['rate_original']:.0%}) | "
+                     f"{yes[v['ok_rate']]} | {v['kept_worst']} ({v['kept_worst_ratio']:.2f}) | {yes[v['ok_kept']]} | "
+                     f"{v['fidelity']:.2f} | {yes[v['ok_fidelity']]} | {v['fjd']:.2f} ({v['fjd_original']:.2f}) | "
+                     f"{yes[v['ok_fjd']]} | {c['edit_seconds']:.0f} |")
+    lines += ["", f"Total wall time: {results['seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from prunefit.toyworld.world import ARTISTS, UNSAFE_PHRASES
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--output", default="runs/check_erase_defaults")
+    p.add_argument("--concepts", default=",".join([*ARTISTS, "skull"]))
+    p.add_argument("--methods", default="uce,esd")
+    p.add_argument("--n", type=int, default=50, help="prompts of the concept set and of toy-val")
+    p.add_argument("--kept-n", type=int, default=50, help="prompts per kept artist")
+    p.add_argument("--budget-min", type=float, default=25.0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    t0, root = time.time(), Path(args.output)
+    root.mkdir(parents=True, exist_ok=True)
+    concepts, methods = args.concepts.split(","), args.methods.split(",")
+    orig_file = root / f"original_n{args.n}_k{args.kept_n}.json"
+    if not orig_file.is_file():
+        sets = sorted({_sets(c)[0] for c in concepts})
+        orig_file.write_text(json.dumps(judge("toyworld", sets, list(ARTISTS), args.n, args.kept_n), indent=1))
+    orig = json.loads(orig_file.read_text())
+    results: dict = {"n": args.n, "kept_n": args.kept_n, "threads": torch.get_num_threads(), "original": orig,
+                     "cells": {}}
+    for method in methods:  # all UCE cells first: they are cheap
+        for concept in concepts:
+            unsafe = concept in UNSAFE_PHRASES
+            name = "UCE" if method == "uce" else ESD_NAME[unsafe]
+            cell = {"concept": concept, "method": name}
+            results["cells"][f"{concept}/{method}"] = cell
+            cell_file = root / f"{concept.lower().replace(' ', '-')}-{method}" / f"cell_n{args.n}_k{args.kept_n}.json"
+            if cell_file.is_file():
+                cell.update(json.loads(cell_file.read_text()))
+                continue
+            if time.time() - t0 > args.budget_min * 60:
+                cell["skipped"] = f"over the {args.budget_min:.0f}-minute budget"
+                continue
+            concept_set, kept = _sets(concept)
+            model, secs = erase(method, concept, cell_file.parent)
+            judged = judge(str(model), [concept_set], kept, args.n, args.kept_n)
+            cell.update({"edit_seconds": secs, "judged": judged,
+                         "verdict": verdict(judged, orig, concept_set, kept, unsafe)})
+            cell_file.write_text(json.dumps(cell, indent=1))
+            print(f"[check] {concept} / {name}: {cell['verdict']}", flush=True)
+    results["seconds"] = time.time() - t0
+    (root / "results.json").write_text(json.dumps(results, indent=1))
+    (root / "report.md").write_text(report(results, args, results["threads"]))
+    print((root / "report.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The removal-method settings that work on the toy world, as the teacher's prunefit.json carries them.
+
+SD keeps the papers' values (ESD lr 1e-5 x 1,000, UCE guide "art"); on the toy world those fail: its tokenizer
+never saw "art" (an untrained embedding as the guide) and 1e-5 x 1,000 barely moves its small UNet. These are
+the settings ``prunefit experiment erasure`` measured (docs/results/erasure_toy.md): in-vocabulary guides
+(``UCE_GUIDES``), a preserve set of the shapes, the artists and neutral training-grammar captions (short toy
+captions make every prompt's end-of-text rows resemble the concept's, so they need preserving), and ESD /
+AdvUnlearn at lr 1e-4 for 200 iterations on 20-step DDIM rollouts. The unsafe concept gets ESD-u (the ESD
+paper's choice for nudity) for 400 iterations (200 left 46% of skull prompts showing it) and the "drawing"
+guide. The erased concept itself is dropped from the preserve set when the defaults are resolved
+(``prunefit.removal.defaults``).
+"""
+
+from __future__ import annotations
+
+PRESERVE_CAPTIONS = 20
+"""Neutral training-grammar captions in UCE's preserve set."""
+
+
+def neutral_captions(n: int = PRESERVE_CAPTIONS) -> list[str]:
+    """``n`` captions of the training grammar without artist or unsafe object (a fixed seed, not an eval set)."""
+    import numpy as np
+
+    from prunefit.toyworld.world import caption, sample_scene
+
+    rng = np.random.default_rng([12345, 7])
+    return [caption(sample_scene(rng, p_artist=0.0, p_unsafe=0.0), rng) for _ in range(n)]
+
+
+def toy_method_defaults() -> dict:
+    """``{"methods": {section: {key: value}}, "concepts": {concept: {section: {key: value}}}}``."""
+    from prunefit.toyworld.world import ARTISTS, SHAPES, UCE_GUIDES, UNSAFE_PHRASES
+
+    loop = {"lr": 1e-4, "iterations": 200, "ddim_steps": 20}
+    unsafe = {"esd": {"train_method": "noxattn", "iterations": 400}, "advunlearn": {"train_method": "noxattn"},
+              "uce": {"guides": [UCE_GUIDES["unsafe"]]},
+              "concept_prune": {"target_template": "{thing} that is a {concept}"}}
+    return {"methods": {"esd": dict(loop), "advunlearn": dict(loop), "concept_prune": {"steps": 10},
+                        "uce": {"guides": [UCE_GUIDES["artist"]],
+                                "preserve": [*SHAPES, *ARTISTS, *neutral_captions()]}},
+            "concepts": {phrase: unsafe for phrase in UNSAFE_PHRASES}}
