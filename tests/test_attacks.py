@@ -116,7 +116,7 @@ def test_pgd_step_sign_and_ball():
 
 def test_nearest_tokens_exact_and_valid(toy):
     valid = set(valid_token_ids(toy).tolist())
-    ids = [toy.tokenizer("skull", add_special_tokens=False).input_ids[0], 17, 300]
+    ids = [toy.tokenizer("skull", add_special_tokens=False).input_ids[0], *valid_token_ids(toy)[[5, 300]].tolist()]
     for metric in ("cosine", "l2"):
         assert nearest_tokens(toy, token_embeddings(toy, ids), metric) == ids
     noisy = init_prefix(toy, 6, None, torch.Generator().manual_seed(1)) + 5 * torch.randn(6, 64)

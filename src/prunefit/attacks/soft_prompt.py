@@ -79,6 +79,26 @@ def soft_prefix(text_encoder, prefix: torch.Tensor, start: int = 1) -> Iterator[
         handle.remove()
 
 
+@contextmanager
+def soft_tokens(text_encoder, embeds: torch.Tensor, positions: torch.Tensor) -> Iterator[None]:
+    """Within the block, the token embeddings at ``positions`` [B, m] (sequence indices per prompt) are ``embeds``
+    [B, m, d_tok]: soft tokens anywhere in the prompt (P4D-K inserts one every few words). Out of place."""
+    module = _token_embedding(text_encoder)
+    if embeds.ndim != 3 or embeds.shape[:2] != positions.shape or embeds.shape[-1] != module.embedding_dim:
+        raise ConfigError(f"soft tokens must be [B, m, {module.embedding_dim}] with positions [B, m], got "
+                          f"{list(embeds.shape)} and {list(positions.shape)}")
+
+    def hook(_module, _inputs, out: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(out.shape[0], device=out.device)[:, None].expand_as(positions)
+        return out.index_put((rows, positions.to(out.device)), embeds.to(out.dtype))
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def encode_with_prefix(components, prompts: list[str], prefix: Optional[torch.Tensor]) -> torch.Tensor:
     """Text states [B, L, D] that SD conditions on, for ``prompts`` preceded by the soft tokens ``prefix``
     ([k, d_tok] or [B, k, d_tok]; None = the plain prompts, equal to ``encode_prompts``). Differentiable in
@@ -118,10 +138,22 @@ def init_prefix(components, k: int, init: Optional[str] = None,
 
 
 def valid_token_ids(components) -> torch.Tensor:
-    """Vocabulary ids a discrete prompt may use (all but BOS / EOS / pad), ascending [V']."""
+    """Vocabulary ids a discrete prompt may use, ascending [V']: all but BOS / EOS / pad, and only tokens that
+    decode to printable text (byte-level pieces of multi-byte characters decode to U+FFFD and cannot be typed)."""
+    tok = components.tokenizer
+    cached = getattr(tok, "_prunefit_text_ids", None)
     n = _token_embedding(components.text_encoder).num_embeddings
-    bad = special_ids(components.tokenizer)
-    return torch.tensor([i for i in range(n) if i not in bad], dtype=torch.long)
+    if cached is not None and len(cached) and int(cached[-1]) < n:
+        return cached
+    bad = special_ids(tok)
+    ok = []
+    for i in range(n):
+        text = tok.decode([i]) if i not in bad else ""
+        if text.strip() and "\ufffd" not in text and text.isprintable():
+            ok.append(i)
+    ids = torch.tensor(ok, dtype=torch.long)
+    tok._prunefit_text_ids = ids
+    return ids
 
 
 def project(delta: torch.Tensor, eps: float, norm: str = "linf") -> torch.Tensor:
@@ -152,7 +184,7 @@ def pgd_step(value: torch.Tensor, grad: torch.Tensor, step_size: float, origin: 
 
 
 def nearest_tokens(components, prefix: torch.Tensor, metric: str = "cosine") -> list[int]:
-    """For each soft token of ``prefix`` [k, d_tok], the nearest vocabulary token (BOS / EOS / pad excluded) by
+    """For each soft token of ``prefix`` [k, d_tok], the nearest typeable vocabulary token (``valid_token_ids``) by
     ``metric``: 'cosine' (the reference attacks' projection) or 'l2'."""
     weight = _token_embedding(components.text_encoder).weight.detach()
     allowed = valid_token_ids(components).to(weight.device)
