@@ -142,7 +142,7 @@ def labelled_grid(images: Sequence[Sequence[Image.Image]], row_labels: Sequence[
     x0, y0 = s.label_width + s.pad, s.header_height + s.pad
     for c, text in enumerate(col_labels):
         x = x0 + c * (s.cell + s.pad)
-        lines = wrap_text(text, font, s.cell, s.caption_lines)
+        lines = wrap_text(text, font, s.cell - s.pad, s.caption_lines)  # a gap before the next caption
         top = s.header_height - s.pad - len(lines) * s.line_height  # captions sit just above their column
         if marked[c]:
             draw.text((x, top - s.line_height), marker, fill=MARK_COLOUR, font=font)
