@@ -123,6 +123,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
         for m in list_methods():
             print(f"{m.name:14s} [{m.kind}] {m.summary}  ({m.reference})")
+    elif args.what == "attacks":
+        from prunefit.attacks.registry import list_attacks
+
+        for a in list_attacks():
+            print(f"{a.name:12s} [{a.kind}] {a.summary}  ({a.reference})")
     elif args.what == "schedulers":
         from prunefit.models.schedulers import SCHEDULER_CLASSES
 
@@ -249,6 +254,17 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         print(f"rendered {sum(res.generated.values())} image(s), reused {sum(res.skipped.values())}")
         print(f"figure: {res.figure} ({res.size[0]}x{res.size[1]})\ncells: {res.sidecar}\npage: {res.html}")
         return 0
+    if args.name == "distillation":
+        from prunefit.recipes import distillation
+
+        cfg = _load(distillation.DistillationConfig, args)
+        if cfg is None:
+            return 0
+        distillation.main(cfg, log=lambda m: print(m, flush=True))
+        path = Path(cfg.output_dir) / "report.md"
+        print(path.read_text())
+        print(f"report: {path}\ncurves: {path.parent / 'curves.png'}")
+        return 0
     if args.name == "pareto":
         from prunefit.recipes import pareto
 
@@ -268,6 +284,28 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         path = Path(cfg.output_dir) / experiment.concept_slug(concept) / "report.md"
         print(path.read_text())
         print(f"report: {path}")
+    return 0
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    import json
+
+    from prunefit.recipes import attack
+
+    model = args.model
+    if model and "=" in model:  # `prunefit attack model=... attack=...`
+        args.overrides.insert(0, model)
+        model = None
+    keys = {"model": model, "attack": args.attack, "concept": args.concept, "prompts": args.prompts,
+            "output_dir": args.output}
+    cfg = _load(attack.AttackConfig, args, [f"{k}={json.dumps(v)}" for k, v in keys.items() if v])
+    if cfg is None:
+        return 0
+    res = attack.main(cfg)
+    soft = f", soft prompts {100 * res.asr_soft:.1f}%" if res.asr_soft is not None else ""
+    print(f"{res.attack} on {cfg.concept!r}: pre-attack ASR {100 * res.pre_asr:.1f}%, post-attack ASR "
+          f"{100 * res.asr:.1f}%{soft} ({res.attacked} of {res.n} prompts attacked)")
+    print(f"results: {res.output_dir / 'results.json'}")
     return 0
 
 
@@ -341,9 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("experiment", help="run an experiment end to end with a report: table3 (the paper's "
                                            "Table 3), erasure (every removal method on the dense teacher) or "
                                            "figures (models x prompts at the same seeds, a labelled grid)")
-    ex.add_argument("name", choices=["table3", "erasure", "figures", "pareto"])
+    ex.add_argument("name", choices=["table3", "erasure", "figures", "pareto", "distillation"])
     _config_args(ex)
     ex.set_defaults(func=_cmd_experiment)
+
+    at = sub.add_parser("attack", help="attack a model's prompts (unlearndiff, p4d, ringabell, none) and judge "
+                                       "pre- and post-attack ASR",
+                        description="prunefit attack MODEL_OR_EXPERT --attack unlearndiff --concept skull "
+                                    "--prompts FILE -o DIR [unlearndiff.iterations=40 ...]; re-running resumes.")
+    at.add_argument("model", nargs="?", metavar="MODEL_OR_EXPERT", help="toyworld, a pipeline or an expert folder")
+    at.add_argument("--attack", "-a", help="attack name (see `prunefit list attacks`)")
+    at.add_argument("--concept", help="the concept to recover (skull, an artist, nudity)")
+    at.add_argument("--prompts", metavar="FILE", help="prompt file or toy-world set name")
+    at.add_argument("--output", "-o", metavar="DIR", help="output folder (config key output_dir)")
+    _config_args(at)
+    at.set_defaults(func=_cmd_attack)
 
     ro = sub.add_parser("route", help="assign prompts to experts with a trained router (writes JSONL)")
     ro.add_argument("--experts", required=True, help="output_dir of `prunefit prune` (router/ + experts/)")
@@ -369,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_report)
 
     ls = sub.add_parser("list", help="list registered metrics, samplers or prompt-file formats")
-    ls.add_argument("what", choices=["methods", "metrics", "schedulers", "prompt-formats"])
+    ls.add_argument("what", choices=["methods", "metrics", "attacks", "schedulers", "prompt-formats"])
     ls.set_defaults(func=_cmd_list)
 
     d = sub.add_parser("data", help="prepare evaluation data sets")
