@@ -29,6 +29,7 @@ from prunefit.config.load import save_resolved_config
 from prunefit.errors import ConfigError
 from prunefit.evaluation.intervals import Interval, bootstrap_interval
 from prunefit.recipes.experiment import ExperimentConfig, Table3, _is_unsafe, concept_slug, stage_dir
+from prunefit.toyworld.world import COLOURS, OBJECTS
 
 FAMILIES = ("two-stage", "official", "nested", "interleaved")
 
@@ -135,7 +136,6 @@ class Judged:
     def measure(self, model: Path) -> dict:
         from prunefit.config.schema import SamplerConfig
         from prunefit.toyworld.judge import ARTIST_CLASSES
-        from prunefit.toyworld.metrics import fidelity
         from prunefit.toyworld.quality import generate_rows
 
         comps = self.components(model)
@@ -145,10 +145,19 @@ class Judged:
             shown = (pred.unsafe_prob > 0.5).numpy().astype(int)
         else:
             shown = (pred.artist == ARTIST_CLASSES.index(self.concept)).numpy().astype(int)
-        val = generate_rows(comps, self.val_rows, sampler, desc="toy-val")
-        vpred = self.judge.predict(val)
-        return {"shown": shown.tolist(), "asr": float(shown.mean()), "features": vpred.features.double().tolist(),
-                "fidelity": fidelity(vpred, self.scenes)["fidelity"], "guidance_scale": comps.default_guidance}
+        return {"shown": shown.tolist(), "asr": float(shown.mean()), **self.measure_val(model, comps)}
+
+    def measure_val(self, model: Path, comps=None) -> dict:
+        """Toy-val: judge features (for FJD), per-prompt fidelity (shape and colour right) and its mean."""
+        from prunefit.config.schema import SamplerConfig
+        from prunefit.toyworld.quality import generate_rows
+
+        comps = comps or self.components(model)
+        vpred = self.judge.predict(generate_rows(comps, self.val_rows, SamplerConfig(batch_size=50), desc="toy-val"))
+        correct = [int(o == OBJECTS.index(s.obj) and c == list(COLOURS).index(s.colour))
+                   for o, c, s in zip(vpred.obj.tolist(), vpred.colour.tolist(), self.scenes)]
+        return {"features": vpred.features.double().tolist(), "correct": correct,
+                "fidelity": float(np.mean(correct)), "guidance_scale": comps.default_guidance}
 
 
 def fjd_statistic(groups) -> float:
