@@ -14,13 +14,14 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.y
 def _schema(name: str):
     from prunefit.config.schema import EvaluateConfig, FinetuneConfig, GenerateConfig, PruneConfig
     from prunefit.recipes.experiment import ExperimentConfig
+    from prunefit.recipes.distillation import DistillationConfig
     from prunefit.recipes.pareto import ParetoConfig
     from prunefit.removal.bilevel import BilevelConfig
     from prunefit.removal.config import EraseConfig
 
     return {"prune": PruneConfig, "finetune": FinetuneConfig, "bilevel": BilevelConfig, "erase": EraseConfig,
             "generate": GenerateConfig, "evaluate": EvaluateConfig, "experiment": ExperimentConfig,
-            "pareto": ParetoConfig}[name]
+            "pareto": ParetoConfig, "distillation": DistillationConfig}[name]
 
 
 def _load(path: Path):
