@@ -1,89 +1,222 @@
-"""GPU benchmark (prepared for H100/H200; finishes in a few minutes): the SD 2.1 UNet built from its config
-(random weights, bf16, 512 px, 77 text tokens), measuring at batch 8:
-  1. a plain diffusers-style training step of an 80%-MAC expert (student forward/backward + AdamW),
-  2. our distillation step (teacher forward no_grad + student forward/backward + output/feature KD + AdamW),
-     with peak memory (target: fits in 40 GB),
-  3. UNet forward latency of the expert vs the dense model (the generation cost per denoising step).
-Writes benchmarks/results/gpu_sd21.json. Usage: python benchmarks/gpu_sd21.py
+"""GPU check (one call, < 5 min on an H100/H200): sd_scale.py's three measurements on SD 2.1-base at 512 px,
+batch 8, bf16, random weights from the published configs, plus each training step's peak memory.
+
+1. Expert latency vs MAC ratio (magnitude and APTP-layout experts at 0.9 / 0.8 / 0.65 / 0.5 MACs), a CFG
+   forward (2 x batch) per denoising step; target latency ratio <= 1.1 x MAC ratio.
+2. Our distillation step with cached latents + text embeddings (teacher forward + output/feature KD + student
+   forward/backward + AdamW) vs a plain diffusers-style uncached DDPM step (VAE encode + text encode + student
+   forward/backward + AdamW) of the 0.8-MAC expert; target <= 1.0x; peak memory of each (target: fits 40 GB),
+   next to the prediction of prunefit.training.memory.
+3. Routed generation vs the teacher: ``--gen-steps`` CFG denoising steps for ``batch`` prompts, the dense
+   teacher on all of them vs two 0.8-MAC experts on half each (what the router does with two experts).
+Writes benchmarks/results/gpu_sd21.json (or gpu_sd21_rehearsal.json).
+
+    python benchmarks/gpu_sd21.py              # on the GPU
+    python benchmarks/gpu_sd21.py --rehearse   # CPU rehearsal: same code path, batch 1, 8x8 latents, fp32, 1 run
 """
 
 from __future__ import annotations
 
-import copy
+import argparse
+import gc
+import json
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_time, report  # noqa: E402
+from common import RESULTS, machine, median_time  # noqa: E402
+from sd_scale import TARGETS, SyntheticImages, aptp_layout, components, expert  # noqa: E402
 
-from prunefit.losses.distillation import feature_kd, output_kd  # noqa: E402
-from prunefit.models.features import capture_features  # noqa: E402
+from prunefit.evaluation.cost import count_macs  # noqa: E402
 from prunefit.pruning.baselines import magnitude_scores, prune_to_target  # noqa: E402
 from prunefit.pruning.macs import mac_model  # noqa: E402
-from prunefit.pruning.materialize import materialize  # noqa: E402
 from prunefit.pruning.spec import gate_spec  # noqa: E402
 
-SD21 = {"attention_head_dim": [5, 10, 20, 20], "block_out_channels": [320, 640, 1280, 1280], "cross_attention_dim": 1024,
-        "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-        "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "use_linear_projection": True, "sample_size": 96, "layers_per_block": 2, "norm_num_groups": 32}
+
+class Bench:
+    def __init__(self, rehearse: bool, gen_steps: int) -> None:
+        self.cuda = torch.cuda.is_available() and not rehearse
+        if not self.cuda and not rehearse:
+            sys.exit("no GPU: run with --rehearse for the CPU rehearsal")
+        self.dev = "cuda" if self.cuda else "cpu"
+        self.dt = torch.bfloat16 if self.cuda else torch.float32
+        self.batch, self.res = (8, 512) if not rehearse else (1, 64)
+        self.lat = self.res // 8
+        self.runs, self.warmup = (10, 3) if not rehearse else (1, 0)
+        self.gen_steps = gen_steps if not rehearse else 2
+        self.rehearse = rehearse
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def peak_reset(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gb(self) -> float | None:
+        return torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
+
+    def inputs(self, batch: int, cfg: bool = True):
+        n = 2 * batch if cfg else batch
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, 4, self.lat, self.lat, generator=g).to(self.dev, self.dt)
+        c = torch.randn(n, 77, 1024, generator=g).to(self.dev, self.dt)
+        return x, torch.full((n,), 500, device=self.dev), c
+
+
+def latency(b: Bench, teacher, spec, macs) -> list[dict]:
+    x, t, c = b.inputs(b.batch)
+    text = 77
+
+    def fwd(unet):
+        with torch.inference_mode():
+            return median_time(lambda: unet(x, t, c), b.runs, b.warmup)
+
+    t_teacher, teacher_macs = fwd(teacher), count_macs(teacher, b.lat, text)
+    scores = magnitude_scores(teacher, spec)
+    rows = []
+    for target in TARGETS:
+        for kind in ("magnitude", "aptp-layout"):
+            arch = prune_to_target(spec, macs, scores, target) if kind == "magnitude" else aptp_layout(spec, macs,
+                                                                                                         target)
+            e = expert(teacher, spec, arch)
+            mac_ratio = count_macs(e, b.lat, text) / teacher_macs
+            ratio = fwd(e) / t_teacher
+            rows.append({"section": "expert latency", "what": f"{kind} {target}", "batch": b.batch,
+                         "mac_ratio": mac_ratio, "latency_ratio": ratio, "latency/mac": ratio / mac_ratio,
+                         "meets_target": ratio <= 1.1 * mac_ratio, "teacher_ms": 1000 * t_teacher})
+            print(rows[-1], flush=True)
+            del e
+            gc.collect()
+    return rows
+
+
+def steps(b: Bench, comps, student_of) -> list[dict]:
+    """Plain uncached DDPM step vs our cached distillation step (batch b.batch), peak memory of each."""
+    import tempfile
+
+    from diffusers import DDPMScheduler
+
+    from prunefit.data.cache import build_cache, load_cache
+    from prunefit.models.components import encode_images, encode_prompts
+    from prunefit.objectives.denoising import DenoisingObjective
+    from prunefit.objectives.inputs import InputBuilder
+
+    data = SyntheticImages(b.res)
+    sched = DDPMScheduler.from_config(comps.scheduler.config)
+    cache = load_cache(build_cache(comps, data, b.batch * 2, Path(tempfile.mkdtemp()) / "cache", batch_size=b.batch))
+    cache.mean, cache.std, cache.text = (v.to(b.dev, b.dt) for v in (cache.mean, cache.std, cache.text))
+    rows, base, i = [], None, [0]
+    for name in ("plain DDPM step (uncached)", "ours: teacher + KD (cached)"):
+        student = student_of()
+        opt = torch.optim.AdamW(student.parameters(), lr=1e-6, fused=b.cuda or None)
+        if name.startswith("plain"):
+            def step(student=student, opt=opt):
+                images, caps = data.samples(i[0] * b.batch, b.batch)
+                i[0] += 1
+                with torch.no_grad():
+                    lat, txt = encode_images(comps, images), encode_prompts(comps, caps)
+                noise, t = torch.randn_like(lat), torch.randint(0, 1000, (b.batch,), device=b.dev)
+                with torch.autocast(b.dev, dtype=torch.bfloat16, enabled=b.cuda):
+                    pred = student(sched.add_noise(lat, noise, t), t, txt).sample
+                loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        else:
+            obj = DenoisingObjective(student, comps.unet, InputBuilder(comps, data, 0, 1000, 0, cache, b.dev),
+                                     sched.alphas_cumprod.to(b.dev), comps.prediction_type)
+
+            def step(obj=obj, opt=opt):
+                with torch.autocast(b.dev, dtype=torch.bfloat16, enabled=b.cuda):
+                    out = obj(i[0] * b.batch, b.batch)
+                i[0] += 1
+                opt.zero_grad(set_to_none=True)
+                out.total.backward()
+                opt.step()
+        b.peak_reset()
+        s = median_time(step, b.runs, max(b.warmup, 1))
+        base = base or s
+        rows.append({"section": "distillation step", "what": name, "batch": b.batch, "ms": 1000 * s,
+                     "ratio": s / base, "peak_gb": b.peak_gb()})
+        print(rows[-1], flush=True)
+        student = opt = step = None
+        gc.collect()
+    return rows
+
+
+def predicted(b: Bench, comps, student) -> dict:
+    """What prunefit.training.memory predicts for the cached distillation step (bf16 autocast, bf16 teacher)."""
+    from prunefit.training.memory import GB, MemoryInputs, activation_profile, estimate, n_params
+
+    prof = activation_profile(student, b.lat)
+    m = MemoryInputs(student_params=n_params(student), trainable_params=n_params(student),
+                     teacher_params=n_params(comps.unet), frozen_params=n_params(comps.vae) + n_params(comps.text_encoder),
+                     saved_bytes_per_sample=prof.plain, batch=b.batch, mixed_precision="bf16" if b.cuda else "no",
+                     teacher_dtype="bfloat16" if b.cuda else "float32", overhead=0.0)
+    return {"section": "distillation step", "what": "predicted by training.memory (no margin)", "batch": b.batch,
+            "peak_gb": estimate(m).total / GB}
+
+
+def routed(b: Bench, teacher, experts) -> list[dict]:
+    """gen_steps CFG denoising steps: the teacher on all prompts vs each expert on its share."""
+    from diffusers import PNDMScheduler
+
+    x, _, c = b.inputs(b.batch)
+    share = max(1, b.batch // len(experts))
+
+    def loop(parts):
+        sched = PNDMScheduler(skip_prk_steps=True, steps_offset=1, beta_schedule="scaled_linear",
+                              beta_start=0.00085, beta_end=0.012)
+        sched.set_timesteps(b.gen_steps)
+        with torch.inference_mode():
+            for ts in sched.timesteps:
+                for unet, lo, hi in parts:
+                    xi = torch.cat([x[lo:hi], x[b.batch + lo:b.batch + hi]])
+                    ci = torch.cat([c[lo:hi], c[b.batch + lo:b.batch + hi]])
+                    unet(xi, ts.to(b.dev).expand(xi.shape[0]), ci)
+
+    t_teacher = median_time(lambda: loop([(teacher, 0, b.batch)]), b.runs, b.warmup)
+    parts = [(e, k * share, min(b.batch, (k + 1) * share)) for k, e in enumerate(experts)]
+    t_routed = median_time(lambda: loop([p for p in parts if p[1] < p[2]]), b.runs, b.warmup)
+    return [{"section": "routed generation", "what": f"{len(experts)} experts vs teacher, {b.gen_steps} steps",
+             "batch": b.batch, "ms": 1000 * t_routed, "teacher_ms": 1000 * t_teacher,
+             "throughput_ratio": t_teacher / t_routed}]
 
 
 def main() -> None:
-    from diffusers import UNet2DConditionModel
-
-    assert torch.cuda.is_available(), "this benchmark needs a GPU"
-    dev, dt, batch, lat = "cuda", torch.bfloat16, 8, 64  # 512 px -> 64x64 latents
-    torch.manual_seed(0)
-    teacher = UNet2DConditionModel.from_config(SD21).to(dev)
-    spec = gate_spec(teacher)
-    macs = mac_model(teacher, spec, lat, 77)
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rehearse", action="store_true", help="CPU rehearsal: batch 1, 64 px, fp32, one run")
+    ap.add_argument("--gen-steps", type=int, default=10)
+    args = ap.parse_args()
+    b = Bench(args.rehearse, args.gen_steps)
+    if not b.cuda:
+        torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    comps = components("sd21-base").to(b.dev, b.dt)
+    teacher = comps.unet
+    spec = gate_spec(teacher, 32)
+    macs = mac_model(teacher, spec, b.lat, 77)
+    rows = latency(b, teacher, spec, macs)
     arch = prune_to_target(spec, macs, magnitude_scores(teacher, spec), 0.8)
-    student = copy.deepcopy(teacher)
-    materialize(student, spec, arch)
-    mac_ratio = float(macs.ratio(arch.unsqueeze(0)))
-    teacher = teacher.to(dt).eval().requires_grad_(False)
-    student = student.to(dt).train()
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-6, fused=True)
-    x = torch.randn(batch, 4, lat, lat, device=dev, dtype=dt)
-    t = torch.randint(0, 1000, (batch,), device=dev)
-    c = torch.randn(batch, 77, 1024, device=dev, dtype=dt)
-
-    def plain():
-        loss = torch.nn.functional.mse_loss(student(x, t, c).sample.float(), x.float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def ours():
-        with torch.no_grad(), capture_features(teacher) as ft:
-            out_t = teacher(x, t, c).sample
-        with capture_features(student) as fs:
-            out_s = student(x, t, c).sample
-        loss = torch.nn.functional.mse_loss(out_s.float(), x.float()) + 2 * output_kd(out_s, out_t) \
-            + 0.1 * feature_kd(list(fs), list(ft))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    rows = []
-    for name, fn in (("plain DDPM step (expert)", plain), ("distillation step (teacher + KD)", ours)):
-        torch.cuda.reset_peak_memory_stats()
-        s = median_time(fn, runs=10, warmup=3)
-        rows.append({"what": name, "batch": batch, "ms": 1000 * s, "samples_per_s": batch / s,
-                     "peak_gb": torch.cuda.max_memory_allocated() / 2**30})
-    with torch.inference_mode():
-        student.eval()
-        for b in (1, 8):
-            xb, tb, cb = x[:b].repeat(1, 1, 1, 1), t[:b], c[:b]
-            td = median_time(lambda: teacher(torch.cat([xb, xb]), torch.cat([tb, tb]), torch.cat([cb, cb])), 20, 3)
-            te = median_time(lambda: student(torch.cat([xb, xb]), torch.cat([tb, tb]), torch.cat([cb, cb])), 20, 3)
-            rows.append({"what": f"UNet forward with CFG, batch {b}: expert/dense", "batch": b, "ms": 1000 * te,
-                         "samples_per_s": td / te, "peak_gb": mac_ratio})
-    report("gpu_sd21", rows, {"mac_ratio": mac_ratio, "dtype": "bf16", "resolution": 512,
-                              "note": "rows 3-4: samples_per_s = dense/expert speed-up, peak_gb = MAC ratio"})
+    # fp32 master weights + bf16 autocast, as `prunefit finetune train.mixed_precision=bf16`
+    rows += steps(b, comps, lambda: expert(teacher, spec, arch).float().train().requires_grad_(True))
+    rows.append(predicted(b, comps, expert(teacher, spec, arch).float()))
+    experts = [expert(teacher, spec, arch), expert(teacher, spec, aptp_layout(spec, macs, 0.8))]
+    rows += routed(b, teacher, experts)
+    wall = time.perf_counter() - t0
+    for r in rows:
+        print(r)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / ("gpu_sd21_rehearsal.json" if args.rehearse else "gpu_sd21.json")
+    path.write_text(json.dumps({"benchmark": "gpu_sd21", "machine": machine(), "rows": rows, "wall_s": wall,
+                                "batch": b.batch, "resolution": b.res, "dtype": str(b.dt),
+                                "threads": torch.get_num_threads()}, indent=1))
+    print(f"wall {wall:.0f} s -> {path}")
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ def commands(arch: str, skel: Path, model: Path, out: Path, data: Path, concept:
 def inception_probe() -> str:
     """Whether the torchmetrics / torch-fidelity Inception FID path can be imported here ('' = yes)."""
     code = "from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=False)
     return "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["?"])[-1]
 
 

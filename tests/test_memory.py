@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 
 from prunefit.errors import ConfigError
-from prunefit.training.memory import (GB, MemoryInputs, _saved_bytes, activation_profile, check_fits, estimate,
-                                      suggest_fixes)
+from prunefit.training.memory import (
+    GB,
+    MemoryInputs,
+    _saved_bytes,
+    activation_profile,
+    check_fits,
+    estimate,
+    suggest_fixes,
+)
 
 
 def test_estimate_is_the_documented_arithmetic():

@@ -137,7 +137,7 @@ def clip_vocab_file() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError("the real CLIP tokenizer needs the open-clip-torch wheel: "
                              "pip install --no-deps open-clip-torch==3.3.0")
-    path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
         raise ModelLoadError(f"{path} is missing; reinstall open-clip-torch (pip install --no-deps open-clip-torch)")
     return path
@@ -147,7 +147,8 @@ def clip_bpe_vocab() -> tuple[list[str], list[tuple[str, str]]]:
     """CLIP's 49,408 tokens (256 byte symbols, their ``</w>`` forms, 48,894 merges, 2 specials) and merges."""
     from prunefit.models.tokenizer import BOS, EOS, bytes_to_unicode
 
-    lines = gzip.open(clip_vocab_file(), "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(clip_vocab_file(), "rt", encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1:CLIP_MERGES + 1]]
     chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + [BOS, EOS]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
-from typing import Optional
 
 import torch
 
@@ -90,16 +89,16 @@ def estimate(m: MemoryInputs) -> MemoryEstimate:
     """The arithmetic of the module docstring."""
     act = int(m.batch * m.saved_bytes_per_sample * _PRECISION_FACTOR[m.mixed_precision]
               + m.recompute_bytes * _PRECISION_FACTOR[m.mixed_precision])
-    parts = dict(weights=4 * m.student_params, grads=4 * m.trainable_params,
-                 optimizer=8 * m.trainable_params * m.optimizers,
-                 teacher=_DTYPE_BYTES[m.teacher_dtype] * m.teacher_params, frozen=4 * m.frozen_params,
-                 vartheta=16 * m.trainable_params if m.vartheta else 0,
-                 ema=4 * m.student_params if m.ema else 0, activations=act)
+    parts = {"weights": 4 * m.student_params, "grads": 4 * m.trainable_params,
+             "optimizer": 8 * m.trainable_params * m.optimizers,
+             "teacher": _DTYPE_BYTES[m.teacher_dtype] * m.teacher_params, "frozen": 4 * m.frozen_params,
+             "vartheta": 16 * m.trainable_params if m.vartheta else 0,
+             "ema": 4 * m.student_params if m.ema else 0, "activations": act}
     return MemoryEstimate(**parts, margin=int(m.overhead * sum(parts.values())))
 
 
 # ----------------------------------------------------------------------------------------- fixes and refusal
-def _candidates(m: MemoryInputs, checkpointed: Optional[MemoryInputs]) -> list[tuple[str, MemoryInputs]]:
+def _candidates(m: MemoryInputs, checkpointed: MemoryInputs | None) -> list[tuple[str, MemoryInputs]]:
     """Single changes that lower the estimate, in the order we suggest them."""
     out = []
     if checkpointed is not None:
@@ -119,7 +118,7 @@ def _candidates(m: MemoryInputs, checkpointed: Optional[MemoryInputs]) -> list[t
     return out
 
 
-def suggest_fixes(m: MemoryInputs, capacity: int, checkpointed: Optional[MemoryInputs] = None) -> list[str]:
+def suggest_fixes(m: MemoryInputs, capacity: int, checkpointed: MemoryInputs | None = None) -> list[str]:
     """Option sets that bring the estimate under ``capacity``: each single change that fits alone, else the
     cumulative set in suggestion order (empty when even all of them together do not fit)."""
     singles = [name for name, alt in _candidates(m, checkpointed) if estimate(alt).total <= capacity]
@@ -142,7 +141,7 @@ def device_capacity(device: str | torch.device) -> tuple[int, str]:
     available now plus what this process already holds."""
     dev = torch.device(device)
     if dev.type == "cuda":
-        free, total = torch.cuda.mem_get_info(dev)
+        _, total = torch.cuda.mem_get_info(dev)
         return int(total), f"{dev} ({total / GB:.0f} GiB)"
     avail = rss = 0
     try:
@@ -157,7 +156,7 @@ def device_capacity(device: str | torch.device) -> tuple[int, str]:
 
 
 def check_fits(what: str, m: MemoryInputs, capacity: int, where: str,
-               checkpointed: Optional[MemoryInputs] = None) -> MemoryEstimate:
+               checkpointed: MemoryInputs | None = None) -> MemoryEstimate:
     """Raise a ConfigError naming the fix when ``m`` does not fit ``capacity`` bytes (0 = unknown: no check)."""
     est = estimate(m)
     if capacity <= 0 or est.total <= capacity or os.environ.get("PRUNEFIT_MEMORY_CHECK", "1") == "0":
@@ -241,3 +240,23 @@ def activation_profile(unet, latent: int, text_length: int = 77, small: tuple[in
 
 def n_params(module, trainable: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+def check_training_memory(what: str, student, comps, train, resolution: int, device: str | torch.device,
+                          optimizers: int = 1, vartheta: bool = False) -> MemoryEstimate:
+    """Refuse up front (ConfigError naming the fix) when a ``train`` config cannot fit ``device``.
+
+    ``student`` is the model being trained, ``comps`` the loaded components (its UNet is the teacher; VAE and
+    text encoder are resident), ``train`` a TrainConfig; ``optimizers`` is 2 for bilevel's official preset."""
+    capacity, where = device_capacity(device)
+    latent = resolution // comps.vae_scale_factor
+    prof = activation_profile(student, latent, comps.tokenizer.model_max_length)
+    gc = bool(train.gradient_checkpointing)
+    base = MemoryInputs(
+        student_params=n_params(student), trainable_params=n_params(student, trainable=True) or n_params(student),
+        teacher_params=n_params(comps.unet), frozen_params=n_params(comps.vae) + n_params(comps.text_encoder),
+        saved_bytes_per_sample=prof.checkpointed if gc else prof.plain, recompute_bytes=prof.recompute if gc else 0,
+        batch=train.micro_batch_size, mixed_precision=train.mixed_precision, teacher_dtype=train.teacher_dtype,
+        optimizers=optimizers, vartheta=vartheta, ema=bool(train.ema_decay))
+    ckpt = None if gc else replace(base, saved_bytes_per_sample=prof.checkpointed, recompute_bytes=prof.recompute)
+    return check_fits(what, base, capacity, where, checkpointed=ckpt)
