@@ -54,3 +54,15 @@ def test_activation_profile_extrapolates_exactly_to_a_measured_size(tiny):
     assert prof.plain == pytest.approx(direct, rel=1e-6)
     assert 0 < prof.checkpointed < prof.plain and 0 < prof.recompute < prof.plain
     assert prof.recompute == pytest.approx(unit, rel=1e-6)
+
+
+def test_finetune_refuses_up_front_when_the_budget_is_too_small(tmp_path, monkeypatch, capsys):
+    from prunefit.cli import main
+
+    monkeypatch.setenv("PRUNEFIT_MEMORY_LIMIT_GB", "0.001")  # 1 MiB: even the tiny model's weights do not fit
+    out = tmp_path / "ft"
+    code = main(["finetune", "model=tiny", "train.max_steps=1", "train.micro_batch_size=2", f"output_dir={out}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "finetune needs about" in err and "PRUNEFIT_MEMORY_LIMIT_GB=0.001" in err
+    assert not (out / "checkpoints").exists() and not (out / "pipeline").exists()

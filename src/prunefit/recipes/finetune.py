@@ -16,6 +16,7 @@ from prunefit.errors import OutputError
 from prunefit.models.components import Components, load_components
 from prunefit.objectives.denoising import DenoisingObjective
 from prunefit.recipes.preflight import check_inputs
+from prunefit.training.memory import check_training_memory
 from prunefit.training.runtime import EMA, fit, make_accelerator, report_effective_batch, resolve_resume
 from prunefit.training.students import apply_speedups, denoising_phase, load_student, save_student
 from prunefit.utils.lock import output_lock
@@ -45,6 +46,8 @@ def _finetune(cfg: FinetuneConfig, out: Path) -> FinetuneResult:
     teacher = comps.unet
     student, info = load_student(cfg.student, comps)
     student.to(cfg.device).train().requires_grad_(True)
+    check_training_memory("finetune", student, comps, cfg.train, cfg.data.resolution or comps.native_resolution,
+                          cfg.device)
     apply_speedups(student, teacher, cfg.train)
     accelerator = make_accelerator(cfg.train, cfg.device)
     cache = load_cache(cfg.cache_dir, comps.source) if cfg.cache_dir else None

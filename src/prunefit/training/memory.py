@@ -137,8 +137,11 @@ def suggest_fixes(m: MemoryInputs, capacity: int, checkpointed: MemoryInputs | N
 
 
 def device_capacity(device: str | torch.device) -> tuple[int, str]:
-    """(bytes usable by this process, description): a CUDA device's total memory, or on the CPU the memory
-    available now plus what this process already holds."""
+    """(bytes usable by this process, description): PRUNEFIT_MEMORY_LIMIT_GB when set, else a CUDA device's
+    total memory, or on the CPU the memory available now plus what this process already holds."""
+    limit = os.environ.get("PRUNEFIT_MEMORY_LIMIT_GB")
+    if limit:  # a smaller budget than the device (a shared GPU, a planned target device)
+        return int(float(limit) * GB), f"{device} (PRUNEFIT_MEMORY_LIMIT_GB={limit})"
     dev = torch.device(device)
     if dev.type == "cuda":
         _, total = torch.cuda.mem_get_info(dev)
@@ -163,7 +166,8 @@ def check_fits(what: str, m: MemoryInputs, capacity: int, where: str,
         return est
     fixes = suggest_fixes(m, capacity, checkpointed)
     hint = ("; it fits with " + " or ".join(fixes)) if fixes else "; no single option fits: use a larger device"
-    raise ConfigError(f"{what} needs about {est.total / GB:.1f} GiB on {where}{hint} "
+    need = f"{est.total / GB:.1f} GiB" if est.total >= GB else f"{est.total / 2**20:.0f} MiB"
+    raise ConfigError(f"{what} needs about {need} on {where}{hint} "
                       "(PRUNEFIT_MEMORY_CHECK=0 skips this check)")
 
 
