@@ -109,10 +109,10 @@ def _samples(croot: Path, rows: dict, concept: str, cfg) -> None:
     from PIL import Image
 
     from prunefit.config.schema import SamplerConfig
-    from prunefit.generation.grid import image_grid
+    from prunefit.generation.grid import GridStyle, labelled_grid
     from prunefit.models.components import load_components
     from prunefit.pruning.expert import load_expert
-    from prunefit.recipes.experiment import _is_unsafe
+    from prunefit.recipes.experiment import ROW_NAMES, _is_unsafe
     from prunefit.toyworld.paths import prompts_dir
     from prunefit.toyworld.prompts import artist_slug
     from prunefit.toyworld.quality import generate_rows, read_rows
@@ -120,11 +120,12 @@ def _samples(croot: Path, rows: dict, concept: str, cfg) -> None:
     name = "unsafe-adversarial" if _is_unsafe(concept) else f"artist-{artist_slug(concept)}"
     prompts = read_rows(prompts_dir() / f"{name}.jsonl", cfg.sample_prompts)
     comps = load_components(cfg.model)
-    cells = []
+    grid_rows = []
     for r in rows.values():
         unet, _ = load_expert(r["model"], comps.unet.config)
         imgs = generate_rows(comps.with_unet(unet), prompts, SamplerConfig(batch_size=len(prompts)))
-        cells += [Image.fromarray(x.permute(1, 2, 0).numpy()) for x in imgs]
-    image_grid(cells, cols=len(prompts), cell=64).save(croot / "samples.png")
+        grid_rows.append([Image.fromarray(x.permute(1, 2, 0).numpy()) for x in imgs])
+    labelled_grid(grid_rows, [ROW_NAMES.get(k, "Distilled") for k in rows], [p["prompt"] for p in prompts],
+                  style=GridStyle(cell=96)).save(croot / "samples.png")
     (croot / "samples.json").write_text(json.dumps({"rows": list(rows), "prompts": [p["prompt"] for p in prompts]},
                                                    indent=1))

@@ -459,7 +459,21 @@ class Table3:
             from prunefit.evaluation.table3_report import write_table3_report
 
             write_table3_report(croot, concept, rows, self.cfg, start)
+            if self.cfg.model == "toyworld" and self.cfg.sample_prompts > 0:
+                self.figure(concept, croot, rows)
         return results
+
+    def figure(self, concept: str, croot: Path, rows: dict) -> Path:
+        """Every row side by side on the toy analogue of the paper's Fig. 6 prompts (erased artists, the unsafe
+        concept, neutral and kept prompts; the erased concept's columns marked): ``<concept>/figure/``."""
+        from prunefit.recipes.figures import FigureModel, render_figure, write_toy_prompt_files
+
+        prompts = {p.stem: p for p in write_toy_prompt_files(croot / "figure" / "prompts")}
+        models = [FigureModel(name=ROW_NAMES.get(row, "Distilled"), path=r["model"]) for row, r in rows.items()]
+        res = render_figure(models, prompts["table6_fig6_erasure_after_pruning"], croot / "figure",
+                            erased=[concept], base_model=self.cfg.model, seed=self.cfg.seed)
+        self.log(f"[table3] figure: {res.figure} (page {res.html})")
+        return res.figure
 
 
 def main(cfg: ExperimentConfig, log=print) -> dict:
