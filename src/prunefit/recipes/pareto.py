@@ -48,6 +48,11 @@ class ParetoConfig(ExperimentConfig):
     purity_points: list[str] = field(default_factory=lambda: ["two-stage:100", "two-stage:200", "official:0.25",
                                                               "official:0.5", "interleaved:100"])
     """Points (family:value) rerun with the concept's share of the lower-level data set to 0."""
+    core_points: list[str] = field(default_factory=lambda: ["two-stage:0", "two-stage:100", "two-stage:400",
+                                                             "official:0.25", "official:1.0", "interleaved:100",
+                                                             "nested:0.25"])
+    """Points (family:value) computed for every seed first, so a partial run already has intervals where they
+    decide most; the rest of the grid follows seed by seed."""
     n_boot: int = 1000
     track_vartheta: bool = False
 
@@ -58,10 +63,10 @@ class ParetoConfig(ExperimentConfig):
         if any(n < 0 for n in self.esd_grid) or any(v <= 0 for v in [*self.official_r_grid, *self.paper_r_grid,
                                                                       *self.paper_lam_grid]):
             raise ConfigError("esd_grid values must be >= 0 and r / lambda grid values > 0")
-        for p in self.purity_points:
+        for p in [*self.purity_points, *self.core_points]:
             fam, _, val = p.partition(":")
             if fam not in FAMILIES or not val:
-                raise ConfigError(f"purity point {p!r} must be family:value with family in {list(FAMILIES)}")
+                raise ConfigError(f"point {p!r} must be family:value with family in {list(FAMILIES)}")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,14 @@ def grid(cfg: ParetoConfig) -> list[Point]:
         fam, _, val = p.partition(":")
         pts.append(Point(fam, float(val), pure=True))
     return pts
+
+
+def run_order(cfg: ParetoConfig, points: list[Point]) -> list[tuple[Point, int]]:
+    """The core points for every seed first, then the rest of the grid seed by seed."""
+    core = [p for p in points if not p.pure and f"{p.family}:{p.value:g}" in
+            {f"{f}:{float(v):g}" for f, _, v in (c.partition(":") for c in cfg.core_points)}]
+    first = [(p, s) for p in core for s in cfg.seeds]
+    return first + [(p, s) for s in cfg.seeds for p in points if p not in core]
 
 
 def point_config(cfg: ParetoConfig, p: Point, seed: int) -> tuple[ExperimentConfig, str]:
@@ -221,10 +234,9 @@ class Pareto:
         for concept in self.cfg.concepts:
             croot = self.root / concept_slug(concept)
             cells: dict[Point, list[dict]] = {p: [] for p in grid(self.cfg)}
-            for seed in self.cfg.seeds:  # seed-major: a whole front per seed, then intervals
-                for p in cells:
-                    cells[p].append(self.cell(p, seed, concept, croot))
-                    self.write(concept, croot, {q: v for q, v in cells.items() if v})
+            for p, seed in run_order(self.cfg, list(cells)):
+                cells[p].append(self.cell(p, seed, concept, croot))
+                self.write(concept, croot, {q: v for q, v in cells.items() if v})
             out[concept] = self.write(concept, croot, cells)
         return out
 
