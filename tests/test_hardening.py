@@ -1,4 +1,5 @@
-"""Fault tolerance, security and the bad-input matrix: one-line errors, exit 2, nothing half-written."""
+"""Fault tolerance and security: SIGKILL at chosen points (mid-step, mid-checkpoint, mid-image-write), two runs
+into one folder, pickle-bearing checkpoints, huge or truncated inputs. (The bad-input matrix: test_bad_inputs.py.)"""
 
 from __future__ import annotations
 
@@ -38,6 +39,15 @@ def _wait_for(pred, timeout=240.0):
         time.sleep(0.1)
 
 
+def _kill_inside_pause(proc: subprocess.Popen, mark: Path) -> None:
+    """Wait until the child reports it is inside the injected pause, then SIGKILL it there: the child must be
+    alive at the kill and must die of it (a child that finished first fails the test)."""
+    _wait_for(lambda: mark.is_file() or proc.poll() is not None)
+    assert proc.poll() is None, f"the child exited ({proc.returncode}) before the kill: {proc.stderr.read()}"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
+
 def _run(args: list[str], env_extra: dict | None = None) -> int:
     """A whole CLI run in a single-threaded subprocess (bit-identical comparisons need one thread count)."""
     proc = _spawn(args, env_extra)
@@ -52,12 +62,15 @@ def reference(tmp_path_factory):
     return _weights(out)
 
 
-def test_sigkill_mid_training_then_resume_is_bit_identical(tmp_path, reference):
-    out = tmp_path / "run"
-    proc = _spawn([*FT, f"output_dir={out}", "train.max_steps=6"])
-    _wait_for(lambda: (out / "checkpoints" / "step-00000002" / "state.json").is_file() or proc.poll() is not None)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+def test_sigkill_mid_step_then_resume_is_bit_identical(tmp_path, reference):
+    from prunefit.training.checkpoint import latest_checkpoint
+
+    out, mark = tmp_path / "run", tmp_path / "mark"
+    # step index 3 (the 4th step): its gradients are computed, the optimizer has not stepped; checkpoint 2 exists
+    proc = _spawn([*FT, f"output_dir={out}", "train.max_steps=6"],
+                  {"PRUNEFIT_FAULT_STEP_SLEEP": "120@3", "PRUNEFIT_FAULT_MARK": str(mark)})
+    _kill_inside_pause(proc, mark)
+    assert latest_checkpoint(out).name == "step-00000002" and not (out / "pipeline").exists()
     assert _run([*FT, f"output_dir={out}", "train.max_steps=6", "resume=latest"]) == 0
     got = _weights(out)
     assert all(torch.equal(got[k], reference[k]) for k in reference)
@@ -87,11 +100,13 @@ def test_pruning_resumes_after_sigkill_bit_identically(tmp_path):
 
 def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, reference):
     out = tmp_path / "run"
-    proc = _spawn([*FT, f"output_dir={out}", "train.max_steps=6"], {"PRUNEFIT_FAULT_CHECKPOINT_SLEEP": "30"})
-    # the first checkpoint (step 2) pauses mid-write; let it finish? no: kill inside the second write (step 4)
-    _wait_for(lambda: (out / "checkpoints" / ".step-00000002.tmp" / "model.safetensors").is_file())
+    proc = _spawn([*FT, f"output_dir={out}", "train.max_steps=6"], {"PRUNEFIT_FAULT_CHECKPOINT_SLEEP": "120"})
+    # the first checkpoint (step 2) pauses after its weights are written, before optimizer state and state.json
+    _wait_for(lambda: (out / "checkpoints" / ".step-00000002.tmp" / "model.safetensors").is_file()
+              or proc.poll() is not None)
+    assert proc.poll() is None, "the child exited before the kill"
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL
     assert not (out / "checkpoints" / "step-00000002").exists()  # the half-written folder never looks complete
     from prunefit.training.checkpoint import latest_checkpoint
 
@@ -101,6 +116,51 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, refe
     assert _run([*FT, f"output_dir={out}", "train.max_steps=6"]) == 0
     got = _weights(out)
     assert all(torch.equal(got[k], reference[k]) for k in reference)
+
+
+GEN = ["generate", "model=tiny", "sampler.steps=2", "sampler.batch_size=1", "-p", "a red circle", "-p", "a blue star",
+       "-p", "a green square", "-p", "a yellow cross"]
+
+
+def test_sigkill_mid_image_write_then_rerun_completes_identically(tmp_path):
+    ref, out, mark = tmp_path / "ref", tmp_path / "run", tmp_path / "mark"
+    assert _run([*GEN, "-o", str(ref)]) == 0
+    proc = _spawn([*GEN, "-o", str(out)], {"PRUNEFIT_FAULT_IMAGE_SLEEP": "120@2", "PRUNEFIT_FAULT_MARK": str(mark)})
+    _kill_inside_pause(proc, mark)  # image 00002 is written to its temporary name, not yet renamed
+    assert sorted(p.name for p in (out / "images").glob("*.png")) == ["00000.png", "00001.png"]
+    assert (out / "images" / ".00002.png.tmp").is_file()
+    assert [json.loads(x)["id"] for x in (out / "manifest.jsonl").read_text().splitlines()] == ["00000", "00001"]
+    rerun = _spawn([*GEN, "-o", str(out)])
+    assert rerun.wait(timeout=600) == 0
+    assert "taking over the stale lock" in rerun.stderr.read()
+    for name in ("00000.png", "00001.png", "00002.png", "00003.png"):
+        assert (out / "images" / name).read_bytes() == (ref / "images" / name).read_bytes()
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
+    """Two real processes: the second is refused with one line naming the first; after the first is gone its
+    stale lock is taken over with a warning."""
+    out, mark = tmp_path / "run", tmp_path / "mark"
+    first = _spawn([*FT, f"output_dir={out}", "train.max_steps=4"],
+                   {"PRUNEFIT_FAULT_STEP_SLEEP": "120@1", "PRUNEFIT_FAULT_MARK": str(mark)})
+    _wait_for(lambda: mark.is_file() or first.poll() is not None)
+    assert first.poll() is None
+    lock = json.loads((out / ".prunefit.lock").read_text())
+    assert lock["pid"] == first.pid and lock["host"] == os.uname().nodename
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    second = _spawn([*FT, f"output_dir={out}", "train.max_steps=4"])
+    assert second.wait(timeout=600) == 2
+    err = second.stderr.read().strip().splitlines()
+    assert len(err) == 1 and f"is in use by pid {first.pid} on {lock['host']}" in err[0], err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the second wrote nothing
+    first.send_signal(signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+    # the dead run's lock stays behind; the next run takes it over (in-process: no third interpreter start-up)
+    capsys.readouterr()
+    assert main([*FT, f"output_dir={out}", "train.max_steps=4"]) == 0
+    assert f"taking over the stale lock of pid {first.pid}" in capsys.readouterr().err
+    assert (out / "pipeline").is_dir() and not (out / ".prunefit.lock").exists()
 
 
 def test_a_pickle_bearing_checkpoint_is_refused(tmp_path, capsys):

@@ -25,6 +25,7 @@ from prunefit.generation.grid import image_grid
 from prunefit.generation.seeds import generators, prompt_seed
 from prunefit.models.components import Components, make_pipeline
 from prunefit.models.schedulers import make_scheduler
+from prunefit.utils.faults import fault_pause
 
 MANIFEST = "manifest.jsonl"
 
@@ -98,6 +99,7 @@ def _batches(items: list, size: int) -> Iterator[list]:
 def _write_png(img: Image.Image, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     img.save(tmp, format="PNG")
+    fault_pause("IMAGE", int(path.stem) if path.stem.isdigit() else -1)  # kill tests: a written, unnamed image
     os.replace(tmp, path)
 
 

@@ -21,6 +21,7 @@ import torch
 
 from prunefit.errors import PrunefitError
 from prunefit.objectives.base import LossOutput
+from prunefit.utils.faults import fault_pause
 
 
 class NonFiniteLossError(PrunefitError):
@@ -124,6 +125,7 @@ def run_phase(phase: Phase, global_step: int, backward: Callable, rank: int = 0,
         average_gradients(phase.params, world)
     if phase.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(phase.params, phase.max_grad_norm)
+    fault_pause("STEP", global_step)  # kill tests: gradients computed, weights not yet updated
     phase.optimizer.step()
     _clear_grads(phase)
     phase.step += 1
