@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_time  # noqa: E402
 
-from prunefit.evaluation.cost import count_macs, measure_latency, unet_inputs  # noqa: E402
+from prunefit.evaluation.cost import count_macs, measure_latency  # noqa: E402
+from prunefit.models.inputs import unet_inputs  # noqa: E402
 from prunefit.pruning.baselines import magnitude_scores, prune_to_target, random_scores  # noqa: E402
 from prunefit.pruning.macs import mac_model  # noqa: E402
 from prunefit.pruning.materialize import materialize  # noqa: E402

@@ -9,6 +9,8 @@ import torch
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from prunefit.models.inputs import unet_inputs
+
 
 def _register_cpu_sdpa() -> None:
     """torch's FlopCounterMode counts the CUDA attention kernels but not the CPU flash kernel that
@@ -23,16 +25,6 @@ def _register_cpu_sdpa() -> None:
 
 
 _register_cpu_sdpa()
-
-
-def unet_inputs(unet, batch: int, latent_size: int, text_length: int, dtype=torch.float32, device="cpu"):
-    """Random UNet inputs: latents [B, C, h, w], timesteps [B], text states [B, L, cross_attention_dim]."""
-    g = torch.Generator().manual_seed(0)
-    cfg = unet.config
-    sample = torch.randn(batch, cfg.in_channels, latent_size, latent_size, generator=g).to(device, dtype)
-    t = torch.full((batch,), 500, dtype=torch.long, device=device)
-    text = torch.randn(batch, text_length, cfg.cross_attention_dim, generator=g).to(device, dtype)
-    return sample, t, text
 
 
 def count_macs(unet, latent_size: int, text_length: int, batch: int = 1) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from prunefit.evaluation.cost import unet_inputs
+from prunefit.models.inputs import unet_inputs
 from prunefit.pruning.spec import GateSpec
 
 
