@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from diffusers import DDPMScheduler
@@ -58,13 +58,13 @@ class RouterObjective:
     encoder: object
     data: object
     distributed: bool = False
-    phase: Optional[Phase] = None  # set once the phase exists (for the pre-training switch)
+    uses_step: ClassVar[bool] = True  # the loop passes the phase step (for the pre-training switch)
 
     def __post_init__(self) -> None:
         self.noise_sched = DDPMScheduler.from_config(self.comps.scheduler.config)
         self.acp = self.noise_sched.alphas_cumprod
 
-    def __call__(self, start: int, n: int) -> LossOutput:
+    def __call__(self, start: int, n: int, step: int) -> LossOutput:
         cfg, comps, unet, acp = self.cfg, self.comps, self.comps.unet, self.acp
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
         images, captions = self.data.samples(start, n)
@@ -79,7 +79,7 @@ class RouterObjective:
             with capture_features(unet) as feats_t:
                 out_t = unet(noisy, t, text).sample
         s, zq, idx = self.router.route_train(z, gen, distributed=self.distributed)
-        arch = s if self.phase.step < cfg.hypernet_pretrain_steps else zq
+        arch = s if step < cfg.hypernet_pretrain_steps else zq
         with gated(unet, self.spec, arch), capture_features(unet) as feats_s:
             out_s = unet(noisy, t, text).sample
         target = diffusion_target(comps.prediction_type, latents, noise, acp, t)
@@ -126,7 +126,6 @@ def train_router(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacM
     phase = Phase("router", objective, opt, list(router.parameters()), cfg.lr,
                   lambda step: warmup_cosine(step, cfg.steps, warm, floor=1.0), micro_batch=cfg.batch_size,
                   model=router)
-    objective.phase = phase
     report_effective_batch(accelerator, cfg.batch_size, 1, log)
     fit([phase], router, router_train_config(cfg), Path(cfg.output_dir), accelerator, resume)
     router.eval()
