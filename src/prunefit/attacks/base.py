@@ -43,7 +43,8 @@ class AttackOutput:
 @dataclass
 class AttackContext:
     """``target`` is the model under attack; ``reference`` the unerased model (targets, Ring-A-Bell's encoder).
-    ``reference_images(prompts)`` gives the reference model's images of ``prompts`` at their seeds."""
+    ``reference_images(prompts)`` gives the reference model's images of ``prompts`` at their seeds; ``run`` is
+    called on chunks of ``all_prompts``."""
 
     target: Components
     reference: Components
@@ -51,6 +52,8 @@ class AttackContext:
     seed: int = 0
     device: str | torch.device = "cpu"
     reference_images: Optional[Callable[[list[AttackPrompt]], list[Image.Image]]] = None
+    all_prompts: list[AttackPrompt] = field(default_factory=list)
+    """The whole attack set (attacks that build statistics over it, e.g. Ring-A-Bell's concept vector)."""
 
 
 class Detector(Protocol):

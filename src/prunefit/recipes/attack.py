@@ -266,9 +266,9 @@ class AttackRun:
             done.update({r["id"]: r for r in rows})
         return done
 
-    def attack_chunk(self, chunk: list[AttackPrompt]) -> list[dict]:
+    def attack_chunk(self, chunk: list[AttackPrompt], everything: list[AttackPrompt]) -> list[dict]:
         ctx = AttackContext(self.target, self.reference, self.cfg.concept, self.cfg.seed, self.cfg.device,
-                            self.reference_images)
+                            self.reference_images, list(everything))
         outs = self.entry.run(ctx, self.cfg.attack_config(), chunk)
         texts = [o.text for o in outs]
         adv = self._text_images(self.target, chunk, texts)
@@ -296,7 +296,7 @@ class AttackRun:
             done.update({r["id"]: r for r in rows})
         todo = [p for p in prompts if p.id not in done]
         for i in range(0, len(todo), self.cfg.chunk_size):
-            rows = self.attack_chunk(todo[i : i + self.cfg.chunk_size])
+            rows = self.attack_chunk(todo[i : i + self.cfg.chunk_size], prompts)
             _append(path, rows)
             done.update({r["id"]: r for r in rows})
         return done

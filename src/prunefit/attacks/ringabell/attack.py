@@ -99,16 +99,23 @@ def _evolve(pop: torch.Tensor, fitness: torch.Tensor, vocab: torch.Tensor, cfg: 
     return torch.cat([elite, child])
 
 
-def search(components, target: torch.Tensor, vocab: torch.Tensor, cfg: RingABellConfig,
-           g: torch.Generator) -> tuple[list[int], float]:
-    """The genetic search for one target [L, D]: the best token sequence and its distance."""
-    pop = vocab[torch.randint(len(vocab), (cfg.population, cfg.length), generator=g)]
+def search(components, targets: torch.Tensor, vocab: torch.Tensor, cfg: RingABellConfig,
+           gens: list[torch.Generator]) -> list[tuple[list[int], float]]:
+    """The genetic search for each target [Np, L, D] (prompt i evolves with ``gens[i]``; populations are encoded
+    in one batch): the best token sequence of each and its distance."""
+    n, P = len(targets), cfg.population
+    pops = [vocab[torch.randint(len(vocab), (P, cfg.length), generator=g)] for g in gens]
+
+    def distances() -> torch.Tensor:
+        states = sequence_states(components, torch.cat(pops)).view(n, P, *targets.shape[1:])
+        return (states - targets[:, None]).pow(2).mean(dim=(2, 3)).cpu()
+
     for _ in range(cfg.generations):
-        dist = (sequence_states(components, pop) - target).pow(2).mean(dim=(1, 2)).cpu()
-        pop = _evolve(pop, dist, vocab, cfg, g)
-    dist = (sequence_states(components, pop) - target).pow(2).mean(dim=(1, 2)).cpu()
-    best = int(dist.argmin())
-    return pop[best].tolist(), float(dist[best])
+        dist = distances()
+        pops = [_evolve(pop, d, vocab, cfg, g) for pop, d, g in zip(pops, dist, gens)]
+    dist = distances()
+    best = dist.argmin(dim=1)
+    return [(pops[i][best[i]].tolist(), float(dist[i, best[i]])) for i in range(n)]
 
 
 def allowed_tokens(components, concept: str, ban: bool) -> torch.Tensor:
@@ -119,19 +126,31 @@ def allowed_tokens(components, concept: str, ban: bool) -> torch.Tensor:
     return vocab[~torch.isin(vocab, torch.tensor(sorted(banned), dtype=torch.long))]
 
 
+_MEMO: dict[tuple, tuple[list[int], float]] = {}
+"""Found prompts by (reference, concept, seed, concept-vector prompts, budget, prompt): Ring-A-Bell never sees the
+attacked model, so one search serves every model attacked in a process (an erasure matrix)."""
+
+
 def run(ctx: AttackContext, cfg: RingABellConfig, prompts: list[AttackPrompt]) -> list[AttackOutput]:
-    """Ring-A-Bell on every prompt, with the reference model's text encoder; outputs in the prompts' order."""
+    """Ring-A-Bell on every prompt, with the reference model's text encoder; outputs in the prompts' order. The
+    concept vector uses ``ctx.all_prompts`` (the whole attack set), so a prompt's result ignores its chunk."""
     ref = ctx.reference
-    pairs = [tuple(p) for p in cfg.pairs] or [(p.prompt, without_concept(p.prompt, ctx.concept)) for p in prompts]
+    base = ctx.all_prompts or prompts
+    pairs = [tuple(p) for p in cfg.pairs] or [(p.prompt, without_concept(p.prompt, ctx.concept)) for p in base]
     if all(a == b for a, b in pairs):
         raise ConfigError(f"no prompt mentions {ctx.concept!r}: give ringabell.pairs (with / without the concept)")
-    vec = concept_vector(ref, pairs)
-    vocab = allowed_tokens(ref, ctx.concept, cfg.ban_concept_tokens)
+    key = (ref.source, ctx.concept, ctx.seed, tuple(pairs), tuple(sorted(cfg.budget().items())), cfg.elite,
+           cfg.ban_concept_tokens)
+    todo = [p for p in prompts if (*key, p.id, p.prompt) not in _MEMO]
+    if todo:
+        vec = concept_vector(ref, pairs)
+        vocab = allowed_tokens(ref, ctx.concept, cfg.ban_concept_tokens)
+        with torch.no_grad():
+            targets = encode_prompts(ref, [without_concept(p.prompt, ctx.concept) for p in todo]) + cfg.eta * vec
+        found = search(ref, targets, vocab, cfg, [attack_generator(ctx.seed, p.id, "ringabell") for p in todo])
+        _MEMO.update({(*key, p.id, p.prompt): f for p, f in zip(todo, found)})
     outs = []
     for p in prompts:
-        with torch.no_grad():
-            target = encode_prompts(ref, [without_concept(p.prompt, ctx.concept)])[0] + cfg.eta * vec
-        ids, dist = search(ref, target, vocab, cfg, attack_generator(ctx.seed, p.id, "ringabell"))
-        text = ref.tokenizer.decode(ids, skip_special_tokens=True).strip()
-        outs.append(AttackOutput(p.id, text, None, ids, dist))
+        ids, dist = _MEMO[(*key, p.id, p.prompt)]
+        outs.append(AttackOutput(p.id, ref.tokenizer.decode(ids, skip_special_tokens=True).strip(), None, ids, dist))
     return outs

@@ -18,7 +18,8 @@ import torch
 
 from prunefit.attacks.base import (AttackContext, AttackOutput, AttackPrompt, attack_generator, noisy_latents,
                                    reference_latents)
-from prunefit.attacks.soft_prompt import discrete_prompt, encode_with_prefix, init_prefix, nearest_tokens
+from prunefit.attacks.soft_prompt import (discrete_prompt, encode_with_prefix, init_prefix, nearest_tokens,
+                                          token_embeddings)
 from prunefit.errors import ConfigError
 from prunefit.losses.diffusion import diffusion_target
 
@@ -37,6 +38,9 @@ class UnlearnDiffConfig:
     """Text whose token embeddings start the prefix; None = k random vocabulary tokens (seeded per prompt)."""
     metric: str = "cosine"
     """Nearest-token projection: cosine (the reference's PEZ projection) or l2."""
+    discrete_in_loop: bool = False
+    """Forward with the prefix's nearest tokens, gradient to the soft tokens (PEZ's straight-through step), so the
+    optimized prompt is the discrete one; False = optimize soft tokens, project once at the end."""
     batch_size: int = 16
     """Prompts optimized together (speed only)."""
 
@@ -53,7 +57,7 @@ class UnlearnDiffConfig:
 
     def budget(self) -> dict:
         return {"k": self.k, "iterations": self.iterations, "lr": self.lr, "weight_decay": self.weight_decay,
-                "timesteps_per_step": self.timesteps_per_step}
+                "timesteps_per_step": self.timesteps_per_step, "discrete_in_loop": self.discrete_in_loop}
 
 
 def denoising_losses(components, prompts: list[str], prefix: torch.Tensor, latents: torch.Tensor,
@@ -79,7 +83,11 @@ def attack_chunk(ctx: AttackContext, cfg: UnlearnDiffConfig, chunk: list[AttackP
     gens = [attack_generator(ctx.seed, p.id, "noise") for p in chunk]
     texts = [p.prompt for p in chunk]
     for _ in range(cfg.iterations):
-        losses = denoising_losses(comps, texts, prefix, latents, gens, cfg.timesteps_per_step)
+        used = prefix
+        if cfg.discrete_in_loop:
+            hard = token_embeddings(comps, nearest_tokens(comps, prefix, cfg.metric)).view_as(prefix)
+            used = prefix + (hard.to(prefix.device) - prefix).detach()
+        losses = denoising_losses(comps, texts, used, latents, gens, cfg.timesteps_per_step)
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()
         opt.step()
