@@ -40,7 +40,15 @@ class PenalizedObjective:
             j = step // self.f_every
             with gradients_only_to(self.model, self.upper_params):
                 up = self.upper((j * self.world + self.rank) * self.upper_batch, self.upper_batch)
-            total = total + self.f_every * up.total
+                # f's backward runs here, while the subset flags hold: gradient checkpointing recomputes the
+                # forward during backward and must see the flags the forward saw (else CheckpointError)
+                params = [p for p in self.upper_params if p.requires_grad]
+                grads = torch.autograd.grad(self.f_every * up.total, params, allow_unused=True)
+            # zero-valued term whose gradient is f_every * grad_S f; the total's value is unchanged
+            surrogate = sum((p * g).sum() for p, g in zip(params, grads) if g is not None)
+            total = total + self.f_every * up.total.detach()
+            if torch.is_tensor(surrogate):
+                total = total + (surrogate - surrogate.detach())
             parts["upper"] = up.total
             parts["upper_weight"] = torch.tensor(float(self.f_every))
         return LossOutput(total, parts)
