@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo bench clean-runs
+.PHONY: venv test demo bench clean-runs smoke-sd
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,8 @@ clean-runs:
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+# Every command on full-size random-weight SD 1.5 and SD 2.1 pipelines at 256 px (not part of `make test`; ~1 h on
+# one CPU thread, ~25 GB of disk in runs/). Writes runs/smoke-sd/smoke.md.
+smoke-sd: $(STAMP)
+	flock /tmp/prunefit-heavy.lock env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) scripts/smoke_sd.py --arch sd15 --arch sd21
