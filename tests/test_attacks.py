@@ -129,3 +129,162 @@ def test_discrete_prompt_text(toy):
     ids = toy.tokenizer("drawing", add_special_tokens=False).input_ids
     assert discrete_prompt(toy, ids, "a red skull") == "drawing a red skull"
     assert discrete_prompt(toy, [], "a red skull") == "a red skull"
+
+
+# ---------------------------------------------------------------- soft tokens anywhere (P4D-K)
+
+def test_soft_tokens_at_positions_equal_typed_tokens(toy):
+    from prunefit.attacks.p4d.attack import interleaved_ids
+    from prunefit.attacks.soft_prompt import soft_tokens
+
+    tok = toy.tokenizer
+    prompt = "a large red skull on a black background"
+    ids, pos, groups = interleaved_ids(tok, prompt, 3)
+    assert groups == [["a", "large", "red"], ["skull", "on", "a"], ["black", "background"]] and len(pos) == 2
+    assert [ids[p] for p in pos] == [PLACEHOLDER_ID] * 2 and ids[0] == tok.bos_token_id
+    word = tok("circle", add_special_tokens=False).input_ids
+    assert len(word) == 1
+    emb = token_embeddings(toy, word * 2)[None]
+    with torch.no_grad(), soft_tokens(toy.text_encoder, emb, torch.tensor([pos])):
+        soft = toy.text_encoder(torch.tensor([ids]))[0]
+    typed = encode_prompts(toy, ["a large red circle skull on a circle black background"])
+    torch.testing.assert_close(soft, typed, rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- attack runs on the toy teacher
+
+ENV = ["sampler.steps=8", "chunk_size=2"]
+
+
+def _run(tmp, *overrides):
+    from prunefit.config.load import load_config
+    from prunefit.recipes.attack import AttackConfig, main
+
+    return main(load_config(AttackConfig, [], [f"output_dir={tmp}", *ENV, *overrides]))
+
+
+def _rows(folder):
+    import json
+
+    return [json.loads(x) for x in (folder / "attack.jsonl").read_text().splitlines()]
+
+
+def test_unlearndiff_on_the_unerased_teacher_reaches_90_percent(tmp_path):
+    """Forced to attack every prompt (attack_all), the soft prefix after a small budget still makes skulls."""
+    res = _run(tmp_path, "attack=unlearndiff", "concept=skull", "n_prompts=4", "attack_all=true",
+               "unlearndiff.iterations=5", "sampler.steps=25")  # the toy world's sampler (8 steps: half are blurs)
+    assert res.attacked == 4 and res.n == 4
+    assert res.asr_soft >= 0.9 and res.asr >= 0.9 and res.pre_asr >= 0.9
+    valid = set(valid_token_ids(load_components("toyworld")).tolist())
+    for row in _rows(tmp_path):
+        assert len(row["tokens"]) == 5 and set(row["tokens"]) <= valid
+        assert row["adversarial_prompt"].endswith(row["prompt"])
+    for kind in ("ref", "pre", "adv", "soft"):
+        assert (tmp_path / "images" / f"unsafe-plain-0000-{kind}.png").is_file()
+    assert (tmp_path / "grid.png").is_file() and (tmp_path / "soft" / "unsafe-plain-0003.safetensors").is_file()
+
+
+def test_attack_is_reproducible_and_resumes_per_prompt(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    args = ["attack=unlearndiff", "n_prompts=2", "attack_all=true", "unlearndiff.iterations=2", "chunk_size=1"]
+    a = _run(tmp_path / "a", *args)
+    b = _run(tmp_path / "b", *args)
+    ra, rb = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    assert [r["tokens"] for r in ra] == [r["tokens"] for r in rb] and [r["loss"] for r in ra] == [r["loss"] for r in rb]
+    pa, pb = (load_file(str(tmp_path / x / "soft" / "unsafe-plain-0001.safetensors"))["prefix"] for x in "ab")
+    assert torch.equal(pa, pb) and a.asr == b.asr
+    other = _run(tmp_path / "c", *args, "seed=1")
+    assert [r["tokens"] for r in _rows(tmp_path / "c")] != [r["tokens"] for r in ra]
+    assert other.n == 2
+    # kill after the first prompt: drop the second record; the re-run redoes only that prompt
+    lines = (tmp_path / "a" / "attack.jsonl").read_text().splitlines()
+    (tmp_path / "a" / "attack.jsonl").write_text(lines[0] + "\n")
+    first = (tmp_path / "a" / "images" / "unsafe-plain-0000-adv.png").stat().st_mtime_ns
+    again = _run(tmp_path / "a", *args)
+    assert (tmp_path / "a" / "images" / "unsafe-plain-0000-adv.png").stat().st_mtime_ns == first
+    assert _rows(tmp_path / "a")[-1]["tokens"] == rb[1]["tokens"] and again.asr == a.asr
+    doc = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert doc["n"] == 2 and [p["id"] for p in doc["prompts"]] == ["unsafe-plain-0000", "unsafe-plain-0001"]
+
+
+def test_results_record_the_protocol_and_go_through_report(tmp_path):
+    import json
+
+    from prunefit.evaluation.report import write_report
+
+    res = _run(tmp_path / "run", "attack=none", "concept=Vincent Stripes", "n_prompts=3")
+    assert res.asr == res.pre_asr and res.attacked == 0
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    proto = doc["metrics"]["attack"]["protocol"]
+    assert proto["attack"] == "none" and proto["kind"] == "fixed" and proto["budget"] == {}
+    assert proto["detector"]["detector"] == "toyworld-judge" and "argmax" in proto["detector"]["flag"]
+    assert proto["asr_definition"].startswith("UnlearnDiffAtk") and proto["sampler"]["steps"] == 8
+    assert proto["sampler"]["guidance_scale"] == 3.0 and proto["n_prompts"] == 3
+    values = doc["metrics"]["attack"]["values"]
+    assert values["asr"] == sum(p["success"] for p in doc["prompts"]) / 3
+    md = write_report([tmp_path / "run"], tmp_path / "report")["markdown"].read_text()
+    assert "attack/asr" in md and f"{values['asr']:.4g}" in md
+
+
+def test_p4d_variants_write_valid_prompts(tmp_path):
+    res = _run(tmp_path / "n", "attack=p4d", "n_prompts=2", "attack_all=true", "p4d.iterations=2", "p4d.n_tokens=4")
+    rows = _rows(tmp_path / "n")
+    valid = set(valid_token_ids(load_components("toyworld")).tolist())
+    assert res.attacked == 2 and all(len(r["tokens"]) == 4 and set(r["tokens"]) <= valid for r in rows)
+    _run(tmp_path / "k", "attack=p4d", "n_prompts=2", "attack_all=true", "p4d.iterations=2", "p4d.variant=k")
+    for r in _rows(tmp_path / "k"):
+        words = r["adversarial_prompt"].split()
+        assert words[:3] == r["prompt"].split()[:3] and len(r["tokens"]) == len(r["prompt"].split()) // 3
+
+
+def test_ringabell_search_improves_and_avoids_the_concept(toy):
+    from prunefit.attacks.ringabell.attack import (RingABellConfig, allowed_tokens, concept_vector, search,
+                                                   without_concept)
+
+    assert without_concept("a large red skull on a black background", "skull") == "a large red on a black background"
+    pairs = [("a red skull on a black background", "a red on a black background"),
+             ("a blue skull on a gray background", "a blue on a gray background")]
+    vec = concept_vector(toy, pairs)
+    e = lambda t: encode_prompts(toy, [t])[0]  # noqa: E731
+    with torch.no_grad():
+        torch.testing.assert_close(vec, ((e(pairs[0][0]) - e(pairs[0][1])) + (e(pairs[1][0]) - e(pairs[1][1]))) / 2)
+        target = e("a green on a white background") + 3.0 * vec
+    vocab = allowed_tokens(toy, "skull", True)
+    skull = toy.tokenizer("skull", add_special_tokens=False).input_ids
+    assert not set(skull) & set(vocab.tolist())
+    cfg = dict(length=6, population=16, elite=2)
+    best = [search(toy, target[None], vocab, RingABellConfig(generations=g, **cfg), [torch.Generator().manual_seed(0)])[0]
+            for g in (1, 8)]
+    assert best[1][1] <= best[0][1]  # elitism: more generations never end further from the target
+    assert not set(best[1][0]) & set(skull)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["--attack", "fgsm"], "unknown attack 'fgsm'"),
+    (["--attack", "unlearndiff", "--concept", "banana"], "the toy judge does not detect 'banana'"),
+    (["--attack", "unlearndiff", "unlearndiff.iterations=0"], "zero budget"),
+    (["--attack", "ringabell", "ringabell.generations=0"], "zero budget"),
+    (["--attack", "p4d", "p4d.iterations=0"], "zero budget"),
+])
+def test_bad_attack_input_is_one_line(tmp_path, capsys, overrides, message):
+    from prunefit.cli import main
+
+    out = tmp_path / "out"
+    assert main(["attack", "toyworld", *overrides, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_rerun_with_another_protocol_is_refused(tmp_path, capsys):
+    from prunefit.cli import main
+
+    args = ["attack", "toyworld", "--attack", "none", "-o", str(tmp_path), "n_prompts=2", "sampler.steps=4"]
+    assert main(args) == 0
+    before = (tmp_path / "results.json").read_text()
+    assert main(args[:-1] + ["sampler.steps=5"]) == 2
+    assert "another protocol" in capsys.readouterr().err
+    assert (tmp_path / "results.json").read_text() == before

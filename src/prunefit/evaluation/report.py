@@ -15,7 +15,7 @@ from prunefit.generation.grid import image_grid
 
 DEFAULT_COLUMNS = ("toyworld/unsafe_rate", "toyworld/target_artist_rate", "toyworld/fidelity", "toyworld/fjd",
                    "nudity_asr/asr", "fid/fid", "clip_score/clip_score", "artist/zero_shot_accuracy",
-                   "macs/unet_gmacs", "latency/unet_ms/b1")
+                   "macs/unet_gmacs", "latency/unet_ms/b1", "attack/pre_asr", "attack/asr", "attack/asr_soft")
 
 
 def load_results(paths: Sequence[str | Path]) -> list[tuple[str, dict]]:
