@@ -43,6 +43,8 @@ class Row:
     peak_rss_mb: float
     argv: list[str]
     error: str = ""
+    weights_gb_written: float = 0.0
+    """Weight files this row wrote (deleted after the row, to bound disk use)."""
 
 
 def _env() -> dict:
@@ -60,6 +62,31 @@ def run_child(argv: list[str], log: Path) -> tuple[int, float, float]:
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def output_dir(argv: list[str]) -> Path | None:
+    for i, a in enumerate(argv):
+        if a.startswith("output_dir="):
+            return Path(a.split("=", 1)[1])
+        if a in ("-o", "--output") and i + 1 < len(argv):
+            return Path(argv[i + 1])
+    return None
+
+
+def drop_weights(folder: Path | None) -> float:
+    """Delete the weight files a row wrote (a full-size pipeline is 4-5 GB; 30 rows would not fit on disk);
+    returns the GB deleted. Logs, configs and summaries stay."""
+    if folder is None or not folder.is_dir():
+        return 0.0
+    gone = 0
+    for f in folder.rglob("*"):
+        if f.is_file() and not f.is_symlink() and f.suffix in WEIGHT_SUFFIXES:
+            gone += f.stat().st_size
+            f.unlink()
+    return gone / 1e9
 
 
 def prunefit(*args: str) -> list[str]:
@@ -284,6 +311,8 @@ def run_arch(arch: str, args, out: Path, shared: dict) -> list[Row]:
         code, secs, rss = run_child(argv, log)
         err = "" if code == 0 else (log.read_text().strip().splitlines() or ["?"])[-1][:300]
         rows.append(Row(name, arch, "ok" if code == 0 else "ERROR", secs, rss, argv[2:], err))
+        if name.startswith(("finetune", "erase", "bilevel", "memory")):
+            rows[-1].weights_gb_written = drop_weights(output_dir(argv))
         print(f"[{arch}] {name}: {rows[-1].status} {secs:.0f} s {rss:.0f} MB {err}", flush=True)
     return rows
 
