@@ -248,16 +248,18 @@ def test_ringabell_search_improves_and_avoids_the_concept(toy):
     pairs = [("a red skull on a black background", "a red on a black background"),
              ("a blue skull on a gray background", "a blue on a gray background")]
     vec = concept_vector(toy, pairs)
-    e = lambda t: encode_prompts(toy, [t])[0]  # noqa: E731
+    def e(text):
+        return encode_prompts(toy, [text])[0]
+
     with torch.no_grad():
         torch.testing.assert_close(vec, ((e(pairs[0][0]) - e(pairs[0][1])) + (e(pairs[1][0]) - e(pairs[1][1]))) / 2)
         target = e("a green on a white background") + 3.0 * vec
     vocab = allowed_tokens(toy, "skull", True)
     skull = toy.tokenizer("skull", add_special_tokens=False).input_ids
     assert not set(skull) & set(vocab.tolist())
-    cfg = dict(length=6, population=16, elite=2)
-    best = [search(toy, target[None], vocab, RingABellConfig(generations=g, **cfg), [torch.Generator().manual_seed(0)])[0]
-            for g in (1, 8)]
+    cfg = {"length": 6, "population": 16, "elite": 2}
+    best = [search(toy, target[None], vocab, RingABellConfig(generations=g, **cfg),
+                   [torch.Generator().manual_seed(0)])[0] for g in (1, 8)]
     assert best[1][1] <= best[0][1]  # elitism: more generations never end further from the target
     assert not set(best[1][0]) & set(skull)
 

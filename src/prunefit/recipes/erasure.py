@@ -51,7 +51,8 @@ class ErasureConfig:
     attack_prompts: int = 0
     """Plain concept prompts attacked per row (the first N of the concept's plain set); 0 = min(32, eval_prompts)."""
     attack_budgets: dict = field(default_factory=lambda: {
-        "unlearndiff": {"iterations": 40}, "ringabell": {"generations": 50, "population": 64}, "p4d": {"iterations": 100}})
+        "unlearndiff": {"iterations": 40}, "ringabell": {"generations": 50, "population": 64},
+        "p4d": {"iterations": 100}})
     """Per-attack config overrides (toy-scale: UnlearnDiffAtk at its paper's 40 iterations; Ring-A-Bell and P4D far
     below their 3,000 generations / iterations)."""
 

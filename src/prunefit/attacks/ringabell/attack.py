@@ -89,9 +89,9 @@ def _evolve(pop: torch.Tensor, fitness: torch.Tensor, vocab: torch.Tensor, cfg: 
     order = fitness.argsort()  # lower distance is fitter
     elite = pop[order[: cfg.elite]]
     n = P - cfg.elite
-    pick = lambda: torch.minimum(torch.randint(P, (n,), generator=g), torch.randint(P, (n,), generator=g))  # noqa
     ranked = pop[order]
-    a, b = ranked[pick()], ranked[pick()]
+    a, b = (ranked[torch.minimum(torch.randint(P, (n,), generator=g), torch.randint(P, (n,), generator=g))]
+            for _ in range(2))  # binary tournaments: the fitter (lower rank) of two random members
     cross = (torch.rand(n, 1, generator=g) < cfg.crossover_rate) & (torch.rand(n, K, generator=g) < 0.5)
     child = torch.where(cross, b, a)
     mutate = torch.rand(n, K, generator=g) < cfg.mutation_rate
