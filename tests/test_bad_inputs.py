@@ -26,6 +26,13 @@ def _file(tmp: Path, name: str, data: str | bytes) -> str:
     return str(p)
 
 
+def _tiny_safetensors() -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    return save({"w": torch.zeros(1)})
+
+
 def _run_dir(tmp: Path, name: str, truncate: bool = False, model: str = "tiny") -> Path:
     run = tmp / name
     (run / "images").mkdir(parents=True)
@@ -56,6 +63,9 @@ def _fixtures(tmp: Path) -> dict[str, str]:
     _file(tmp, "bh/unet.safetensors", (10**9).to_bytes(8, "little") + b'{"a": garbage')
     f["bad_header_expert"] = str(tmp / "bh")
     f["no_weights_expert"] = str(Path(_file(tmp, "nw/expert.json", text)).parent)
+    _file(tmp, "ob/expert.json", json.dumps({**EXPERT_FIELDS, "base_config": {"in_channels": 9}}))
+    _file(tmp, "ob/unet.safetensors", _tiny_safetensors())
+    f["other_base_expert"] = str(tmp / "ob")
     f["empty_prompts"] = _file(tmp, "empty.txt", "\n\n")
     f["binary_prompts"] = _file(tmp, "binary.txt", b"\xff\xfe\x00\x81garbage")
     f["no_prompt_column"] = _file(tmp, "nocol.csv", "\ufefftext,seed\r\nhello,1\r\n")
@@ -130,6 +140,9 @@ CASES = [  # (arguments with {fixture} fields, expected message fragment)
     (["generate", "-p", "x", "model=tiny", "expert={other_format_expert}"], "not a prunefit-expert/1 file"),
     (["generate", "-p", "x", "model=tiny", "expert={bad_header_expert}"], "the file is corrupt"),
     (["generate", "-p", "x", "model=tiny", "expert={no_weights_expert}"], "unet.safetensors is missing"),
+    (["generate", "-p", "x", "expert={other_base_expert}"], "was pruned from another base model"),
+    (["erase", "--method", "uce", "removal.concepts=[x]", "student={other_base_expert}"],
+     "was pruned from another base model"),
     (["generate", "-p", "x", "--experts", "/nonexistent/prune"], "experts folder not found"),
     (["generate", "-p", "x", "--experts", "{no_router}"], "has no router/"),
     (["erase", "--method", "uce", "removal.concepts=[x]", "model=tiny", "student=/nonexistent/expert"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -146,6 +147,25 @@ def check_model_spec(spec: str) -> None:
                                  "the local cache; download it on a machine with internet or pass a local folder")
 
 
+@contextlib.contextmanager
+def _no_loading_bars():
+    """diffusers' "Loading pipeline components" and transformers' "Loading weights" bars off while loading, so an
+    error right after a load is the only line the user sees."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    was = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            dlog.enable_progress_bar()
+        if was[1]:
+            tlog.enable_progress_bar()
+
+
 def _load_pipeline_parts(spec: str, dtype: torch.dtype) -> Components:
     from diffusers import StableDiffusionPipeline
 
@@ -157,8 +177,9 @@ def _load_pipeline_parts(spec: str, dtype: torch.dtype) -> Components:
         raise ModelLoadError(f"model folder not found: {spec}")
     kwargs = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False, dtype=dtype)
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(str(path) if is_local else spec,
-                                                       local_files_only=is_local or None, **kwargs)
+        with _no_loading_bars():
+            pipe = StableDiffusionPipeline.from_pretrained(str(path) if is_local else spec,
+                                                           local_files_only=is_local or None, **kwargs)
     except (OSError, ValueError) as exc:
         if not is_local:
             offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
