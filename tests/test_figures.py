@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from prunefit.config.schema import SamplerConfig
-from prunefit.errors import ConfigError, DataError
+from prunefit.errors import ConfigError, DataError, OutputError
 from prunefit.generation.grid import GridStyle, label_font, labelled_grid, wrap_text
 from prunefit.recipes.figures import (FigureModel, FiguresConfig, is_erased, model_slug, read_figure_prompts,
                                       render_figure, toy_figure_prompts)
@@ -89,6 +89,11 @@ def test_figure_geometry_sidecar_and_only_new_rows_render(tmp_path):
     px = {(c["row"], c["column"]): Image.open(out / c["image"]).tobytes() for c in side["cells"]}
     assert px[(0, 2)] == px[(2, 2)]  # the same model at the same seed: identical pixels
     assert px[(0, 2)] != px[(1, 2)]  # the expert is another model
+
+    before = b.figure.read_bytes()
+    with pytest.raises(OutputError, match="different sampler"):  # cached images never mix sampler settings
+        render_figure(first, prompts, out, sampler=SamplerConfig(steps=3), max_prompts=3, style=STYLE)
+    assert b.figure.read_bytes() == before
 
     page = b.html.read_text()
     assert page.count("<img ") == 9 and 'src="models/pruned-expert/images/fig6-03.png"' in page
