@@ -266,3 +266,17 @@ def test_a_failed_run_removes_only_the_empty_folders_it_made(tmp_path, capsys):
     assert main(["generate", "-p", "x", "model=tiny", f"expert={bad}", "-o", str(out)]) == 2
     assert "another base model" in capsys.readouterr().err
     assert not (tmp_path / "deep").exists()
+
+
+def test_results_measured_with_another_protocol_are_kept(tmp_path, capsys):
+    run = _run_dir(tmp_path, "run")
+    assert main(["evaluate", str(run), "-m", "toyworld"]) == 0
+    doc = json.loads((run / "results.json").read_text())
+    doc["metrics"]["toyworld"]["protocol"]["judge"] = "another judge"
+    (run / "results.json").write_text(json.dumps(doc))
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "-m", "toyworld"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds 'toyworld' measured with another protocol" in err
+    assert _snapshot(tmp_path) == before
