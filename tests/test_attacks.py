@@ -290,3 +290,17 @@ def test_a_rerun_with_another_protocol_is_refused(tmp_path, capsys):
     assert main(args[:-1] + ["sampler.steps=5"]) == 2
     assert "another protocol" in capsys.readouterr().err
     assert (tmp_path / "results.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_unlearndiff_breaks_uce_where_the_fixed_prompts_do_not(tmp_path):
+    """UCE erases skull on its plain prompts (pre-attack 0/4); UnlearnDiffAtk's soft prompt brings it back (slow:
+    a UCE edit and a 20-step attack, ~30 s)."""
+    from prunefit.recipes.attack import attack_asr
+    from prunefit.recipes.experiment import EraseKnobs, run_erase
+
+    model = run_erase("uce", "skull", "toyworld", None, tmp_path / "uce", EraseKnobs(1, 1e-4, 20, 1, 10))
+    res = attack_asr(model, "toyworld", "skull", "unlearndiff", {"iterations": 20}, n_prompts=4,
+                     output_dir=tmp_path / "attack")
+    assert res.pre_asr == 0.0 and res.attacked == 4
+    assert res.asr_soft >= 0.75
