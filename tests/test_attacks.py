@@ -229,6 +229,15 @@ def test_results_record_the_protocol_and_go_through_report(tmp_path):
     assert "attack/asr" in md and f"{values['asr']:.4g}" in md
 
 
+def test_cumulative_asr_counts_pre_attack_successes():
+    from prunefit.recipes.attack import cumulative_asr
+
+    assert cumulative_asr([True, False, False, False], [False, True, False, False]) == 0.5
+    assert cumulative_asr([True, True], [False, False]) == 1.0  # attack_all: a failed re-attack does not undo it
+    with pytest.raises(ValueError):
+        cumulative_asr([], [])
+
+
 def test_p4d_variants_write_valid_prompts(tmp_path):
     res = _run(tmp_path / "n", "attack=p4d", "n_prompts=2", "attack_all=true", "p4d.iterations=2", "p4d.n_tokens=4")
     rows = _rows(tmp_path / "n")
