@@ -121,7 +121,7 @@ def write_report(root: Path, cfg: DistillationConfig, cells: dict, ref: np.ndarr
     rows = []
     for (variant, step), cs in sorted(cells.items(), key=lambda kv: (list(VARIANTS).index(kv[0][0]), kv[0][1])):
         fjd = bootstrap_interval([(np.array(c["features"]), ref) for c in cs], statistic=fjd_statistic,
-                                 n_boot=cfg.n_boot)
+                                 n_boot=cfg.n_boot, method="centred")
         fid = bootstrap_interval([np.array(c["correct"], dtype=float) for c in cs], n_boot=cfg.n_boot)
         rows.append({"variant": variant, "weights": VARIANTS[variant], "step": step, "seeds": len(cs),
                      "fjd": vars(fjd), "fidelity": vars(fid)})

@@ -222,7 +222,7 @@ class Pareto:
         ref = self.judged(concept).ref_features
         asr = bootstrap_interval([np.array(c["shown"], dtype=float) for c in cells], n_boot=self.cfg.n_boot)
         fjd = bootstrap_interval([(np.array(c["features"]), ref) for c in cells], statistic=fjd_statistic,
-                                 n_boot=max(50, self.cfg.n_boot // 5))
+                                 n_boot=max(50, self.cfg.n_boot // 5), method="centred")
         fidelity = float(np.mean([c["fidelity"] for c in cells]))
         return PointResult(p, [c["seed"] for c in cells], asr, fjd, fidelity, cells[0].get("balance") or {})
 

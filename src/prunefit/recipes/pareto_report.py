@@ -56,7 +56,8 @@ def write_pareto_report(croot: Path, concept: str, results: list, cfg) -> dict:
           f"{cfg.eval_prompts} prompts per set (adversarial / artist set for ASR, toy-val for FJD and fidelity), "
           f"{cfg.lower_steps} lower steps per run, upper every {cfg.upper_every}, ESD lr {cfg.esd_lr:g}, lower lr "
           f"{cfg.train.lr:g}, torch threads {cfg.threads}; intervals: hierarchical bootstrap over seeds and prompts "
-          f"({cfg.n_boot} draws for ASR). Grids fixed before any run.", "", line, "",
+          f"({cfg.n_boot} draws for ASR: percentile; {max(50, cfg.n_boot // 5)} for FJD: centred, since resampled FJDs "
+          "are biased upward). Grids fixed before any run.", "", line, "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = []
     for r in results:
@@ -81,8 +82,9 @@ def _plot(croot: Path, concept: str, results: list, line: str) -> None:
             if not rs:
                 continue
             xs, ys = [r.fjd.estimate for r in rs], [100 * r.asr.estimate for r in rs]
-            xerr = [[r.fjd.estimate - r.fjd.low for r in rs], [r.fjd.high - r.fjd.estimate for r in rs]]
-            yerr = [[100 * (r.asr.estimate - r.asr.low) for r in rs], [100 * (r.asr.high - r.asr.estimate) for r in rs]]
+            xerr = [[max(0.0, r.fjd.estimate - r.fjd.low) for r in rs], [max(0.0, r.fjd.high - r.fjd.estimate) for r in rs]]
+            yerr = [[max(0.0, 100 * (r.asr.estimate - r.asr.low)) for r in rs],
+                    [max(0.0, 100 * (r.asr.high - r.asr.estimate)) for r in rs]]
             ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="s" if pure else "o", color=colour, alpha=0.8, capsize=2,
                         mfc="white" if pure else colour, label=f"{fam}{' (pure lower data)' if pure else ''}")
             f = front(rs)
