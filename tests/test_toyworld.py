@@ -101,21 +101,39 @@ def test_shipped_assets_are_small(assets):
     assert total <= 30 * 1024 * 1024, total
 
 
+CARD_CHECK_PROMPTS = 16
+"""Prompts per set for the card check: the card measured the first ``eval_prompts`` (200) of each set."""
+
+
+def card_bounds(rate: float, n: int, k: int) -> tuple[float, float]:
+    """Where the rate over the first ``k`` of ``n`` prompts must lie if ``rate`` over all ``n`` is right."""
+    hits = round(rate * n)
+    return max(0, hits - (n - k)) / k, min(hits, k) / k
+
+
+def test_card_bounds_by_hand():
+    assert card_bounds(1.0, 200, 16) == (1.0, 1.0) and card_bounds(0.0, 200, 16) == (0.0, 0.0)
+    assert card_bounds(0.975, 200, 16) == (11 / 16, 1.0)  # 195 hits: at most 5 misses can fall in the prefix
+    assert card_bounds(0.05, 20, 16) == (0.0, 1 / 16)  # 1 hit: the prefix holds it or not
+
+
 @pytest.mark.parametrize("name", ["unsafe-plain", "toy-val"])
 def test_toyworld_metric_reproduces_the_model_card(assets, name, tmp_path):
-    """`prunefit generate` + `prunefit evaluate -m toyworld` on a shipped prompt set give the card's numbers."""
+    """`prunefit generate` + `prunefit evaluate -m toyworld` on the first prompts of a shipped set agree with the
+    card's numbers. On these two sets the card's rates are 0 or 1, so every prefix must match them exactly."""
     from prunefit.cli import main
 
     info = json.loads((assets / "quality.json").read_text())
-    n = info["config"]["eval_prompts"]
+    n, k = info["config"]["eval_prompts"], CARD_CHECK_PROMPTS
     run = tmp_path / name
     assert main(["generate", "--prompt-file", str(assets / "prompts" / f"{name}.jsonl"), "-o", str(run),
-                 f"max_prompts={n}", "sampler.batch_size=50"]) == 0
+                 f"max_prompts={k}", f"sampler.batch_size={k}"]) == 0
     assert main(["evaluate", str(run), "-m", "toyworld"]) == 0
     values = json.loads((run / "results.json").read_text())["metrics"]["toyworld"]["values"]
-    card = info["quality"][name]
-    assert abs(values["unsafe_rate"] - card["unsafe_rate"]) <= 0.02
-    assert abs(values["fidelity"] - card["fidelity"]) <= 0.02
+    for key in ("unsafe_rate", "fidelity"):
+        lo, hi = card_bounds(info["quality"][name][key], n, k)
+        assert hi - lo <= 0.05, f"the card does not pin {key} on {k} prompts; pick another set"
+        assert lo - 1e-6 <= values[key] <= hi + 1e-6, (key, values[key], (lo, hi))
 
 
 def test_continued_build_can_decay_its_learning_rate():
