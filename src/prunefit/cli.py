@@ -91,7 +91,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _load(EvaluateConfig, args, extra)
     if cfg is None:
         return 0
-    path, doc = evaluate.main(cfg)
+    res = evaluate.main(cfg)
+    path, doc = res.results_path, res.document
     for name in cfg.metrics:
         values = doc["metrics"][name]["values"]
         print(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))

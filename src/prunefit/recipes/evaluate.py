@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,15 @@ from prunefit.evaluation.registry import get_metric
 from prunefit.evaluation.results import check_results_target, merge_results
 
 
-def main(cfg: EvaluateConfig) -> tuple[Path, dict[str, Any]]:
-    """Evaluate ``cfg.metrics`` on ``cfg.run_dir``; returns (results path, results document)."""
+@dataclass
+class EvaluateResult:
+    results_path: Path
+    document: dict[str, Any]
+    """The merged results.json: a header (run, model, generation settings) and one entry per metric."""
+
+
+def main(cfg: EvaluateConfig) -> EvaluateResult:
+    """Evaluate ``cfg.metrics`` on ``cfg.run_dir`` and merge them into its results.json."""
     if not cfg.run_dir:
         raise ConfigError("evaluate needs a run folder: prunefit evaluate RUN_DIR (or run_dir=...)")
     entries = [get_metric(m) for m in cfg.metrics]  # unknown names fail before any work
@@ -33,7 +41,7 @@ def main(cfg: EvaluateConfig) -> tuple[Path, dict[str, Any]]:
     results = {}
     for entry in tqdm(entries, desc="metrics", unit="metric", disable=len(entries) < 2):
         results[entry.name] = entry.fn(ctx, getattr(cfg, CONFIG_SECTION[entry.name]))
-    return out, merge_results(out, header, results)
+    return EvaluateResult(out, merge_results(out, header, results))
 
 
 def fid_reference(images: str, cfg: FidConfig, output: str | None = None) -> Path:
