@@ -188,6 +188,8 @@ class PointResult:
     fjd: Interval
     fidelity: float
     balance: dict
+    models: list[str] = field(default_factory=list)
+    """The trained model of each seed."""
 
 
 class Pareto:
@@ -224,7 +226,8 @@ class Pareto:
         fjd = bootstrap_interval([(np.array(c["features"]), ref) for c in cells], statistic=fjd_statistic,
                                  n_boot=max(50, self.cfg.n_boot // 5), method="centred")
         fidelity = float(np.mean([c["fidelity"] for c in cells]))
-        return PointResult(p, [c["seed"] for c in cells], asr, fjd, fidelity, cells[0].get("balance") or {})
+        return PointResult(p, [c["seed"] for c in cells], asr, fjd, fidelity, cells[0].get("balance") or {},
+                           [c["model"] for c in cells])
 
     def run(self) -> dict:
         torch.set_num_threads(self.cfg.threads)

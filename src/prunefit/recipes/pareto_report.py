@@ -64,14 +64,41 @@ def write_pareto_report(croot: Path, concept: str, results: list, cfg) -> dict:
         rr, lam = _balance(r.balance)
         rows.append({"point": r.point.name, "family": r.point.family, "value": r.point.value, "pure": r.point.pure,
                      "seeds": r.seeds, "asr": vars(r.asr), "fjd": vars(r.fjd), "fidelity": r.fidelity,
-                     "balance": r.balance})
+                     "balance": r.balance, "models": r.models})
         md.append(f"| {r.point.name} | {r.point.family} | {len(r.seeds)} | {r.asr.text(100)} | {r.fjd.text(1, 2)} | "
                   f"{100 * r.fidelity:.1f} | {rr} | {lam} | {'yes' if r.point.pure else ''} |")
+    md += ["", "```", *ascii_fronts(results), "```"]
     (croot / "report.md").write_text("\n".join(md) + "\n")
     summary = {"concept": concept, "verdict": line, "beyond_front": ok, "points": rows}
     (croot / "pareto.json").write_text(json.dumps(summary, indent=1))
     _plot(croot, concept, results, line)
     return summary
+
+
+MARKS = {"two-stage": "E", "official": "O", "interleaved": "I", "nested": "N"}
+
+
+def ascii_fronts(results: list, width: int = 64, height: int = 14) -> list[str]:
+    """The fronts in a terminal: ASR (%) up, FJD (log) across; E two-stage ESD, O official, I interleaved,
+    N nested (lower case: pure lower-level data)."""
+    import math
+
+    if not results:
+        return []
+    xs = [math.log10(max(r.fjd.estimate, 1e-6)) for r in results]
+    lo, hi = min(xs), max(xs)
+    span = hi - lo or 1.0
+    grid = [[" "] * width for _ in range(height)]
+    for r, x in zip(results, xs):
+        col = round((x - lo) / span * (width - 1))
+        row = height - 1 - round(min(max(r.asr.estimate, 0.0), 1.0) * (height - 1))
+        mark = MARKS[r.point.family]
+        grid[row][col] = mark.lower() if r.point.pure else mark
+    lines = [f"{100 * (height - 1 - i) / (height - 1):5.0f}% |" + "".join(g) for i, g in enumerate(grid)]
+    lines.append("       +" + "-" * width)
+    lines.append(f"        FJD {10 ** lo:.2f} (log scale) {'':>{max(0, width - 34)}}{10 ** hi:.2f}")
+    lines.append("        E two-stage ESD  O official  I paper/interleaved  N paper/nested  (lower case: pure data)")
+    return lines
 
 
 def _plot(croot: Path, concept: str, results: list, line: str) -> None:
