@@ -94,7 +94,7 @@ def report(results: dict, args, threads: int) -> str:
              "| FJD (orig) | ≤1.5× | edit s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, c in results["cells"].items():
         if "verdict" not in c:
-            lines.append(f"| {c['concept']} | {c['method']} | not run: {c.get('skipped', '?')} |" + " |" * 9)
+            lines.append(f"| {c['concept']} | {c['method']} | not run: {c.get('skipped', '?')} |" + " |" * 8)
             continue
         v = c["verdict"]
         lines.append(f"| {c['concept']} | {c['method']} | {v['rate']:.0%} ({v['rate_original']:.0%}) | "
