@@ -109,6 +109,7 @@ def reduced_view(skel: Path, view: Path, resolution: int) -> Path:
     """A pipeline folder sharing ``skel``'s files (symlinks) whose UNet config says sample_size = resolution/8."""
     if (view / "model_index.json").is_file():
         return view
+    view.mkdir(parents=True, exist_ok=True)
     for sub in sorted(skel.iterdir()):
         if sub.is_dir():
             (view / sub.name).mkdir(parents=True, exist_ok=True)
