@@ -303,9 +303,10 @@ def run_arch(arch: str, args, out: Path, shared: dict) -> list[Row]:
             base = next((r.peak_rss_mb for r in rows if r.command == "bilevel paper" and r.status == "ok"), None)
             need = None if base is None else base + 16 * student_params(work) / 2**20
             if need is None or need > 0.95 * mem_available_mb():
-                rows.append(Row(name, arch, "refused", 0.0, 0.0, argv[2:],
-                                f"predicted peak {need or 0:.0f} MB (bilevel paper + 16 B x student params) > "
-                                f"{mem_available_mb():.0f} MB available; not run (no swap: it would be OOM-killed)"))
+                why = ("no measured bilevel paper row to predict from" if need is None else
+                       f"predicted peak {need:.0f} MB (bilevel paper + 16 B x student params) > "
+                       f"{mem_available_mb():.0f} MB available; not run (no swap: it would be OOM-killed)")
+                rows.append(Row(name, arch, "refused", 0.0, 0.0, argv[2:], why))
                 print(f"[{arch}] {name}: {rows[-1].error}", flush=True)
                 continue
         log = work / ("log-" + "".join(c if c.isalnum() else "_" for c in name) + ".txt")
