@@ -203,3 +203,14 @@ def test_truncated_training_image_is_skipped_and_counted(tmp_path):
     ds = image_caption_folder(tmp_path, 32)
     images, caps = ds.samples(0, 8)
     assert images.shape == (8, 3, 32, 32) and "img 1" not in caps and ds.skipped >= 1
+
+
+def test_a_lock_whose_pid_was_reused_is_stale(tmp_path, capsys):
+    from prunefit.utils.lock import LOCK_NAME, output_lock
+
+    # our own pid, but another process start time: the pid was reused after the locking run died
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename,
+                                                  "ticks": "1", "started": 0}))
+    with output_lock(tmp_path) as path:
+        assert json.loads(path.read_text())["ticks"] != "1"
+    assert "taking over the stale lock" in capsys.readouterr().err and not (tmp_path / LOCK_NAME).exists()
