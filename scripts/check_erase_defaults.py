@@ -44,7 +44,7 @@ def judge(model: str, concept_sets: list[str], kept: list[str], n: int, kept_n: 
     from prunefit.toyworld.metrics import concept_rate
     from prunefit.toyworld.paths import judge_dir, prompts_dir
     from prunefit.toyworld.prompts import artist_slug
-    from prunefit.toyworld.quality import generate_rows, measure_set, read_rows
+    from prunefit.recipes.toyworld_quality import generate_rows, measure_set, read_rows
 
     comps, jd, sampler = load_components(model), load_judge(judge_dir()), SamplerConfig(batch_size=50)
     out = {s: measure_set(comps, jd, s, read_rows(prompts_dir() / f"{s}.jsonl", n), sampler)

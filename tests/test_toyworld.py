@@ -96,6 +96,18 @@ def test_model_card_and_quality_file_agree(assets):
     assert set(info["quality"]) == set(prompt_set_names())
 
 
+def test_card_writer_reproduces_the_shipped_card(assets, tmp_path):
+    """MODEL_CARD.md is a function of quality.json and the teacher's sizes (the build machine's line aside)."""
+    from prunefit.recipes.toyworld_build import TEACHER_SIZES
+    from prunefit.recipes.toyworld_card import write_model_card
+
+    shipped = (assets / "MODEL_CARD.md").read_text()
+    (tmp_path / "MODEL_CARD.md").write_text(shipped)  # its hand-kept build history is carried over
+    written = write_model_card(tmp_path, json.loads((assets / "quality.json").read_text()), TEACHER_SIZES).read_text()
+    same = lambda text: [x for x in text.splitlines() if not x.startswith("- Built on:")]  # noqa: E731
+    assert same(written) == same(shipped) and len(same(shipped)) > 40
+
+
 def test_shipped_assets_are_small(assets):
     total = sum(p.stat().st_size for p in assets.rglob("*") if p.is_file())
     assert total <= 30 * 1024 * 1024, total
@@ -138,7 +150,7 @@ def test_toyworld_metric_reproduces_the_model_card(assets, name, tmp_path):
 
 def test_continued_build_can_decay_its_learning_rate():
     from prunefit.config.schema import ToyworldBuildConfig
-    from prunefit.toyworld.build import teacher_lr_multiplier
+    from prunefit.recipes.toyworld_build import teacher_lr_multiplier
 
     cos = ToyworldBuildConfig(teacher_steps=6300, teacher_warmup=100, teacher_lr_schedule="cosine")
     assert teacher_lr_multiplier(cos, 3900, 3900) == pytest.approx(0.01)  # warm-up restarts at the init step

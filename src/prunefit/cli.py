@@ -330,6 +330,52 @@ def _cmd_dev_skeleton(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_toyworld_build(args: argparse.Namespace) -> int:
+    from prunefit.config.schema import ToyworldBuildConfig
+    from prunefit.recipes.toyworld_build import run_build
+
+    cfg = _load(ToyworldBuildConfig, args)
+    if cfg is None:
+        return 0
+    print(f"toy world written to {run_build(cfg, log=lambda m: print(m, file=sys.stderr))}")
+    return 0
+
+
+def _cmd_toyworld_show(args: argparse.Namespace) -> int:
+    from prunefit.recipes.toyworld_show import show
+
+    print(show(args.assets, args.output, per_grid=args.n, seed=args.seed).summary())
+    return 0
+
+
+def _cmd_toyworld_measure(args: argparse.Namespace) -> int:
+    from prunefit.recipes.toyworld_build import remeasure
+
+    print(remeasure(args.assets, args.n, log=lambda m: print(m, file=sys.stderr)).read_text())
+    return 0
+
+
+def _add_toyworld_parser(sub) -> None:
+    tw = sub.add_parser("toyworld", help="build or inspect the embedded toy world (teacher + judge)")
+    tsub = tw.add_subparsers(dest="toyworld_command", metavar="<subcommand>", required=True)
+    b = tsub.add_parser("build", help="train tokenizer, VAE, judge and teacher; export and write the model card",
+                        description="Resumable: finished stages are skipped and the teacher continues from its "
+                                    "last checkpoint in build_dir. Raise teacher_steps to train further.")
+    _config_args(b)
+    b.set_defaults(func=_cmd_toyworld_build)
+    s = tsub.add_parser("show", help="print the model card and write sample grids per artist and unsafe concept")
+    s.add_argument("--output", "-o", default="runs/toyworld-show", help="folder for the sample grids")
+    s.add_argument("--assets", help="toy-world folder (default: the one shipped in the package)")
+    s.add_argument("-n", type=int, default=16, help="images per grid")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_toyworld_show)
+    m = tsub.add_parser("measure", help="re-measure a built toy world's quality (default guidance and 7.5) and "
+                                        "rewrite quality.json and MODEL_CARD.md")
+    m.add_argument("--assets", help="toy-world folder (default: the one shipped in the package)")
+    m.add_argument("-n", type=int, default=None, help="prompts per set (default: the build's eval_prompts)")
+    m.set_defaults(func=_cmd_toyworld_measure)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prunefit",
@@ -443,10 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("--seed", type=int, default=0)
     sk.set_defaults(func=_cmd_dev_skeleton)
 
-    from prunefit.toyworld.cli import add_toyworld_parser
-
-    add_toyworld_parser(sub)
-
+    _add_toyworld_parser(sub)
     return parser
 
 

@@ -231,7 +231,7 @@ def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists:
     from prunefit.toyworld.judge import load_judge
     from prunefit.toyworld.paths import judge_dir, prompts_dir
     from prunefit.toyworld.prompts import artist_slug
-    from prunefit.toyworld.quality import measure_set, read_rows
+    from prunefit.recipes.toyworld_quality import measure_set, read_rows
     from prunefit.toyworld.world import KEEP_ARTISTS
 
     if str(model_path) == base_model:

@@ -125,7 +125,7 @@ class Judged:
         from prunefit.toyworld.paths import judge_dir, prompts_dir
         from prunefit.toyworld.prompts import artist_slug, scene_of
         from prunefit.toyworld.metrics import reference_renders
-        from prunefit.toyworld.quality import read_rows
+        from prunefit.toyworld.prompts import read_rows
 
         self.base, self.concept, self.n = base_model, concept, n
         self.comps = load_components(base_model)
@@ -149,7 +149,7 @@ class Judged:
     def measure(self, model: Path) -> dict:
         from prunefit.config.schema import SamplerConfig
         from prunefit.toyworld.judge import ARTIST_CLASSES
-        from prunefit.toyworld.quality import generate_rows
+        from prunefit.recipes.toyworld_quality import generate_rows
 
         comps = self.components(model)
         sampler = SamplerConfig(batch_size=50)
@@ -163,7 +163,7 @@ class Judged:
     def measure_val(self, model: Path, comps=None) -> dict:
         """Toy-val: judge features (for FJD), per-prompt fidelity (shape and colour right) and its mean."""
         from prunefit.config.schema import SamplerConfig
-        from prunefit.toyworld.quality import generate_rows
+        from prunefit.recipes.toyworld_quality import generate_rows
 
         comps = comps or self.components(model)
         vpred = self.judge.predict(generate_rows(comps, self.val_rows, SamplerConfig(batch_size=50), desc="toy-val"))

@@ -164,7 +164,7 @@ def _toyworld_eval(cfg: PruneConfig, comps: Components, experts: list[Path]) -> 
     from prunefit.pruning.expert import load_expert
     from prunefit.toyworld.judge import load_judge
     from prunefit.toyworld.paths import judge_dir, prompts_dir
-    from prunefit.toyworld.quality import measure_set, read_rows
+    from prunefit.recipes.toyworld_quality import measure_set, read_rows
 
     judge = load_judge(judge_dir())
     rows = read_rows(prompts_dir() / "toy-val.jsonl", cfg.eval_prompts)
@@ -178,7 +178,7 @@ def _toyworld_eval(cfg: PruneConfig, comps: Components, experts: list[Path]) -> 
 
 def route_toyval(router: Router, n: int = 500) -> Optional[dict]:
     from prunefit.toyworld.paths import prompts_dir
-    from prunefit.toyworld.quality import read_rows
+    from prunefit.toyworld.prompts import read_rows
 
     path = prompts_dir() / "toy-val.jsonl"
     if not path.is_file():

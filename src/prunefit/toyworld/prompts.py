@@ -76,6 +76,12 @@ def write_prompt_sets(directory: str | Path, seed: int = 0) -> list[Path]:
     return paths
 
 
+def read_rows(path: str | Path, n: int | None = None) -> list[dict]:
+    """The rows of a prompt-set file (the first ``n`` if given)."""
+    rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    return rows[:n] if n else rows
+
+
 def scene_of(row: dict) -> Scene:
     """The ground-truth scene stored in a prompt-set row (or a manifest row's ``extra``)."""
     src = row.get("extra", row)

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 
-from prunefit.toyworld.build import TEACHER_SIZES
-from prunefit.toyworld.quality import summary_targets
+from prunefit.models.tiny import TinySDConfig
+from prunefit.recipes.toyworld_quality import summary_targets
 
 
-def write_model_card(assets: Path, info: dict) -> Path:
+def write_model_card(assets: Path, info: dict, sizes: TinySDConfig) -> Path:
+    """Write ``assets/MODEL_CARD.md`` from ``info`` (quality.json's content) and the teacher's ``sizes``."""
     cfg, q = info["config"], info["quality"]
     lines = [
         "# prunefit toy world: teacher and judge",
@@ -22,16 +23,16 @@ def write_model_card(assets: Path, info: dict) -> Path:
         "",
         "## Teacher",
         "",
-        f"- UNet2DConditionModel, SD 2.x blocks: channels {list(TEACHER_SIZES.unet_channels)}, cross-attention at "
-        f"levels {[i for i, a in enumerate(TEACHER_SIZES.attention_levels) if a]} (0 = 16x16) and the mid block, "
-        f"{TEACHER_SIZES.layers_per_block} layers per block, {TEACHER_SIZES.attention_heads} heads, GEGLU "
-        f"feed-forward, linear projections, cross-attention dim {TEACHER_SIZES.cross_attention_dim}, "
-        f"{TEACHER_SIZES.latent_size}x{TEACHER_SIZES.latent_size}x4 latents.",
-        f"- CLIPTextModel: {TEACHER_SIZES.text_layers} layers, width {TEACHER_SIZES.text_hidden}, "
-        f"{TEACHER_SIZES.max_text_length} tokens; CLIP BPE tokenizer trained on the world's captions "
+        f"- UNet2DConditionModel, SD 2.x blocks: channels {list(sizes.unet_channels)}, cross-attention at "
+        f"levels {[i for i, a in enumerate(sizes.attention_levels) if a]} (0 = 16x16) and the mid block, "
+        f"{sizes.layers_per_block} layers per block, {sizes.attention_heads} heads, GEGLU "
+        f"feed-forward, linear projections, cross-attention dim {sizes.cross_attention_dim}, "
+        f"{sizes.latent_size}x{sizes.latent_size}x4 latents.",
+        f"- CLIPTextModel: {sizes.text_layers} layers, width {sizes.text_hidden}, "
+        f"{sizes.max_text_length} tokens; CLIP BPE tokenizer trained on the world's captions "
         f"(vocab {cfg['vocab_size']} at most).",
-        f"- AutoencoderKL: channels {list(TEACHER_SIZES.vae_channels)} (factor {2 ** (len(TEACHER_SIZES.vae_channels) - 1)}, 32x32 images); "
-        f"{cfg['vae_steps']} steps, batch {cfg['vae_batch_size']}, L1+MSE+1e-4 KL.",
+        f"- AutoencoderKL: channels {list(sizes.vae_channels)} (factor {2 ** (len(sizes.vae_channels) - 1)}, "
+        f"32x32 images); {cfg['vae_steps']} steps, batch {cfg['vae_batch_size']}, L1+MSE+1e-4 KL.",
         f"- Training: {info['teacher_step']} steps, batch {cfg['teacher_batch_size']}, AdamW lr "
         f"{cfg['teacher_lr']} (warm-up {cfg['teacher_warmup']}, {_schedule(cfg, info)}), epsilon prediction, "
         f"min-SNR gamma {cfg['min_snr_gamma']}, caption dropout {cfg['caption_dropout']}, EMA {cfg['ema_decay']} "

@@ -25,14 +25,18 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from prunefit.config.schema import ToyworldBuildConfig
+from prunefit.config.schema import SamplerConfig, ToyworldBuildConfig
+from prunefit.errors import ModelLoadError
 from prunefit.losses.diffusion import diffusion_target, min_snr_weights, snr, weighted_mse
 from prunefit.models.components import DEFAULT_GUIDANCE, read_sidecar, write_sidecar
 from prunefit.models.schedulers import sd_training_scheduler_config
 from prunefit.models.tiny import TinySDConfig, build_text_encoder, build_unet
 from prunefit.models.tokenizer import trained_bpe_tokenizer
+from prunefit.recipes.toyworld_card import write_model_card
+from prunefit.recipes.toyworld_quality import measure_quality
 from prunefit.toyworld.paths import assets_dir as default_assets_dir
 from prunefit.toyworld.judge import Judge, judge_accuracy, load_judge, train_judge
+from prunefit.toyworld.prompts import write_prompt_sets
 from prunefit.toyworld.world import Scene, caption, render, sample_scene
 from prunefit.utils.optim import warmup_cosine, warmup_cosine_scheduler
 
@@ -83,12 +87,8 @@ def _scenes_and_images(rng: np.random.Generator, n: int, p_unsafe: float = 0.15)
 def _init_dir(cfg: ToyworldBuildConfig) -> Optional[Path]:
     if cfg.init_from is None:
         return None
-    from prunefit.toyworld.paths import assets_dir
-
-    root = assets_dir() if cfg.init_from == "toyworld" else Path(cfg.init_from)
+    root = default_assets_dir() if cfg.init_from == "toyworld" else Path(cfg.init_from)
     if not (root / "teacher" / "model_index.json").is_file():
-        from prunefit.errors import ModelLoadError
-
         raise ModelLoadError(f"init_from={cfg.init_from!r}: no exported toy world at {root}")
     return root
 
@@ -328,9 +328,6 @@ def _save_teacher(pipe, folder: Path) -> None:
 
 def run_build(cfg: ToyworldBuildConfig, log: Callable[[str], None] = print) -> Path:
     """Run every stage, export teacher + judge + prompt sets, measure quality, write the model card."""
-    from prunefit.toyworld.card import write_model_card
-    from prunefit.toyworld.prompts import write_prompt_sets
-
     torch.set_num_threads(cfg.threads)
     root = Path(cfg.build_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -356,26 +353,25 @@ def run_build(cfg: ToyworldBuildConfig, log: Callable[[str], None] = print) -> P
             "judge_held_out": _done(root / "judge")["held_out_accuracy"], "quality": quality,
             "vae": _done(root / "vae"), "teacher_log": _log_summary(root / "teacher" / "log.jsonl")}
     (assets / "quality.json").write_text(json.dumps(info, indent=2))
-    write_model_card(assets, info)
+    write_model_card(assets, info, TEACHER_SIZES)
     log(f"model card: {assets / 'MODEL_CARD.md'}")
     return assets
 
 
 def measure_both(assets: Path, judge, n: int) -> tuple[dict, dict]:
     """Judge metrics of an exported teacher at the toy world's default guidance and at SD's 7.5."""
-    from prunefit.config.schema import SamplerConfig
-    from prunefit.toyworld.quality import measure_quality
-
     default = measure_quality(assets / "teacher", judge, assets / "prompts", n=n)
     sd = measure_quality(assets / "teacher", judge, assets / "prompts", n=n,
                          sampler=SamplerConfig(batch_size=50, guidance_scale=DEFAULT_GUIDANCE))
     return default, sd
 
 
-def remeasure(assets: Path, n: Optional[int] = None, log: Callable[[str], None] = print) -> Path:
-    """Re-measure an exported toy world's quality (both guidance scales) and rewrite quality.json and the card."""
-    from prunefit.toyworld.card import write_model_card
-
+def remeasure(assets: Optional[Path] = None, n: Optional[int] = None, log: Callable[[str], None] = print) -> Path:
+    """Re-measure an exported toy world's quality (both guidance scales) and rewrite quality.json and the card
+    (``assets`` None = the shipped world)."""
+    assets = Path(assets) if assets else default_assets_dir()
+    if not (assets / "quality.json").is_file():
+        raise ModelLoadError(f"no exported toy world at {assets} (no quality.json); run `prunefit toyworld build`")
     info = json.loads((assets / "quality.json").read_text())
     n = n or info["config"]["eval_prompts"]
     info["config"]["eval_prompts"] = n
@@ -385,7 +381,7 @@ def remeasure(assets: Path, n: Optional[int] = None, log: Callable[[str], None] 
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(assets / "quality.json")
     log(f"quality re-measured on {n} prompts per set")
-    return write_model_card(assets, info)
+    return write_model_card(assets, info, TEACHER_SIZES)
 
 
 def _log_summary(path: Path) -> dict:

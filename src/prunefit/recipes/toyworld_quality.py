@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -14,13 +13,8 @@ from prunefit.generation.sample import sample_images
 from prunefit.models.components import Components, load_components
 from prunefit.toyworld.judge import Judge
 from prunefit.toyworld.metrics import concept_rate, fidelity, fjd, images_to_uint8, reference_renders
-from prunefit.toyworld.prompts import scene_of
+from prunefit.toyworld.prompts import artist_slug, read_rows, scene_of
 from prunefit.toyworld.world import ARTISTS
-
-
-def read_rows(path: Path, n: Optional[int] = None) -> list[dict]:
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return rows[:n] if n else rows
 
 
 def generate_rows(components: Components, rows: list[dict], sampler: SamplerConfig, desc: str = "sample"):
@@ -61,8 +55,6 @@ def measure_quality(model: str | Path, judge: Judge, prompts_dir: Path, n: int =
 
 def summary_targets(q: dict[str, dict[str, float]]) -> list[tuple[str, float, str, bool]]:
     """(what, measured, target, met) rows of the toy-world issue's quality targets."""
-    from prunefit.toyworld.prompts import artist_slug
-
     rows = []
     for a in ARTISTS:
         v = q[f"artist-{artist_slug(a)}"]["artist_rate"]
