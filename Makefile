@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test demo bench clean-runs smoke-sd
+.PHONY: venv test test-fast lint demo bench clean-runs smoke-sd
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,15 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks scripts
+
+# The full suite (what CI runs); test-fast skips the tests marked slow, for the edit loop.
+test: lint
 	$(PY) -m pytest
+
+test-fast: lint
+	$(PY) -m pytest -m "not slow"
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py

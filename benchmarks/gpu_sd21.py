@@ -155,7 +155,8 @@ def predicted(b: Bench, comps, student) -> dict:
 
     prof = activation_profile(student, b.lat)
     m = MemoryInputs(student_params=n_params(student), trainable_params=n_params(student),
-                     teacher_params=n_params(comps.unet), frozen_params=n_params(comps.vae) + n_params(comps.text_encoder),
+                     teacher_params=n_params(comps.unet),
+                     frozen_params=n_params(comps.vae) + n_params(comps.text_encoder),
                      saved_bytes_per_sample=prof.plain, batch=b.batch, mixed_precision="bf16" if b.cuda else "no",
                      teacher_dtype="bfloat16" if b.cuda else "float32", overhead=0.0)
     return {"section": "distillation step", "what": "predicted by training.memory (no margin)", "batch": b.batch,

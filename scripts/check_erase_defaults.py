@@ -40,11 +40,11 @@ def judge(model: str, concept_sets: list[str], kept: list[str], n: int, kept_n: 
     (their prompts sampled together in batches of 50)."""
     from prunefit.config.schema import SamplerConfig
     from prunefit.models.components import load_components
+    from prunefit.recipes.toyworld_quality import generate_rows, measure_set, read_rows
     from prunefit.toyworld.judge import load_judge
     from prunefit.toyworld.metrics import concept_rate
     from prunefit.toyworld.paths import judge_dir, prompts_dir
     from prunefit.toyworld.prompts import artist_slug
-    from prunefit.recipes.toyworld_quality import generate_rows, measure_set, read_rows
 
     comps, jd, sampler = load_components(model), load_judge(judge_dir()), SamplerConfig(batch_size=50)
     out = {s: measure_set(comps, jd, s, read_rows(prompts_dir() / f"{s}.jsonl", n), sampler)

@@ -13,8 +13,8 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.y
 
 def _schema(name: str):
     from prunefit.config.schema import EvaluateConfig, FinetuneConfig, GenerateConfig, PruneConfig
-    from prunefit.recipes.experiment import ExperimentConfig
     from prunefit.recipes.distillation import DistillationConfig
+    from prunefit.recipes.experiment import ExperimentConfig
     from prunefit.recipes.pareto import ParetoConfig
     from prunefit.removal.bilevel import BilevelConfig
     from prunefit.removal.config import EraseConfig

@@ -21,7 +21,6 @@ from prunefit.evaluation.registry import MetricResult, get_metric
 from prunefit.evaluation.report import write_report
 from prunefit.evaluation.results import merge_results
 
-
 # ---------------------------------------------------------------- math with fakes
 
 def test_frechet_distance_one_dimension_by_hand():
@@ -99,9 +98,9 @@ def test_nudenet_detects_a_face_on_a_real_photo():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny):
+    from prunefit.config.schema import SamplerConfig
     from prunefit.data.prompts import inline_prompts
     from prunefit.generation.sample import generate_run
-    from prunefit.config.schema import SamplerConfig
 
     out = tmp_path_factory.mktemp("run")
     generate_run(tiny, inline_prompts([f"a red circle {i}" for i in range(6)]), SamplerConfig(steps=2), 0, out)

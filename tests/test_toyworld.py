@@ -9,8 +9,17 @@ import pytest
 import torch
 
 from prunefit.toyworld.prompts import prompt_set, prompt_set_names, scene_of, write_prompt_sets
-from prunefit.toyworld.world import (ARTISTS, ERASE_ARTISTS, KEEP_ARTISTS, UNSAFE_MAIN_WORD,
-                                     UNSAFE_PHRASES, caption, parse_caption, render, sample_scene)
+from prunefit.toyworld.world import (
+    ARTISTS,
+    ERASE_ARTISTS,
+    KEEP_ARTISTS,
+    UNSAFE_MAIN_WORD,
+    UNSAFE_PHRASES,
+    caption,
+    parse_caption,
+    render,
+    sample_scene,
+)
 
 
 def test_world_has_the_roles_the_paper_needs():

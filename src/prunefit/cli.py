@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     ca.set_defaults(func=_cmd_cache)
 
     er = sub.add_parser("erase", help="remove concepts with a registered method (esd, uce, concept_prune, advunlearn)",
-                        description="prunefit erase --method esd removal.concepts='[Claude Dots]' esd.train_method=xattn")
+                        description="prunefit erase --method esd removal.concepts='[Claude Dots]' "
+                                    "esd.train_method=xattn")
     er.add_argument("--method", help="removal method (see `prunefit list methods`)")
     _config_args(er)
     er.set_defaults(func=_cmd_erase)

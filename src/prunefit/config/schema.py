@@ -289,7 +289,8 @@ class RouterSection:
     """Gates per GEGLU feed-forward (the official ff_gate_width)."""
 
     def __post_init__(self) -> None:
-        _check(self.temperature > 0 and self.sinkhorn_epsilon > 0, "router.temperature and sinkhorn_epsilon must be > 0")
+        _check(self.temperature > 0 and self.sinkhorn_epsilon > 0,
+               "router.temperature and sinkhorn_epsilon must be > 0")
         _check(self.sinkhorn_iterations >= 1 and self.ffn_groups >= 1, "router iterations / ffn_groups must be >= 1")
 
 

@@ -138,8 +138,8 @@ def inception_features(weights: str | None) -> tuple[FeatureFn, int, str]:
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except Exception:
-        raise ModelLoadError("Inception FID needs torch-fidelity and torchvision: pip install 'prunefit[fid-inception]' "
-                             "(or use fid.features=judge / clip)") from None
+        raise ModelLoadError("Inception FID needs torch-fidelity and torchvision: "
+                             "pip install 'prunefit[fid-inception]' (or use fid.features=judge / clip)") from None
     if weights is not None and not Path(weights).is_file():
         raise ModelLoadError(f"Inception weights not found: {weights}")
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights).eval()

@@ -44,7 +44,8 @@ def mean_of_groups(groups: Sequence[np.ndarray]) -> float:
     return float(np.mean([np.mean(g) for g in groups]))
 
 
-def bootstrap_interval(groups: Sequence[np.ndarray], statistic: Callable[[Sequence[np.ndarray]], float] = mean_of_groups,
+def bootstrap_interval(groups: Sequence[np.ndarray],
+                       statistic: Callable[[Sequence[np.ndarray]], float] = mean_of_groups,
                        n_boot: int = 1000, level: float = 0.95, seed: int = 0,
                        method: str = "percentile") -> Interval:
     """Percentile interval of ``statistic`` under the hierarchical bootstrap (seeds, then prompts within a seed).

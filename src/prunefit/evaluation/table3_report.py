@@ -113,9 +113,9 @@ def _samples(croot: Path, rows: dict, concept: str, cfg) -> None:
     from prunefit.models.components import load_components
     from prunefit.pruning.expert import load_expert
     from prunefit.recipes.experiment import ROW_NAMES, _is_unsafe
+    from prunefit.recipes.toyworld_quality import generate_rows, read_rows
     from prunefit.toyworld.paths import prompts_dir
     from prunefit.toyworld.prompts import artist_slug
-    from prunefit.recipes.toyworld_quality import generate_rows, read_rows
 
     name = "unsafe-adversarial" if _is_unsafe(concept) else f"artist-{artist_slug(concept)}"
     prompts = read_rows(prompts_dir() / f"{name}.jsonl", cfg.sample_prompts)

@@ -39,7 +39,8 @@ def straight_through_hard(x: torch.Tensor, threshold: float = 0.5) -> torch.Tens
     return (hard - x).detach() + x
 
 
-def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3, distributed: bool = False) -> torch.Tensor:
+def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3,
+             distributed: bool = False) -> torch.Tensor:
     """SwAV-style Sinkhorn-Knopp: a transport plan [B, K] with uniform marginals over K experts.
 
     Q = exp(scores / eps); alternately normalize expert rows to 1/K and sample columns to 1/B

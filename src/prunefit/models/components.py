@@ -245,7 +245,8 @@ def encode_prompts(components: Components, texts: list[str]) -> torch.Tensor:
     return components.text_encoder(ids)[0]
 
 
-def encode_images(components: Components, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def encode_images(components: Components, images: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """VAE latents (sampled, scaled by the VAE's scaling factor) of images [B, 3, H, W] in [-1, 1]."""
     vae = components.vae
     x = images.to(vae.device, vae.dtype)

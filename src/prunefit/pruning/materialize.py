@@ -44,7 +44,8 @@ def _keep_index(mask: torch.Tensor, per_gate: int) -> torch.Tensor:
 
 def _slice(mod: nn.Module, out_idx=None, in_idx=None) -> None:
     """Keep output rows ``out_idx`` (and bias) and input columns ``in_idx`` of a Linear or Conv2d."""
-    out_attr, in_attr = ("out_features", "in_features") if isinstance(mod, nn.Linear) else ("out_channels", "in_channels")
+    linear = isinstance(mod, nn.Linear)
+    out_attr, in_attr = ("out_features", "in_features") if linear else ("out_channels", "in_channels")
     w = mod.weight.data
     if out_idx is not None:
         w = w[out_idx]

@@ -18,8 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunefit.losses.aptp import (GUMBEL_MEDIAN, gumbel_noise, gumbel_sigmoid, importance_logits, sinkhorn,
-                                  sinkhorn_log_potentials)
+from prunefit.losses.aptp import (
+    GUMBEL_MEDIAN,
+    gumbel_noise,
+    gumbel_sigmoid,
+    importance_logits,
+    sinkhorn,
+    sinkhorn_log_potentials,
+)
 from prunefit.pruning.spec import GateSpec
 
 

@@ -127,10 +127,12 @@ def write_report(root: Path, cfg: DistillationConfig, cells: dict, ref: np.ndarr
                      "fjd": vars(fjd), "fidelity": vars(fid)})
     final = [r for r in rows if r["step"] == cfg.steps]
     md = ["# Distillation ablation on the toy world (the paper's Figs 4-5)", "",
-          f"APTP expert of the toy teacher, {cfg.steps} steps, lr {cfg.train.lr:g}, batch {cfg.train.micro_batch_size}, "
+          f"APTP expert of the toy teacher, {cfg.steps} steps, lr {cfg.train.lr:g}, "
+          f"batch {cfg.train.micro_batch_size}, "
           f"{len(cfg.seeds)} seed(s), {cfg.eval_prompts} toy-val prompts, torch threads {cfg.threads}; 95% intervals "
           "(hierarchical bootstrap over seeds and prompts).", "",
-          "| variant | weights (ddpm / out KD / feat KD) | step | FJD [95% CI] | fidelity % [95% CI] |", "|---|---|---|---|---|"]
+          "| variant | weights (ddpm / out KD / feat KD) | step | FJD [95% CI] | fidelity % [95% CI] |",
+          "|---|---|---|---|---|"]
     for r in rows:
         f, d = r["fjd"], r["fidelity"]
         md.append(f"| {r['variant']} | {' / '.join(f'{w:g}' for w in r['weights'])} | {r['step']} | "

@@ -228,10 +228,10 @@ def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists:
     concept's rate on plain and adversarial prompts, kept artists' rate, fidelity and FJD on toy-val."""
     from prunefit.models.components import load_components
     from prunefit.pruning.expert import load_expert
+    from prunefit.recipes.toyworld_quality import measure_set, read_rows
     from prunefit.toyworld.judge import load_judge
     from prunefit.toyworld.paths import judge_dir, prompts_dir
     from prunefit.toyworld.prompts import artist_slug
-    from prunefit.recipes.toyworld_quality import measure_set, read_rows
     from prunefit.toyworld.world import KEEP_ARTISTS
 
     if str(model_path) == base_model:

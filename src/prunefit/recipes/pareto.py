@@ -122,10 +122,9 @@ class Judged:
     def __init__(self, base_model: str, concept: str, n: int) -> None:
         from prunefit.models.components import load_components
         from prunefit.toyworld.judge import load_judge
-        from prunefit.toyworld.paths import judge_dir, prompts_dir
-        from prunefit.toyworld.prompts import artist_slug, scene_of
         from prunefit.toyworld.metrics import reference_renders
-        from prunefit.toyworld.prompts import read_rows
+        from prunefit.toyworld.paths import judge_dir, prompts_dir
+        from prunefit.toyworld.prompts import artist_slug, read_rows, scene_of
 
         self.base, self.concept, self.n = base_model, concept, n
         self.comps = load_components(base_model)
@@ -148,8 +147,8 @@ class Judged:
 
     def measure(self, model: Path) -> dict:
         from prunefit.config.schema import SamplerConfig
-        from prunefit.toyworld.judge import ARTIST_CLASSES
         from prunefit.recipes.toyworld_quality import generate_rows
+        from prunefit.toyworld.judge import ARTIST_CLASSES
 
         comps = self.components(model)
         sampler = SamplerConfig(batch_size=50)

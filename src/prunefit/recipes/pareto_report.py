@@ -109,7 +109,8 @@ def _plot(croot: Path, concept: str, results: list, line: str) -> None:
             if not rs:
                 continue
             xs, ys = [r.fjd.estimate for r in rs], [100 * r.asr.estimate for r in rs]
-            xerr = [[max(0.0, r.fjd.estimate - r.fjd.low) for r in rs], [max(0.0, r.fjd.high - r.fjd.estimate) for r in rs]]
+            xerr = [[max(0.0, r.fjd.estimate - r.fjd.low) for r in rs],
+                    [max(0.0, r.fjd.high - r.fjd.estimate) for r in rs]]
             yerr = [[max(0.0, 100 * (r.asr.estimate - r.asr.low)) for r in rs],
                     [max(0.0, 100 * (r.asr.high - r.asr.estimate)) for r in rs]]
             ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="s" if pure else "o", color=colour, alpha=0.8, capsize=2,

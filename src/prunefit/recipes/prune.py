@@ -162,9 +162,9 @@ def _toyworld_eval(cfg: PruneConfig, comps: Components, experts: list[Path]) -> 
         return None
     from prunefit.config.schema import SamplerConfig
     from prunefit.pruning.expert import load_expert
+    from prunefit.recipes.toyworld_quality import measure_set, read_rows
     from prunefit.toyworld.judge import load_judge
     from prunefit.toyworld.paths import judge_dir, prompts_dir
-    from prunefit.recipes.toyworld_quality import measure_set, read_rows
 
     judge = load_judge(judge_dir())
     rows = read_rows(prompts_dir() / "toy-val.jsonl", cfg.eval_prompts)

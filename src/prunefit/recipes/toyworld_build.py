@@ -34,8 +34,8 @@ from prunefit.models.tiny import TinySDConfig, build_text_encoder, build_unet
 from prunefit.models.tokenizer import trained_bpe_tokenizer
 from prunefit.recipes.toyworld_card import write_model_card
 from prunefit.recipes.toyworld_quality import measure_quality
-from prunefit.toyworld.paths import assets_dir as default_assets_dir
 from prunefit.toyworld.judge import Judge, judge_accuracy, load_judge, train_judge
+from prunefit.toyworld.paths import assets_dir as default_assets_dir
 from prunefit.toyworld.prompts import write_prompt_sets
 from prunefit.toyworld.world import Scene, caption, render, sample_scene
 from prunefit.utils.optim import warmup_cosine, warmup_cosine_scheduler

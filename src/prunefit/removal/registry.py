@@ -26,7 +26,8 @@ class MethodEntry:
     def __post_init__(self) -> None:
         if self.kind not in ("edit", "train"):
             raise ValueError(f"method kind must be 'edit' or 'train', got {self.kind!r}")
-        if (self.kind == "edit") != (self.apply is not None) or (self.kind == "train") != (self.build_phase is not None):
+        edit_ok = (self.kind == "edit") == (self.apply is not None)
+        if not edit_ok or (self.kind == "train") != (self.build_phase is not None):
             raise ValueError(f"method {self.name!r}: edit methods define apply, train methods build_phase")
 
 

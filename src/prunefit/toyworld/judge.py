@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from prunefit.errors import ModelLoadError
-from prunefit.utils.optim import warmup_cosine_scheduler
 from prunefit.toyworld.world import ARTISTS, COLOURS, OBJECTS, UNSAFE, Scene, render, sample_scene
+from prunefit.utils.optim import warmup_cosine_scheduler
 
 ARTIST_CLASSES = ("none",) + ARTISTS
 FEATURE_DIM = 128

@@ -55,7 +55,8 @@ class MemoryInputs:
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in _PRECISION_FACTOR:
-            raise ConfigError(f"mixed_precision must be one of {sorted(_PRECISION_FACTOR)}, got {self.mixed_precision!r}")
+            raise ConfigError(f"mixed_precision must be one of {sorted(_PRECISION_FACTOR)}, "
+                              f"got {self.mixed_precision!r}")
         if self.teacher_dtype not in _DTYPE_BYTES:
             raise ConfigError(f"teacher_dtype must be one of {sorted(_DTYPE_BYTES)}, got {self.teacher_dtype!r}")
         if self.batch < 1 or self.optimizers < 0 or self.overhead < 0:
