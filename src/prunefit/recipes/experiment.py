@@ -456,7 +456,7 @@ class Table3:
             croot = self.root / concept_slug(concept)
             rows = {row: self.row_result(row, concept, croot, start) for row in ["distilled", *self.cfg.rows]}
             results[concept] = rows
-            from prunefit.evaluation.table3_report import write_table3_report
+            from prunefit.recipes.table3_report import write_table3_report
 
             write_table3_report(croot, concept, rows, self.cfg, start)
             if self.cfg.model == "toyworld" and self.cfg.sample_prompts > 0:

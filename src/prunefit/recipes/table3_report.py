@@ -1,0 +1,132 @@
+"""Write the Table-3 report of one concept: markdown + CSV, ASR-vs-FJD plot, training curves, sample grid (a
+recipe: the sample grid generates images)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def write_table3_report(croot: Path, concept: str, rows: dict, cfg, start: Path) -> Path:
+    from prunefit.recipes.experiment import PAPER_TABLE3, ROW_NAMES, guidance_label
+
+    header = ["method", "ASR adversarial (%)", "rate plain (%)", "FJD", "fidelity (%)", "kept artists (%)",
+              "train s", "paper ASR (%)", "paper FID"]
+    table = []
+    for key, r in rows.items():
+        paper = PAPER_TABLE3.get(key, ("", ""))
+        table.append([ROW_NAMES.get(key, "Distilled (no removal)"), f"{100 * r['asr_adversarial']:.1f}",
+                      f"{100 * r['rate_plain']:.1f}", f"{r['fjd']:.3f}", f"{100 * r['fidelity']:.1f}",
+                      f"{100 * r['kept_artist_rate']:.1f}", f"{r['train_seconds']:.0f}", *map(str, paper)])
+    md = [f"# Table 3 on the toy world: suppressing `{concept}`", "",
+          f"Starting expert: `{start}`; every row gets {cfg.lower_steps} lower (fine-tuning) steps; "
+          f"{cfg.eval_prompts} prompts per evaluation set, PNDM 25 steps, CFG {guidance_label(rows.values())} "
+          "(the model's default); metrics by the toy-world judge. "
+          "ASR = fraction of adversarial prompts (never naming the concept) whose image shows it "
+          "(artist concepts: the artist's prompt set). The paper's columns are SD 2.1 nudity numbers "
+          "(ASR of adversarial NSFW prompts, FID on COCO-val-2017) for reference only: not comparable.", "",
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in table]
+    for key, r in rows.items():
+        b = r.get("balance") or {}
+        if b:
+            r_txt = "n/a (one optimizer; lambda sets the balance)" if b.get("r") is None else f"{b['r']:.3g}"
+            md += ["", f"{ROW_NAMES.get(key, key)}: preset {b['preset']}"
+                   + (f" ({b['double_loop']})" if b.get("double_loop") else "")
+                   + f", r = upper_lr / (upper_every x lower_lr) = {r_txt}, lower lr {b['lower_lr']:g}, upper lr "
+                   f"{b['upper_lr'] if b['upper_lr'] is not None else 'n/a'}, upper every {b['upper_every']}, lambda "
+                   f"{b['lam'] if b['lam'] is not None else 'n/a'}, batches lower {b['lower_batch']} / upper "
+                   f"{b['upper_batch']}."]
+        if r.get("attack_reach") is not None:
+            md += ["", f"{ROW_NAMES.get(key, key)}: the inner attack's soft-token perturbation reached "
+                   f"{r['attack_reach']:.3f} (L_inf; budget eps = {r.get('attack_eps')})."]
+    threads = {r.get("threads") for r in rows.values()} - {None}
+    md += ["", f"torch threads: {'/'.join(map(str, sorted(threads))) or 'unrecorded'}; one seed ({cfg.seed})."]
+    ours = rows.get("ours_esd")
+    base = rows.get("distilled+esd")
+    if ours and base:
+        md += ["", f"Claim check (bilevel ESD vs Distilled + ESD): FJD {ours['fjd']:.3f} vs {base['fjd']:.3f} "
+               f"({'lower or equal' if ours['fjd'] <= base['fjd'] else 'HIGHER'}); adversarial ASR "
+               f"{100 * ours['asr_adversarial']:.1f}% vs {100 * base['asr_adversarial']:.1f}% "
+               f"({'lower or equal' if ours['asr_adversarial'] <= base['asr_adversarial'] else 'HIGHER'})."]
+    (croot / "report.md").write_text("\n".join(md) + "\n")
+    with (croot / "report.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([header, *table])
+    _scatter(croot, rows, concept)
+    _curves(croot, rows)
+    _samples(croot, rows, concept, cfg)
+    return croot / "report.md"
+
+
+def _scatter(croot: Path, rows: dict, concept: str) -> None:
+    from prunefit.recipes.experiment import ROW_NAMES
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for key, r in rows.items():
+        ax.scatter(r["fjd"], 100 * r["asr_adversarial"], s=60, marker="*" if key.startswith("ours") else "o")
+        ax.annotate(ROW_NAMES.get(key, "Distilled"), (r["fjd"], 100 * r["asr_adversarial"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("FJD (lower is better)")
+    ax.set_ylabel(f"ASR of '{concept}' (%, lower is better)")
+    ax.set_title("Suppression vs quality (toy world)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(croot / "asr_vs_fjd.png", dpi=120)
+    plt.close(fig)
+
+
+def _curves(croot: Path, rows: dict) -> None:
+    series = {}
+    for key in ("ours_esd", "ours_advunlearn"):
+        log = Path(rows[key]["model"]).parent / "log.jsonl" if key in rows else None
+        if log is not None and log.is_file():
+            series[key] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    if not series:
+        return
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for key, recs in series.items():
+        for ax, field in zip(axes, ("lower/total", "upper/total", "val/constraint_gap")):
+            pts = [(r["step"], r[field]) for r in recs if field in r]
+            if pts:
+                ax.plot(*zip(*pts), label=key)
+    for ax, title in zip(axes, ("lower loss (fine-tuning)", "upper loss (unlearning)", "constraint gap L(θ) − L(ϑ)")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(croot / "curves.png", dpi=110)
+    plt.close(fig)
+
+
+def _samples(croot: Path, rows: dict, concept: str, cfg) -> None:
+    """Rows = methods, columns = the first adversarial (or artist) prompts, same seeds everywhere."""
+    from PIL import Image
+
+    from prunefit.config.schema import SamplerConfig
+    from prunefit.generation.grid import GridStyle, labelled_grid
+    from prunefit.models.components import load_components
+    from prunefit.pruning.expert import load_expert
+    from prunefit.recipes.experiment import ROW_NAMES, _is_unsafe
+    from prunefit.recipes.toyworld_quality import generate_rows, read_rows
+    from prunefit.toyworld.paths import prompts_dir
+    from prunefit.toyworld.prompts import artist_slug
+
+    name = "unsafe-adversarial" if _is_unsafe(concept) else f"artist-{artist_slug(concept)}"
+    prompts = read_rows(prompts_dir() / f"{name}.jsonl", cfg.sample_prompts)
+    comps = load_components(cfg.model)
+    grid_rows = []
+    for r in rows.values():
+        unet, _ = load_expert(r["model"], comps.unet.config)
+        imgs = generate_rows(comps.with_unet(unet), prompts, SamplerConfig(batch_size=len(prompts)))
+        grid_rows.append([Image.fromarray(x.permute(1, 2, 0).numpy()) for x in imgs])
+    labelled_grid(grid_rows, [ROW_NAMES.get(k, "Distilled") for k in rows], [p["prompt"] for p in prompts],
+                  style=GridStyle(cell=96)).save(croot / "samples.png")
+    (croot / "samples.json").write_text(json.dumps({"rows": list(rows), "prompts": [p["prompt"] for p in prompts]},
+                                                   indent=1))
