@@ -13,14 +13,17 @@ from prunefit.recipes.erasure import ErasureConfig, targets
 from prunefit.recipes.experiment import uce_guide, uce_preserve
 
 
+@pytest.mark.slow
 def test_erasure_matrix_runs_reuses_cells_and_reports(tmp_path):
     from prunefit.cli import main
 
     args = ["experiment", "erasure", f"output_dir={tmp_path}", "variants=[uce]", "concepts=[skull]",
-            "eval_prompts=2", "kept_artists=1"]
+            "eval_prompts=2", "kept_artists=1", "attacks=[unlearndiff]", "attack_budgets.unlearndiff.iterations=4"]
     assert main(args) == 0
     cell = json.loads((tmp_path / "skull" / "uce" / "cell.json").read_text())
     assert {"rate_plain", "asr_adversarial", "kept_artist_rate", "fidelity", "fjd", "seconds"} <= set(cell)
+    attacked = cell["attacks"]["unlearndiff"]
+    assert attacked["n"] == 2 and attacked["budget"]["iterations"] == 4 and 0 <= attacked["asr"] <= 1
     assert (tmp_path / "skull" / "uce" / "pipeline" / "model_index.json").is_file()  # a standard diffusers folder
     report = (tmp_path / "report.md").read_text()
     assert "| Original teacher |" in report and "| UCE |" in report and "| target | measured | met |" in report

@@ -215,6 +215,7 @@ def test_structured_baselines_reach_the_target(method, tmp_path):
     assert info.extra["method"] == method
 
 
+@pytest.mark.slow
 def test_aptp_recipe_on_tiny(tmp_path):
     from prunefit.config.load import load_config
     from prunefit.config.schema import PruneConfig
