@@ -243,9 +243,6 @@ def memory_commands(model: Path, out: Path, data: Path, res: int) -> list[tuple[
     bil = [*common, "preset=paper", "concepts=[nudity]", "upper_every=1", "esd.ddim_steps=3"]
     return [("memory: finetune teacher bf16", prunefit("finetune", *common, f"output_dir={out / 'mem-ft-bf16'}",
                                                        "train.teacher_dtype=bfloat16")),
-            ("memory: finetune checkpointing + teacher bf16",
-             prunefit("finetune", *common, f"output_dir={out / 'mem-ft-gc-bf16'}", "train.teacher_dtype=bfloat16",
-                      "train.gradient_checkpointing=true")),
             ("memory: bilevel paper + checkpointing", prunefit("bilevel", *bil, f"output_dir={out / 'mem-bl-gc'}",
                                                                "train.gradient_checkpointing=true")),
             ("memory: bilevel paper + vartheta twin", prunefit("bilevel", *bil, f"output_dir={out / 'mem-bl-twin'}",
