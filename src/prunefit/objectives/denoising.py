@@ -18,6 +18,7 @@ from prunefit.losses.distillation import feature_kd, output_kd
 from prunefit.models.features import capture_features
 from prunefit.objectives.base import LossOutput
 from prunefit.objectives.inputs import DiffusionBatch, InputBuilder
+from prunefit.objectives.noise import add_noise
 
 
 @dataclass
@@ -34,8 +35,7 @@ class DenoisingObjective:
     min_snr_formula: str = "paper"
 
     def add_noise(self, b: DiffusionBatch) -> torch.Tensor:
-        a = self.alphas_cumprod.to(b.latents.device)[b.timesteps].view(-1, 1, 1, 1).to(b.latents.dtype)
-        return a.sqrt() * b.latents + (1 - a).sqrt() * b.noise
+        return add_noise(b.latents, b.noise, self.alphas_cumprod, b.timesteps)
 
     def loss(self, b: DiffusionBatch) -> LossOutput:
         noisy = self.add_noise(b)

@@ -15,6 +15,7 @@ import torch
 
 from prunefit.data.cache import LatentCache
 from prunefit.models.components import Components, encode_prompts
+from prunefit.objectives.noise import posterior_draws
 
 
 def sample_generator(seed: int, stream: int, index: int) -> torch.Generator:
@@ -53,10 +54,7 @@ class InputBuilder:
             dist = vae.encode(images.to(vae.device, vae.dtype)).latent_dist
             mean, std = dist.mean, dist.std
             text = encode_prompts(self.components, captions)
-        shape = mean.shape[1:]
-        eps = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(mean.device, mean.dtype)
-        noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(mean.device, mean.dtype)
-        t = torch.cat([torch.randint(0, self.num_train_timesteps, (1,), generator=g) for g in gens])
-        latents = (mean + std * eps) * self.components.vae.config.scaling_factor
+        latents, noise, t = posterior_draws(mean, std, gens, self.components.vae.config.scaling_factor,
+                                            self.num_train_timesteps)
         return DiffusionBatch(latents.to(self.device), text.to(self.device), noise.to(self.device),
                               t.to(self.device), list(captions))

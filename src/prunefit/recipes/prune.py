@@ -22,6 +22,7 @@ from prunefit.losses.distillation import feature_kd, output_kd
 from prunefit.models.components import Components, encode_images, encode_prompts, load_components
 from prunefit.models.features import capture_features
 from prunefit.objectives.base import LossOutput
+from prunefit.objectives.noise import add_noise
 from prunefit.pruning.baselines import magnitude_scores, prune_to_target, random_scores
 from prunefit.pruning.expert import expert_info, save_expert
 from prunefit.pruning.gating import gated
@@ -75,7 +76,7 @@ class RouterObjective:
             noise = torch.randn(latents.shape, generator=gen).to(latents.device)
             t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(latents),),
                               generator=gen).to(latents.device)
-            noisy = self.noise_sched.add_noise(latents, noise, t)
+            noisy = add_noise(latents, noise, acp, t)
             with capture_features(unet) as feats_t:
                 out_t = unet(noisy, t, text).sample
         s, zq, idx = self.router.route_train(z, gen, distributed=self.distributed)

@@ -32,12 +32,14 @@ from prunefit.models.components import DEFAULT_GUIDANCE, read_sidecar, write_sid
 from prunefit.models.schedulers import sd_training_scheduler_config
 from prunefit.models.tiny import TinySDConfig, build_text_encoder, build_unet
 from prunefit.models.tokenizer import trained_bpe_tokenizer
+from prunefit.objectives.noise import add_noise
 from prunefit.recipes.toyworld_card import write_model_card
 from prunefit.recipes.toyworld_quality import measure_quality
 from prunefit.toyworld.judge import Judge, judge_accuracy, load_judge, train_judge
 from prunefit.toyworld.paths import assets_dir as default_assets_dir
 from prunefit.toyworld.prompts import write_prompt_sets
 from prunefit.toyworld.world import Scene, caption, render, sample_scene
+from prunefit.training.runtime import ema_update
 from prunefit.utils.optim import warmup_cosine, warmup_cosine_scheduler
 
 TEACHER_SIZES = TinySDConfig(
@@ -268,7 +270,7 @@ def train_teacher(cfg: ToyworldBuildConfig, out: Path, tok: CLIPTokenizer, vae: 
             latents = vae.encode(x).latent_dist.sample(generator=gen) * sf
         noise = torch.randn(latents.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(x),), generator=gen)
-        noisy = noise_sched.add_noise(latents, noise, t)
+        noisy = add_noise(latents, noise, acp, t)
         ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids
         pred = unet(noisy, t, text_encoder(ids)[0]).sample
@@ -280,10 +282,7 @@ def train_teacher(cfg: ToyworldBuildConfig, out: Path, tok: CLIPTokenizer, vae: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, p in _ema_params(state).items():
-                state.ema[k].lerp_(p.detach(), 1 - decay)
+        ema_update(state.ema, _ema_params(state).items(), cfg.ema_decay, step)
         state.step += 1
         bar.update(1)
         if state.step % 50 == 0:

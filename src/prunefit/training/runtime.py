@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -58,19 +58,28 @@ class RunLogger:
             self.writer.close()
 
 
+def ema_update(shadow: dict[str, torch.Tensor], params: Iterable[tuple[str, torch.Tensor]], decay: float,
+               step: int) -> None:
+    """shadow <- d * shadow + (1 - d) * param in place, d = min(decay, (1 + step) / (10 + step)) (a short warm-up);
+    a parameter not in ``shadow`` yet starts it at its value."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for k, p in params:
+            if k not in shadow:
+                shadow[k] = p.detach().clone()
+            else:
+                shadow[k].lerp_(p.detach(), 1 - d)
+
+
 @dataclass
 class EMA:
+    """An exponential moving average of a model's parameters (``ema_update`` each step)."""
+
     decay: float
     shadow: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def update(self, model: torch.nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, p in model.named_parameters():
-                if k not in self.shadow:
-                    self.shadow[k] = p.detach().clone()
-                else:
-                    self.shadow[k].lerp_(p.detach(), 1 - d)
+        ema_update(self.shadow, model.named_parameters(), self.decay, step)
 
     def copy_to(self, model: torch.nn.Module) -> None:
         with torch.no_grad():
