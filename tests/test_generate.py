@@ -96,6 +96,30 @@ def test_torn_last_manifest_line_is_ignored(tiny, tmp_path):
     assert list(read_manifest(res.manifest)) == ["00000"]
 
 
+def test_one_manifest_reader_two_rules_for_a_torn_last_line(tmp_path):
+    """Generation resumes past a torn last line (it remakes that image); evaluation refuses the unfinished run."""
+    from prunefit.errors import DataError
+    from prunefit.evaluation.context import read_manifest_rows
+
+    path = tmp_path / "manifest.jsonl"
+    path.write_text('{"id": "a", "prompt": "x"}\n{"id": "b", "pro')
+    assert list(read_manifest(path)) == ["a"]
+    with pytest.raises(DataError, match=r"line 2 is not valid JSON \(a torn last line"):
+        read_manifest_rows(tmp_path)
+    path.write_text('{"id": "a"\n{"id": "b", "prompt": "x"}\n')  # a bad line before the last: corrupt for both
+    with pytest.raises(DataError, match=r"line 1 is not valid JSON \(a corrupt manifest"):
+        read_manifest(path)
+    with pytest.raises(DataError, match=r"line 1 is not valid JSON \(a corrupt manifest"):
+        read_manifest_rows(tmp_path)
+    path.write_text('{"id": "a"}\n{"id": "a", "prompt": "y"}\n{"prompt": "z"}\n')
+    with pytest.raises(DataError, match="line 3 lacks 'id'"):
+        read_manifest(path)
+    path.write_text('{"id": "a", "prompt": "x"}\n{"id": "b"}\n{"id": "a", "prompt": "y"}\n')
+    assert [r.get("prompt") for r in read_manifest(path).values()] == ["y", None]  # last row of an id wins
+    with pytest.raises(DataError, match="line 2 lacks 'prompt'"):
+        read_manifest_rows(tmp_path)
+
+
 def test_v_prediction_and_other_samplers(tiny_v, tmp_path):
     for name in ("ddim", "euler", "dpm_solver", "ddpm"):
         res = generate_run(tiny_v, inline_prompts(PROMPTS[:2]), SamplerConfig(scheduler=name, steps=2), 0,

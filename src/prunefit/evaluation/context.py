@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -12,24 +11,15 @@ import torch
 
 from prunefit.errors import DataError
 from prunefit.evaluation.fid import load_image
+from prunefit.generation.manifest import MANIFEST, read_manifest
 
 
 def read_manifest_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """Manifest rows in file order (last row of an id wins), with a teaching error when absent."""
-    path = run_dir / "manifest.jsonl"
+    """Manifest rows in file order (last row of an id wins), with a teaching error when absent, torn or empty."""
+    path = run_dir / MANIFEST
     if not path.is_file():
         raise DataError(f"no manifest.jsonl in {run_dir}; point run_dir at a folder written by `prunefit generate`")
-    rows: dict[str, dict] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise DataError(f"{path}: line {n + 1} is not valid JSON") from None
-        if "id" not in row or "prompt" not in row:
-            raise DataError(f"{path}: line {n + 1} lacks 'id' or 'prompt'")
-        rows[str(row["id"])] = row
+    rows = read_manifest(path, torn_tail="refuse", require=("prompt",))
     if not rows:
         raise DataError(f"{path} lists no images")
     return list(rows.values())

@@ -22,12 +22,11 @@ from prunefit.config.schema import SamplerConfig
 from prunefit.data.prompts import PromptRecord
 from prunefit.errors import OutputError
 from prunefit.generation.grid import image_grid
+from prunefit.generation.manifest import MANIFEST, read_manifest
 from prunefit.generation.seeds import generators, prompt_seed
 from prunefit.models.components import Components, make_pipeline
 from prunefit.models.schedulers import make_scheduler
 from prunefit.utils.faults import fault_pause
-
-MANIFEST = "manifest.jsonl"
 
 
 @dataclass
@@ -44,25 +43,6 @@ class GenerationResult:
 def sampling_settings(sampler: SamplerConfig) -> dict[str, Any]:
     """The sampler settings that determine an image (batch size only changes speed)."""
     return {k: v for k, v in asdict(sampler).items() if k != "batch_size"}
-
-
-def read_manifest(path: Path) -> dict[str, dict[str, Any]]:
-    """Manifest rows by id (the last row of an id wins). A torn final line (killed mid-write) is ignored."""
-    rows: dict[str, dict[str, Any]] = {}
-    if not path.is_file():
-        return rows
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines) - 1:
-                continue
-            raise OutputError(f"{path}: line {n + 1} is corrupt; move the folder aside and re-run") from None
-        rows[str(row["id"])] = row
-    return rows
 
 
 def resolve_sampler(sampler: SamplerConfig, components: Components) -> SamplerConfig:
