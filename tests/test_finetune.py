@@ -33,6 +33,19 @@ def test_resume_is_bit_identical(tmp_path):
     assert any(not torch.equal(before[k], a[k]) for k in a)  # training moved the weights
 
 
+def test_validation_logs_held_out_losses_and_leaves_training_alone(tmp_path):
+    import json
+
+    finetune.main(_cfg(tmp_path, "plain", "train.max_steps=2"))
+    finetune.main(_cfg(tmp_path, "val", "train.max_steps=2", "train.val_every=1", "train.val_samples=2"))
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "val")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # held-out draws take nothing from the training streams
+    rows = [json.loads(x) for x in (tmp_path / "val" / "log.jsonl").read_text().splitlines()]
+    val = [r for r in rows if "val/total" in r]
+    assert [r["step"] for r in val] == [1, 2] and all(0 < r["val/total"] < 100 for r in val)
+    assert {"val/ddpm", "val/output_kd", "val/feature_kd"} <= set(val[0])
+
+
 def test_gradient_accumulation_matches_the_large_batch(tmp_path):
     finetune.main(_cfg(tmp_path, "b8", "train.max_steps=2", "train.micro_batch_size=8"))
     finetune.main(_cfg(tmp_path, "a2", "train.max_steps=2", "train.micro_batch_size=4", "train.grad_accum_steps=2"))

@@ -64,3 +64,19 @@ def test_the_ema_class_uses_the_shared_update():
     ema.update(model, 7)
     assert all(torch.equal(ema.shadow[k], expected[k]) for k in expected)
     assert not torch.equal(ema.shadow["weight"], model.weight)
+
+
+def test_the_held_out_batch_is_fixed_its_own_and_never_a_training_sample():
+    from prunefit.config.schema import DataConfig
+    from prunefit.data.datasets import build_data
+    from prunefit.models.components import load_components
+    from prunefit.objectives.inputs import HELD_OUT_START, HELD_OUT_STREAM, InputBuilder, held_out_batch
+
+    comps = load_components("tiny")
+    data = build_data(DataConfig(), comps.native_resolution, 3)
+    train = InputBuilder(comps, data, 3, 1000, 0)
+    a, b = held_out_batch(train, 3, 2), held_out_batch(train, 3, 2)
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.noise, b.noise) and a.captions == b.captions
+    by_hand = InputBuilder(comps, data, 4, 1000, HELD_OUT_STREAM)(HELD_OUT_START, 2)  # seed + 1, own stream
+    assert torch.equal(a.noise, by_hand.noise) and torch.equal(a.timesteps, by_hand.timesteps)
+    assert not torch.equal(a.noise, train(0, 2).noise)

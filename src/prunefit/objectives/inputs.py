@@ -8,7 +8,7 @@ stored latent mean and std, sampled with the same per-sample noise).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -16,6 +16,11 @@ import torch
 from prunefit.data.cache import LatentCache
 from prunefit.models.components import Components, encode_prompts
 from prunefit.objectives.noise import posterior_draws
+
+HELD_OUT_STREAM = 99
+"""RNG stream of the held-out validation samples (training streams are small integers)."""
+HELD_OUT_START = 10**9
+"""First held-out sample index: far beyond any training step's samples."""
 
 
 def sample_generator(seed: int, stream: int, index: int) -> torch.Generator:
@@ -58,3 +63,9 @@ class InputBuilder:
                                             self.num_train_timesteps)
         return DiffusionBatch(latents.to(self.device), text.to(self.device), noise.to(self.device),
                               t.to(self.device), list(captions))
+
+
+def held_out_batch(inputs: InputBuilder, seed: int, n: int) -> DiffusionBatch:
+    """``n`` fixed held-out samples of a run seeded ``seed``: the data, model and timestep range of ``inputs``, their
+    own seed (seed + 1), stream and indices, and VAE latents (never a latent cache), so no step trains on them."""
+    return replace(inputs, seed=seed + 1, stream=HELD_OUT_STREAM, cache=None)(HELD_OUT_START, n)

@@ -60,7 +60,7 @@ def _finetune(cfg: FinetuneConfig, out: Path) -> FinetuneResult:
     if accelerator.is_main_process:
         save_resolved_config(cfg, out)
     ema = EMA(cfg.train.ema_decay) if cfg.train.ema_decay else None
-    validate = _validator(objective, cfg, comps, data) if cfg.train.val_every else None
+    validate = _validator(objective, cfg) if cfg.train.val_every else None
     sampler = _sampler(student, comps, cfg, out) if cfg.train.sample_every and cfg.train.sample_prompts else None
     steps = fit([phase], student, cfg.train, out, accelerator, resume, validate, sampler, ema)
     if ema is not None:
@@ -75,16 +75,13 @@ def _finetune(cfg: FinetuneConfig, out: Path) -> FinetuneResult:
     return FinetuneResult(out, path, steps, effective)
 
 
-def _validator(objective: DenoisingObjective, cfg: FinetuneConfig, comps, data):
+def _validator(objective: DenoisingObjective, cfg: FinetuneConfig):
     """Loss on fixed held-out samples (indices far from any training sample), without gradients."""
-    from prunefit.objectives.inputs import InputBuilder
-
-    held_out = InputBuilder(comps, data, cfg.seed + 1, objective.inputs.num_train_timesteps, 99,
-                            None, objective.inputs.device)
+    from prunefit.objectives.inputs import held_out_batch
 
     def validate(step: int) -> dict:
         with torch.no_grad():
-            out = objective.loss(held_out(10**9, cfg.train.val_samples))
+            out = objective.loss(held_out_batch(objective.inputs, cfg.seed, cfg.train.val_samples))
         return {f"val/{k}": v for k, v in out.detached().items()}
 
     return validate
