@@ -55,9 +55,10 @@ class Phase:
 def _check_finite(phase: Phase, out: LossOutput, global_step: int) -> None:
     if not torch.isfinite(out.total):
         bad = [k for k, v in out.parts.items() if not torch.isfinite(v)] or ["total"]
-        raise NonFiniteLossError(f"non-finite {phase.name} loss at step {global_step + 1} "
-                                 f"(term {bad[0]} = {float(out.parts.get(bad[0], out.total).detach())}); lower the learning "
-                                 "rate, enable gradient clipping or check the data; the last checkpoint is intact")
+        value = float(out.parts.get(bad[0], out.total).detach())
+        raise NonFiniteLossError(f"non-finite {phase.name} loss at step {global_step + 1} (term {bad[0]} = {value}); "
+                                 "lower the learning rate, enable gradient clipping or check the data; the last "
+                                 "checkpoint is intact")
 
 
 def _clear_grads(phase: Phase) -> None:

@@ -95,8 +95,9 @@ class AdvUnlearnConfig:
         (warm-started, the perturbation then reaches eps after about eps / 0.03 attacked iterations, as at 1,000)."""
         steps = max(1, round(REFERENCE["attack_steps"] * iterations / REFERENCE["iterations"]))
         reach = REFERENCE["attack_steps"] * REFERENCE["attack_lr"]
+        warmup = round(iterations * REFERENCE["attack_warmup"] / REFERENCE["iterations"])
         return dataclasses.replace(self, iterations=iterations, attack_steps=steps, attack_lr=reach / steps,
-                                   attack_warmup=round(iterations * REFERENCE["attack_warmup"] / REFERENCE["iterations"]))
+                                   attack_warmup=warmup)
 
 
 @dataclass
