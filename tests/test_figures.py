@@ -96,6 +96,7 @@ def test_figure_geometry_sidecar_and_only_new_rows_render(tmp_path):
     assert b.figure.read_bytes() == before
 
     page = b.html.read_text()
+    assert page.count('width="160"') == 9  # the toy world's 32 px images shown 5x
     assert page.count("<img ") == 9 and 'src="models/pruned-expert/images/fig6-03.png"' in page
     assert "a large yellow star on a gray background by Pablo Blocks" in page and "Teacher again" in page
 

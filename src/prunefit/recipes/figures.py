@@ -70,7 +70,7 @@ class FiguresConfig:
     dtype: str = "float32"
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     cell: int = 192
-    """Cell side in figure.png, pixels (the HTML page shows images at max(native size, cell))."""
+    """Cell side in figure.png, pixels (index.html shows images at their own size, small ones enlarged)."""
     label_width: int = 170
     caption_lines: int = 4
     font_size: int = 15
@@ -220,6 +220,12 @@ def _cells(rows: list[ModelRow], records: list[PromptRecord], marks: list[bool],
     return cells
 
 
+def display_size(native: int, least: int = 160) -> int:
+    """Pixels an image is shown at in index.html: its own size, or the largest whole multiple of it up to
+    ``least`` for small images (the toy world's 32 px -> 160 px, pixelated)."""
+    return native * max(1, least // native)
+
+
 def _html(title: str, rows: list[ModelRow], records: list[PromptRecord], cells: list[dict], marks: list[bool],
           display: int) -> str:
     esc = html.escape
@@ -233,7 +239,7 @@ def _html(title: str, rows: list[ModelRow], records: list[PromptRecord], cells: 
         body.append(f"<tr><th class=model>{esc(row.name)}</th>{tds}</tr>")
     style = ("body{font-family:sans-serif;margin:16px}table{border-collapse:separate;border-spacing:6px}"
              f"th{{font-weight:normal;vertical-align:bottom;text-align:left;width:{display}px;font-size:14px}}"
-             "th.model{vertical-align:middle;font-weight:bold;width:auto;white-space:nowrap}"
+             "th.model{vertical-align:middle;font-weight:bold;width:auto;max-width:170px}"
              "td{padding:0}td.erased{outline:3px solid #c81e1e}img{display:block;image-rendering:pixelated}"
              ".mark{color:#c81e1e;font-weight:bold}code{color:#666;font-size:11px}")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=utf-8><title>{esc(title)}</title><style>{style}</style>"
@@ -272,7 +278,7 @@ def render_figure(models: list[FigureModel], prompt_file: str | Path, out_dir: s
                            for c, r in enumerate(records)],
                "cells": cells}
     page = _html(f"{Path(prompt_file).name}: {len(rows)} models x {len(records)} prompts", rows, records, cells,
-                 marks, max(max(images[0][0].size), style.cell))
+                 marks, display_size(max(images[0][0].size)))
     _write_outputs(out, sheet, sidecar, page)
     return FiguresResult(output_dir=out, figure=out / "figure.png", sidecar=out / "figure.json",
                          html=out / "index.html", size=sheet.size, rows=rows)
