@@ -206,7 +206,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _cells(rows: list[ModelRow], records: list[PromptRecord], marks: list[bool], out: Path) -> list[dict]:
-    from prunefit.generation.sample import read_manifest
+    from prunefit.generation.manifest import read_manifest
 
     cells = []
     for r, row in enumerate(rows):
