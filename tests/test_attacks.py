@@ -5,9 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunefit.attacks.soft_prompt import (PLACEHOLDER_ID, discrete_prompt, encode_with_prefix, init_prefix,
-                                          nearest_tokens, pgd_step, prefix_token_ids, project, token_embeddings,
-                                          valid_token_ids)
+from prunefit.attacks.soft_prompt import (
+    PLACEHOLDER_ID,
+    discrete_prompt,
+    encode_with_prefix,
+    init_prefix,
+    nearest_tokens,
+    pgd_step,
+    prefix_token_ids,
+    project,
+    token_embeddings,
+    valid_token_ids,
+)
 from prunefit.errors import ConfigError
 from prunefit.models.components import encode_prompts, load_components
 
@@ -250,8 +259,13 @@ def test_p4d_variants_write_valid_prompts(tmp_path):
 
 
 def test_ringabell_search_improves_and_avoids_the_concept(toy):
-    from prunefit.attacks.ringabell.attack import (RingABellConfig, allowed_tokens, concept_vector, search,
-                                                   without_concept)
+    from prunefit.attacks.ringabell.attack import (
+        RingABellConfig,
+        allowed_tokens,
+        concept_vector,
+        search,
+        without_concept,
+    )
 
     assert without_concept("a large red skull on a black background", "skull") == "a large red on a black background"
     pairs = [("a red skull on a black background", "a red on a black background"),

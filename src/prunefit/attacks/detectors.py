@@ -99,10 +99,10 @@ class NudeNetDetector:
         self.detector = nudenet_detector()
 
     def scores(self, images: Sequence[Image.Image]) -> list[float]:
-        from prunefit.evaluation.nudity import EXPOSED_LABELS
-
         import tempfile
         from pathlib import Path
+
+        from prunefit.evaluation.nudity import EXPOSED_LABELS
 
         out = []
         for im in images:

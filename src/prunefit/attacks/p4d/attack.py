@@ -14,10 +14,22 @@ from dataclasses import dataclass
 
 import torch
 
-from prunefit.attacks.base import (AttackContext, AttackOutput, AttackPrompt, attack_generator, noisy_latents,
-                                   reference_latents)
-from prunefit.attacks.soft_prompt import (PLACEHOLDER_ID, init_prefix, nearest_tokens, prefix_token_ids,
-                                          soft_tokens, token_embeddings)
+from prunefit.attacks.base import (
+    AttackContext,
+    AttackOutput,
+    AttackPrompt,
+    attack_generator,
+    noisy_latents,
+    reference_latents,
+)
+from prunefit.attacks.soft_prompt import (
+    PLACEHOLDER_ID,
+    init_prefix,
+    nearest_tokens,
+    prefix_token_ids,
+    soft_tokens,
+    token_embeddings,
+)
 from prunefit.errors import ConfigError
 from prunefit.models.components import encode_prompts
 

@@ -16,10 +16,21 @@ from typing import Optional
 
 import torch
 
-from prunefit.attacks.base import (AttackContext, AttackOutput, AttackPrompt, attack_generator, noisy_latents,
-                                   reference_latents)
-from prunefit.attacks.soft_prompt import (discrete_prompt, encode_with_prefix, init_prefix, nearest_tokens,
-                                          token_embeddings)
+from prunefit.attacks.base import (
+    AttackContext,
+    AttackOutput,
+    AttackPrompt,
+    attack_generator,
+    noisy_latents,
+    reference_latents,
+)
+from prunefit.attacks.soft_prompt import (
+    discrete_prompt,
+    encode_with_prefix,
+    init_prefix,
+    nearest_tokens,
+    token_embeddings,
+)
 from prunefit.errors import ConfigError
 from prunefit.losses.diffusion import diffusion_target
 
