@@ -184,6 +184,7 @@ def commands(arch: str, skel: Path, model: Path, out: Path, data: Path, concept:
                                                          str(out / "gen-eval"), m, *size, "sampler.batch_size=2")),
              ("prune aptp (4 experts)", prunefit("prune", m, f"output_dir={out / 'prune'}", "num_experts=4",
                                                  "steps=2", "batch_size=2", "hypernet_pretrain_steps=1",
+                                                 "lr=3.0",  # 2 steps at the default lr prune nothing (gates start kept)
                                                  "eval_prompts=0", "log_every=1", *dat)),
              ("route", prunefit("route", "--experts", str(out / "prune"), "--prompt-file", str(prompts), "-o",
                                 str(out / "routes.jsonl"))),
