@@ -13,6 +13,7 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.y
 
 def _schema(name: str):
     from prunefit.config.schema import EvaluateConfig, FinetuneConfig, GenerateConfig, PruneConfig
+    from prunefit.recipes.attack import AttackConfig
     from prunefit.recipes.distillation import DistillationConfig
     from prunefit.recipes.experiment import ExperimentConfig
     from prunefit.recipes.pareto import ParetoConfig
@@ -21,7 +22,7 @@ def _schema(name: str):
 
     return {"prune": PruneConfig, "finetune": FinetuneConfig, "bilevel": BilevelConfig, "erase": EraseConfig,
             "generate": GenerateConfig, "evaluate": EvaluateConfig, "experiment": ExperimentConfig,
-            "pareto": ParetoConfig, "distillation": DistillationConfig}[name]
+            "pareto": ParetoConfig, "distillation": DistillationConfig, "attack": AttackConfig}[name]
 
 
 def _load(path: Path):
