@@ -13,13 +13,11 @@ from prunefit.data.cache import load_cache
 from prunefit.data.datasets import build_data
 from prunefit.errors import ConfigError, OutputError
 from prunefit.models.components import load_components
-from prunefit.objectives.inputs import InputBuilder
+from prunefit.objectives.inputs import held_out_batch
 from prunefit.removal.bilevel.config import BilevelConfig
 from prunefit.removal.bilevel.phases import BilevelPhases, build_phases
 from prunefit.training.runtime import fit, make_accelerator, report_effective_batch, resolve_resume
 from prunefit.training.students import apply_speedups, load_student, save_student
-
-HELD_OUT_STREAM = 99
 
 
 @dataclass
@@ -65,7 +63,7 @@ def _main(cfg: BilevelConfig) -> BilevelResult:
     if accelerator.is_main_process:
         save_resolved_config(cfg, out)
         print(f"bilevel balance: {_balance_line(balance)}")
-    validate = _gap_validator(cfg, built, comps, data) if cfg.train.val_every else None
+    validate = _gap_validator(cfg, built) if cfg.train.val_every else None
     steps = fit(built.phases, student, cfg.train, out, accelerator, resume, validate)
     path = out
     if accelerator.is_main_process:
@@ -86,15 +84,11 @@ def _balance_line(b: dict) -> str:
             f"batches {b['lower_batch']} / {b['upper_batch']}")
 
 
-def _gap_validator(cfg: BilevelConfig, built: BilevelPhases, comps, data):
+def _gap_validator(cfg: BilevelConfig, built: BilevelPhases):
     """L_ft of theta (and of vartheta, with the constraint gap) on fixed held-out samples."""
-    inputs = built.lower.inputs
-    held_out = InputBuilder(comps, data, cfg.seed + 1, inputs.num_train_timesteps, HELD_OUT_STREAM, None,
-                            inputs.device)
-
     def validate(step: int) -> dict:
         with torch.no_grad():
-            batch = held_out(10**9, cfg.train.val_samples)
+            batch = held_out_batch(built.lower.inputs, cfg.seed, cfg.train.val_samples)
             theta = built.lower.loss(batch).total.item()
             out = {"val/L_ft_theta": theta}
             if built.twin_lower is not None:

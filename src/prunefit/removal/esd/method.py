@@ -12,6 +12,7 @@ from prunefit.errors import ConfigError
 from prunefit.losses.guidance import negative_guidance_target
 from prunefit.objectives.base import LossOutput
 from prunefit.objectives.inputs import sample_generator
+from prunefit.objectives.noise import add_noise, posterior_draws
 from prunefit.removal.context import RemovalContext, concept_from_index, param_subset
 from prunefit.training.loop import Phase
 
@@ -99,12 +100,10 @@ class ESDObjective:
         images, captions = self.images.samples(start, n)
         with torch.no_grad():
             dist = comps.vae.encode(images.to(comps.vae.device)).latent_dist
-        eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens])
-        noise = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens])
-        latents = (dist.mean + dist.std * eps) * comps.vae.config.scaling_factor
-        t = torch.cat([torch.randint(0, 1000, (1,), generator=g) for g in gens])
-        a = self.ddim.alphas_cumprod[t].view(-1, 1, 1, 1)
-        return (a.sqrt() * latents + (1 - a).sqrt() * noise).to(self.ctx.device), t.to(self.ctx.device), list(captions)
+        latents, noise, t = posterior_draws(dist.mean, dist.std, gens, comps.vae.config.scaling_factor,
+                                            self.ddim.config.num_train_timesteps)
+        x = add_noise(latents, noise, self.ddim.alphas_cumprod, t)
+        return x.to(self.ctx.device), t.to(self.ctx.device), list(captions)
 
     def inputs(self, start: int, n: int, gens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_t, t, cond) of samples [start, start + n): cond is (1, L, D) for the concept's name or (n, L, D)
