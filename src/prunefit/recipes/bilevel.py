@@ -16,6 +16,7 @@ from prunefit.models.components import load_components
 from prunefit.objectives.inputs import held_out_batch
 from prunefit.removal.bilevel.config import BilevelConfig
 from prunefit.removal.bilevel.phases import BilevelPhases, build_phases
+from prunefit.training.memory import check_training_memory
 from prunefit.training.runtime import fit, make_accelerator, report_effective_batch, resolve_resume
 from prunefit.training.students import apply_speedups, load_student, save_student
 
@@ -51,6 +52,8 @@ def _main(cfg: BilevelConfig) -> BilevelResult:
     torch.manual_seed(cfg.seed)
     comps = load_components(cfg.model, device=cfg.device)
     student, expert = load_student(cfg.student, comps)
+    check_training_memory("bilevel", student, comps, cfg.train, cfg.data.resolution or comps.native_resolution,
+                          cfg.device, optimizers=cfg.spec.optimizers, vartheta=cfg.tracks_vartheta)
     student.to(cfg.device).train().requires_grad_(True)
     apply_speedups(student, comps.unet, cfg.train)
     accelerator = make_accelerator(cfg.train, cfg.device)
