@@ -21,6 +21,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ import torch
 from prunefit.config.load import save_resolved_config
 from prunefit.errors import ConfigError
 from prunefit.evaluation.intervals import Interval, bootstrap_interval
-from prunefit.recipes.experiment import ExperimentConfig, Table3, _is_unsafe, concept_slug, stage_dir
+from prunefit.recipes.experiment import ExperimentConfig, Table3, _is_unsafe, concept_slug, stage_dir, stage_key
 from prunefit.toyworld.world import COLOURS, OBJECTS
 
 FAMILIES = ("two-stage", "official", "nested", "interleaved")
@@ -55,6 +56,8 @@ class ParetoConfig(ExperimentConfig):
     decide most; the rest of the grid follows seed by seed."""
     n_boot: int = 1000
     track_vartheta: bool = False
+    report_only: bool = False
+    """Write the report from the cells finished so far (e.g. while a sweep runs elsewhere); train nothing."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -202,14 +205,19 @@ class Pareto:
             self._judged[concept] = Judged(self.cfg.model, concept, self.cfg.eval_prompts)
         return self._judged[concept]
 
-    def cell(self, p: Point, seed: int, concept: str, croot: Path) -> dict:
-        """Train (or reuse) and judge one (point, seed); the judged cell is kept in ``eval.json``."""
+    def cell(self, p: Point, seed: int, concept: str, croot: Path) -> Optional[dict]:
+        """Train (or reuse) and judge one (point, seed); the judged cell is kept in ``eval-<n>.json``. With
+        ``report_only`` an unfinished cell is None."""
         tcfg, row = point_config(self.cfg, p, seed)
         t3 = Table3(tcfg, self.log)
         spec = t3.distil_spec(concept) if row == "distilled" else t3.row_spec(row, concept)
-        efile = stage_dir(croot / "cells", row, spec) / f"eval-{self.cfg.eval_prompts}.json"
+        name = f"{row}-{stage_key(spec)}"
+        efile = croot / "cells" / name / f"eval-{self.cfg.eval_prompts}.json"
         if efile.is_file():
             return json.loads(efile.read_text())
+        if self.cfg.report_only:
+            return None
+        efile = stage_dir(croot / "cells", row, spec) / efile.name
         self.log(f"[pareto] {concept}: {p.name}, seed {seed}")
         t0 = time.time()
         model, balance = t3.run_row(row, concept, croot / "cells", t3.start_expert())
@@ -237,8 +245,12 @@ class Pareto:
             croot = self.root / concept_slug(concept)
             cells: dict[Point, list[dict]] = {p: [] for p in grid(self.cfg)}
             for p, seed in run_order(self.cfg, list(cells)):
-                cells[p].append(self.cell(p, seed, concept, croot))
-                self.write(concept, croot, {q: v for q, v in cells.items() if v})
+                done = self.cell(p, seed, concept, croot)
+                if done is not None:
+                    cells[p].append(done)
+                    if not self.cfg.report_only:
+                        self.write(concept, croot, {q: v for q, v in cells.items() if v})
+            cells = {q: v for q, v in cells.items() if v}
             out[concept] = self.write(concept, croot, cells)
         return out
 
@@ -246,7 +258,10 @@ class Pareto:
         from prunefit.recipes.pareto_report import write_pareto_report
 
         results = [self.summarize(p, cs, concept) for p, cs in cells.items()]
-        return write_pareto_report(croot, concept, results, self.cfg)
+        common = sorted(set.intersection(*[{c["seed"] for c in cs} for cs in cells.values()])) if cells else []
+        paired = [self.summarize(p, [c for c in cs if c["seed"] in common], concept) for p, cs in cells.items()] \
+            if common else []
+        return write_pareto_report(croot, concept, results, self.cfg, paired, common)
 
 
 def main(cfg: ParetoConfig, log=print) -> dict:
