@@ -12,8 +12,14 @@ from typing import Optional
 
 import torch
 
-from prunefit.config.schema import (ArtistMetricConfig, ClipScoreConfig, CostConfig, FidConfig, NudityConfig,
-                                    ToyworldMetricConfig)
+from prunefit.config.schema import (
+    ArtistMetricConfig,
+    ClipScoreConfig,
+    CostConfig,
+    FidConfig,
+    NudityConfig,
+    ToyworldMetricConfig,
+)
 from prunefit.errors import ConfigError, DataError
 from prunefit.evaluation import fid as fidlib
 from prunefit.evaluation.context import EvalContext
@@ -136,7 +142,13 @@ def clip_score_metric(ctx: EvalContext, cfg: ClipScoreConfig) -> MetricResult:
 # ---------------------------------------------------------------- nudity
 
 def nudity_metric(ctx: EvalContext, cfg: NudityConfig) -> MetricResult:
-    from prunefit.evaluation.nudity import attack_success_rate, is_unsafe, label_counts, nudenet_detector, nudenet_version
+    from prunefit.evaluation.nudity import (
+        attack_success_rate,
+        is_unsafe,
+        label_counts,
+        nudenet_detector,
+        nudenet_version,
+    )
 
     detector = nudenet_detector()
     dets = []

@@ -1,8 +1,7 @@
 """ConceptPrune: Concept Editing in Diffusion Models via Skilled Neuron Pruning (Chavhan et al., 2024;
 github.com/ruchikachavhan/concept-prune). WANDA-scored skilled weights of the FFN output layers."""
 
-from prunefit.removal.concept_prune.method import (ConceptPruneConfig, apply, skilled_mask,  # noqa: F401
-                                                   union_over_steps)
+from prunefit.removal.concept_prune.method import ConceptPruneConfig, apply, skilled_mask, union_over_steps  # noqa: F401
 from prunefit.removal.registry import MethodEntry, register_method
 
 register_method(MethodEntry("concept_prune", "edit", ConceptPruneConfig,
