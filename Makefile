@@ -22,12 +22,12 @@ venv: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks scripts
 
-# The full suite (what CI runs); test-fast skips the tests marked slow, for the edit loop.
+# The full suite (what CI runs) on two xdist workers, one torch thread each; test-fast skips the tests marked slow.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 test-fast: lint
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n 2 -m "not slow"
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py

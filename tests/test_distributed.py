@@ -52,6 +52,7 @@ def _sinkhorn_worker(rank: int, world: int, port: int, out) -> None:
 
     from prunefit.losses.aptp import sinkhorn
 
+    torch.set_num_threads(1)  # a forked child: one thread never enters an OpenMP region (not fork-safe)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     scores = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))  # the same global batch on every rank
     local = scores[rank * 16 : (rank + 1) * 16]
@@ -68,7 +69,7 @@ def test_sinkhorn_marginals_hold_across_processes():
 
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_sinkhorn_worker, args=(2, 29541, out), nprocs=2, join=True)
+        mp.start_processes(_sinkhorn_worker, args=(2, 29541, out), nprocs=2, start_method="fork")  # no re-imports
         loads = torch.tensor(out[0]) + torch.tensor(out[1])
     assert torch.allclose(loads, torch.full((4,), 8.0), atol=1e-3)  # uniform over the 32 prompts of both ranks
     full = sinkhorn(torch.randn(32, 4, generator=torch.Generator().manual_seed(0)), 0.5, 50)
@@ -110,6 +111,7 @@ def _divergence_worker(rank: int, world: int, port: int, out) -> None:
 
     from prunefit.training.runtime import RankDivergenceError, check_ranks_agree
 
+    torch.set_num_threads(1)  # a forked child: one thread never enters an OpenMP region (not fork-safe)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
@@ -129,7 +131,7 @@ def test_rank_divergence_is_caught():
 
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_divergence_worker, args=(2, 29557, out), nprocs=2, join=True)
+        mp.start_processes(_divergence_worker, args=(2, 29557, out), nprocs=2, start_method="fork")
         out = dict(out)
     assert out["same0"] is True and out["same1"] is True
     for rank in (0, 1):

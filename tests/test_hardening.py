@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,10 +25,71 @@ def _weights(run: Path) -> dict:
     return load_file(str(run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-def _spawn(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "prunefit", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+class _Forked:
+    """A CLI run in a forked child of this test process: a real process with its own pid that can be SIGKILLed
+    anywhere, without the 5-8 s a fresh interpreter spends importing torch and diffusers. The subset of
+    ``subprocess.Popen`` the tests use: ``pid``, ``poll``, ``wait``, ``send_signal``, ``returncode``, ``stderr``.
+    The child runs one torch thread (bit-identical comparisons need one thread count; one thread also never
+    enters an OpenMP region, which is not fork-safe)."""
+
+    def __init__(self, args: list[str], env_extra: dict | None = None) -> None:
+        _warm_imports()
+        self.returncode: int | None = None
+        self.stderr = tempfile.TemporaryFile("w+")
+        sys.stdout.flush(), sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            self._child(args, env_extra or {})
+
+    def _child(self, args: list[str], env_extra: dict) -> None:
+        code = 1
+        try:
+            os.environ.update({"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env_extra})
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+            os.dup2(self.stderr.fileno(), 2)
+            sys.stdout, sys.stderr = open(os.devnull, "w"), os.fdopen(2, "w", buffering=1)
+            torch.set_num_threads(1)
+            code = main(args)
+        except BaseException:  # noqa: BLE001  (the child must never return into pytest)
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        return self.returncode
+
+    def wait(self, timeout: float = 600.0) -> int:
+        _wait_for(lambda: self.poll() is not None, timeout)
+        self.stderr.seek(0)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+
+def _warm_imports() -> None:
+    """Import what the runs use once, in this process, so no child repeats it (diffusers alone takes ~4 s)."""
+    import sentence_transformers  # noqa: F401  (the router's prompt encoder)
+
+    import prunefit.models.components  # noqa: F401
+    import prunefit.models.tiny  # noqa: F401
+    import prunefit.recipes.finetune  # noqa: F401
+    import prunefit.recipes.generate  # noqa: F401
+    import prunefit.recipes.prune  # noqa: F401
+    from prunefit.cli import _quiet_libraries
+
+    _quiet_libraries()
+
+
+def _spawn(args: list[str], env_extra: dict | None = None) -> _Forked:
+    return _Forked(args, env_extra)
 
 
 def _wait_for(pred, timeout=240.0):
@@ -39,17 +100,18 @@ def _wait_for(pred, timeout=240.0):
         time.sleep(0.1)
 
 
-def _kill_inside_pause(proc: subprocess.Popen, mark: Path) -> None:
+def _kill_inside_pause(proc: _Forked, mark: Path) -> None:
     """Wait until the child reports it is inside the injected pause, then SIGKILL it there: the child must be
     alive at the kill and must die of it (a child that finished first fails the test)."""
     _wait_for(lambda: mark.is_file() or proc.poll() is not None)
-    assert proc.poll() is None, f"the child exited ({proc.returncode}) before the kill: {proc.stderr.read()}"
+    if proc.poll() is not None:
+        pytest.fail(f"the child exited ({proc.wait()}) before the kill: {proc.stderr.read()}")
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
 
 
 def _run(args: list[str], env_extra: dict | None = None) -> int:
-    """A whole CLI run in a single-threaded subprocess (bit-identical comparisons need one thread count)."""
+    """A whole CLI run in a single-threaded child process (bit-identical comparisons need one thread count)."""
     proc = _spawn(args, env_extra)
     proc.wait(timeout=600)
     return proc.returncode

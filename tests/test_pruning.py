@@ -222,17 +222,17 @@ def test_aptp_recipe_on_tiny(tmp_path):
     from prunefit.errors import OutputError
     from prunefit.recipes import prune
 
-    # 100 steps at a high LR and a low Gumbel temperature (training samples close to the noise-free codes the
-    # experts are cut from): measured 0.807 / 0.739 / 0.759, mean 0.768; the last logged training ratio 0.795.
-    cfg = load_config(PruneConfig, [], ["model=tiny", f"output_dir={tmp_path / 'p'}", "steps=100", "batch_size=4",
-                                        "lr=0.15", "router.temperature=0.1", "num_experts=3",
+    # 60 steps at a high LR and a low Gumbel temperature (training samples close to the noise-free codes the
+    # experts are cut from): measured 0.777 / 0.837 / 0.829, mean 0.814; the last logged training ratio 0.801.
+    cfg = load_config(PruneConfig, [], ["model=tiny", f"output_dir={tmp_path / 'p'}", "steps=60", "batch_size=4",
+                                        "lr=0.25", "router.temperature=0.1", "num_experts=3", "eval_prompts=0",
                                         "hypernet_pretrain_steps=10", "router.ffn_groups=8"])
     res = prune.main(cfg)
     assert len(res.experts) == 3 and max(res.mac_ratios) < 1.0  # every expert was pruned
     assert sum(res.mac_ratios) / 3 == pytest.approx(0.8, abs=0.05)
     rows = [json.loads(x) for x in (tmp_path / "p" / "log.jsonl").read_text().splitlines()]
     ratios = [r["router/mac_ratio"] for r in rows if "router/mac_ratio" in r]
-    assert len(ratios) == 10 and ratios[-1] == pytest.approx(0.8, abs=0.05)  # one row per 10 steps
+    assert len(ratios) == 6 and ratios[-1] == pytest.approx(0.8, abs=0.05)  # one row per 10 steps
     assert (tmp_path / "p" / "router" / "router.safetensors").is_file()
     with pytest.raises(OutputError, match="already holds a finished prune run"):
         prune.main(cfg)
