@@ -1,4 +1,5 @@
-"""Two processes (torchrun, gloo on CPU): same weights as one process with the same global batch; rank 0 writes."""
+"""Two processes (torchrun, or forked ranks with its environment; gloo on CPU): same weights as one process with
+the same global batch; rank 0 writes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -27,6 +29,51 @@ def _torchrun(port: int, *args: str) -> subprocess.CompletedProcess:
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     return res
+
+
+def _forked_ranks(port: int, *args: str) -> str:
+    """Rank 0 and rank 1 as forked children of this test process, with torchrun's environment: the same code path
+    as ``_torchrun`` after the launcher, without two fresh interpreters importing torch and diffusers (the first
+    test keeps the real launcher). Returns rank 0's stdout."""
+    import sentence_transformers  # noqa: F401
+
+    import prunefit.recipes.bilevel  # noqa: F401  (imported once here, inherited by both children)
+    import prunefit.recipes.prune  # noqa: F401
+
+    outs, pids = [tempfile.TemporaryFile("w+") for _ in range(2)], []
+    sys.stdout.flush(), sys.stderr.flush()
+    for rank in range(2):
+        pid = os.fork()
+        if pid == 0:
+            _rank_child(rank, port, outs[rank], list(args))
+        pids.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    texts = [f.seek(0) or f.read() for f in outs]
+    assert codes == [0, 0], texts[0][-2000:] + texts[1][-2000:]
+    return texts[0]
+
+
+def _rank_child(rank: int, port: int, out, args: list[str]) -> None:
+    code = 1
+    try:
+        import torch
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)  # the parent's single-process state is not ours
+        GradientState._reset_state()
+        os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"})
+        os.dup2(out.fileno(), 1), os.dup2(out.fileno(), 2)
+        sys.stdout = sys.stderr = os.fdopen(1, "w", buffering=1)
+        torch.set_num_threads(1)  # one thread never enters an OpenMP region (not fork-safe)
+        code = main(args)
+    except BaseException:  # noqa: BLE001  (the child must never return into pytest)
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        os._exit(code)
 
 
 def _log_rows(run):
@@ -80,11 +127,11 @@ def test_bilevel_runs_data_parallel(tmp_path):
     """Three phases (lower, upper ESD, vartheta twin) on one student, without DDP: gradients are averaged
     explicitly and every rank holds the same weights after every step."""
     run = tmp_path / "bilevel"
-    res = _torchrun(29547, "bilevel", "model=tiny", "concepts=[skull]", "preset=official", "upper_every=2",
+    stdout = _forked_ranks(29547, "bilevel", "model=tiny", "concepts=[skull]", "preset=official", "upper_every=2",
                     "train.max_steps=4", "train.micro_batch_size=2", "upper_batch_size=1", "esd.ddim_steps=4",
                     "track_vartheta=true", "train.lr=1e-4", "upper_lr=1e-4", "train.log_every=1",
                     "train.checkpoint_every=2", f"output_dir={run}")
-    assert "effective batch = 2 per device x 2 process(es) x 1 accumulation = 4" in res.stdout
+    assert "effective batch = 2 per device x 2 process(es) x 1 accumulation = 4" in stdout
     rows = [r for r in _log_rows(run) if "lower/total" in r]
     assert len(rows) == 4 and all(r["ranks_agree"] == 1.0 for r in rows)
     assert sum("upper/total" in r for r in rows) == 2
@@ -94,10 +141,10 @@ def test_bilevel_runs_data_parallel(tmp_path):
 
 def test_prune_router_trains_data_parallel(tmp_path):
     run = tmp_path / "prune"
-    res = _torchrun(29551, "prune", "model=tiny", "steps=4", "batch_size=4", "num_experts=2", "router.ffn_groups=8",
-                    "hypernet_pretrain_steps=2", "eval_prompts=0", "log_every=1", "checkpoint_every=2",
-                    f"output_dir={run}")
-    assert "effective batch = 4 per device x 2 process(es) x 1 accumulation = 8" in res.stdout
+    stdout = _forked_ranks(29551, "prune", "model=tiny", "steps=4", "batch_size=4", "num_experts=2",
+                           "router.ffn_groups=8", "hypernet_pretrain_steps=2", "eval_prompts=0", "log_every=1",
+                           "checkpoint_every=2", f"output_dir={run}")
+    assert "effective batch = 4 per device x 2 process(es) x 1 accumulation = 8" in stdout
     rows = [r for r in _log_rows(run) if "router/total" in r]
     assert len(rows) == 4 and all(r["ranks_agree"] == 1.0 for r in rows)
     assert all(r["router/load_0"] + r["router/load_1"] == 4 for r in rows)  # rank 0's share of the batch
