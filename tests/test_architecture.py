@@ -159,3 +159,22 @@ def test_no_import_cycle_between_packages():
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def _long_functions(tree: ast.AST, limit: int) -> list[tuple[str, int]]:
+    return [(n.name, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > limit]
+
+
+def test_no_function_in_src_is_over_60_lines():
+    long = [f"{p.relative_to(SRC.parent)}:{name} ({n} lines)" for p in sorted(SRC.rglob("*.py"))
+            for name, n in _long_functions(ast.parse(p.read_text()), MAX_FUNCTION_LINES)]
+    assert not long, f"split these functions (at most {MAX_FUNCTION_LINES} lines each): {long}"
+
+
+def test_the_length_check_sees_a_long_function():
+    body = "\n".join(f"    x{i} = {i}" for i in range(61))
+    assert _long_functions(ast.parse(f"def f():\n{body}\n"), MAX_FUNCTION_LINES) == [("f", 62)]

@@ -383,6 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
+    _add_model_parsers(sub)
+    _add_experiment_parsers(sub)
+    _add_evaluation_parsers(sub)
+    _add_tool_parsers(sub)
+    _add_toyworld_parser(sub)
+    return parser
+
+
+def _add_model_parsers(sub) -> None:
+    """The subcommands generate, prune, finetune, cache, erase, bilevel: the commands that make or change models."""
     g = sub.add_parser("generate", help="generate images for prompts (images/, manifest.jsonl, grid.png)",
                        description="Generate images: PNDM 25 steps and guidance 7.5 by default (the toy world: "
                                    "3.0), a seed per prompt derived from the run seed and the prompt id; re-running "
@@ -424,9 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(bl)
     bl.set_defaults(func=_cmd_bilevel)
 
+
+def _add_experiment_parsers(sub) -> None:
+    """The subcommands experiment, attack, route: whole studies and what runs on a trained model."""
     ex = sub.add_parser("experiment", help="run an experiment end to end with a report: table3 (the paper's "
-                                           "Table 3), erasure (every removal method on the dense teacher) or "
-                                           "figures (models x prompts at the same seeds, a labelled grid)")
+                                           "Table 3), erasure (every removal method on the dense teacher), "
+                                           "figures (models x prompts at the same seeds, a labelled grid), "
+                                           "pareto (ASR-vs-FJD fronts over seeds) or distillation (the KD "
+                                           "ablation)")
     ex.add_argument("name", choices=["table3", "erasure", "figures", "pareto", "distillation"])
     _config_args(ex)
     ex.set_defaults(func=_cmd_experiment)
@@ -450,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--output", "-o", required=True, help="routes file (.jsonl)")
     ro.set_defaults(func=_cmd_route)
 
+
+def _add_evaluation_parsers(sub) -> None:
+    """The subcommands evaluate, report, list: measuring runs and showing what is registered."""
     e = sub.add_parser("evaluate", help="run metrics over a generation run (or `evaluate fid-ref`)",
                        description="prunefit evaluate RUN_DIR --metrics toyworld,fid ...  |  "
                                    "prunefit evaluate fid-ref --images DIR (cache FID reference statistics)")
@@ -470,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["methods", "metrics", "attacks", "schedulers", "prompt-formats"])
     ls.set_defaults(func=_cmd_list)
 
+
+def _add_tool_parsers(sub) -> None:
+    """The subcommands data, dev: preparing evaluation data and full-size developer pipelines."""
     d = sub.add_parser("data", help="prepare evaluation data sets")
     dsub = d.add_subparsers(dest="data_command", metavar="<subcommand>", required=True)
     c = dsub.add_parser("coco-val", help="COCO-2017 val: one caption per image (lowest annotation id), "
@@ -489,10 +510,6 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("--output", "-o", required=True, metavar="DIR", help="new (or empty) folder")
     sk.add_argument("--seed", type=int, default=0)
     sk.set_defaults(func=_cmd_dev_skeleton)
-
-    _add_toyworld_parser(sub)
-    return parser
-
 
 def _quiet_libraries() -> None:
     """Keep third-party info/warning chatter (torchvision fallbacks, deprecations) off the terminal."""
