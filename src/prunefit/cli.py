@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from prunefit.errors import ConfigError, PrunefitError
@@ -229,62 +230,54 @@ def _cmd_bilevel(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class _Experiment:
+    """One `prunefit experiment` name: its recipe module, config class, and the files its run reports."""
+
+    recipe: str
+    config: str
+    per_concept: bool = False
+    """One report per concept (``<output>/<concept>/report.md``) instead of one in the output folder."""
+    extras: tuple[str, ...] = ()
+    """Other outputs beside each report, printed as ``name: path``."""
+
+
+_EXPERIMENTS = {
+    "table3": _Experiment("experiment", "ExperimentConfig", per_concept=True),
+    "erasure": _Experiment("erasure", "ErasureConfig"),
+    "figures": _Experiment("figures", "FiguresConfig"),
+    "pareto": _Experiment("pareto", "ParetoConfig", per_concept=True, extras=("plot:pareto.png",)),
+    "distillation": _Experiment("distillation", "DistillationConfig", extras=("curves:curves.png",)),
+}
+
+
 def _cmd_experiment(args: argparse.Namespace) -> int:
+    import importlib
     from pathlib import Path
 
-    from prunefit.recipes import experiment
-
-    if args.name == "erasure":
-        from prunefit.recipes import erasure
-
-        cfg = _load(erasure.ErasureConfig, args)
-        if cfg is None:
-            return 0
-        erasure.main(cfg, log=lambda m: print(m, flush=True))
-        path = Path(cfg.output_dir) / "report.md"
-        print(path.read_text())
-        print(f"report: {path}")
+    spec = _EXPERIMENTS[args.name]
+    recipe = importlib.import_module(f"prunefit.recipes.{spec.recipe}")
+    cfg = _load(getattr(recipe, spec.config), args)
+    if cfg is None:
         return 0
     if args.name == "figures":
-        from prunefit.recipes import figures
-
-        cfg = _load(figures.FiguresConfig, args)
-        if cfg is None:
-            return 0
-        res = figures.main(cfg)
+        res = recipe.main(cfg)
         print(f"rendered {sum(res.generated.values())} image(s), reused {sum(res.skipped.values())}")
         print(f"figure: {res.figure} ({res.size[0]}x{res.size[1]})\ncells: {res.sidecar}\npage: {res.html}")
         return 0
-    if args.name == "distillation":
-        from prunefit.recipes import distillation
+    results = recipe.main(cfg, log=lambda m: print(m, flush=True))
+    if spec.per_concept:
+        from prunefit.recipes.experiment import concept_slug
 
-        cfg = _load(distillation.DistillationConfig, args)
-        if cfg is None:
-            return 0
-        distillation.main(cfg, log=lambda m: print(m, flush=True))
-        path = Path(cfg.output_dir) / "report.md"
-        print(path.read_text())
-        print(f"report: {path}\ncurves: {path.parent / 'curves.png'}")
-        return 0
-    if args.name == "pareto":
-        from prunefit.recipes import pareto
-
-        cfg = _load(pareto.ParetoConfig, args)
-        if cfg is None:
-            return 0
-        for concept, summary in pareto.main(cfg, log=lambda m: print(m, flush=True)).items():
-            path = Path(cfg.output_dir) / experiment.concept_slug(concept) / "report.md"
-            print(path.read_text())
-            print(f"report: {path}\nplot: {path.parent / 'pareto.png'}")
-        return 0
-    cfg = _load(experiment.ExperimentConfig, args)
-    if cfg is None:
-        return 0
-    results = experiment.main(cfg, log=lambda m: print(m, flush=True))
-    for concept in results:
-        path = Path(cfg.output_dir) / experiment.concept_slug(concept) / "report.md"
-        print(path.read_text())
-        print(f"report: {path}")
+        folders = [Path(cfg.output_dir) / concept_slug(concept) for concept in results]
+    else:
+        folders = [Path(cfg.output_dir)]
+    for folder in folders:
+        print((folder / "report.md").read_text())
+        print(f"report: {folder / 'report.md'}")
+        for extra in spec.extras:
+            name, _, file = extra.partition(":")
+            print(f"{name}: {folder / file}")
     return 0
 
 
@@ -442,7 +435,7 @@ def _add_experiment_parsers(sub) -> None:
                                            "figures (models x prompts at the same seeds, a labelled grid), "
                                            "pareto (ASR-vs-FJD fronts over seeds) or distillation (the KD "
                                            "ablation)")
-    ex.add_argument("name", choices=["table3", "erasure", "figures", "pareto", "distillation"])
+    ex.add_argument("name", choices=list(_EXPERIMENTS))
     _config_args(ex)
     ex.set_defaults(func=_cmd_experiment)
 
