@@ -73,3 +73,17 @@ def test_pareto_resumes_and_extends_a_grid_without_recomputing(tmp_path):
     assert [p["point"] for p in summary["points"]] == ["two-stage-esd0", "two-stage-esd1"]
     assert summary["verdict"].startswith("verdict: not enough points")
     assert (tmp_path / "p" / "skull" / "pareto.png").is_file()
+
+
+def test_pareto_runs_the_core_points_first_in_their_listed_order():
+    from prunefit.recipes.pareto import ParetoConfig, grid, run_order
+
+    cfg = ParetoConfig(seeds=[0, 1], esd_grid=[0, 100], official_r_grid=[0.25], paper_lam_grid=[1.0],
+                       paper_r_grid=[0.25], purity_points=["official:0.25"],
+                       core_points=["interleaved:1", "two-stage:0", "official:0.25"])
+    order = [(p.name, s) for p, s in run_order(cfg, grid(cfg))]
+    assert order[:6] == [("interleaved-lam1", 0), ("interleaved-lam1", 1), ("two-stage-esd0", 0),
+                         ("two-stage-esd0", 1), ("official-r0.25", 0), ("official-r0.25", 1)]
+    assert len(order) == len(grid(cfg)) * 2 and len(set(order)) == len(order)  # every cell once
+    assert order[6:] == [(n, 0) for n in ("two-stage-esd100", "nested-r0.25", "official-r0.25-pure")] + \
+        [(n, 1) for n in ("two-stage-esd100", "nested-r0.25", "official-r0.25-pure")]

@@ -96,9 +96,11 @@ def grid(cfg: ParetoConfig) -> list[Point]:
 
 
 def run_order(cfg: ParetoConfig, points: list[Point]) -> list[tuple[Point, int]]:
-    """The core points for every seed first, then the rest of the grid seed by seed."""
-    core = [p for p in points if not p.pure and f"{p.family}:{p.value:g}" in
-            {f"{f}:{float(v):g}" for f, _, v in (c.partition(":") for c in cfg.core_points)}]
+    """The core points for every seed first, in the order ``core_points`` lists them, then the rest of the grid
+    seed by seed."""
+    by_key = {f"{p.family}:{p.value:g}": p for p in points if not p.pure}
+    keys = dict.fromkeys(f"{f}:{float(v):g}" for f, _, v in (c.partition(":") for c in cfg.core_points))
+    core = [by_key[k] for k in keys if k in by_key]
     first = [(p, s) for p in core for s in cfg.seeds]
     return first + [(p, s) for s in cfg.seeds for p in points if p not in core]
 
