@@ -12,9 +12,10 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.y
 
 
 def _schema(name: str):
-    from prunefit.config.schema import EvaluateConfig, FinetuneConfig, GenerateConfig, PruneConfig
+    from prunefit.config.schema import FinetuneConfig, GenerateConfig, PruneConfig
     from prunefit.recipes.attack import AttackConfig
     from prunefit.recipes.distillation import DistillationConfig
+    from prunefit.recipes.evaluate import EvaluateConfig
     from prunefit.recipes.experiment import ExperimentConfig
     from prunefit.recipes.pareto import ParetoConfig
     from prunefit.removal.bilevel import BilevelConfig

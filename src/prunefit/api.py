@@ -122,7 +122,7 @@ def generate(model: str | Path = "toyworld", *, output_dir: str | Path, prompts:
 
 def evaluate(run_dir: str | Path, *, metrics: Sequence[str], **settings):
     """Registered metrics over a generation run, merged into its results.json -> ``EvaluateResult``."""
-    from prunefit.config.schema import EvaluateConfig
     from prunefit.recipes import evaluate as recipe
+    from prunefit.recipes.evaluate import EvaluateConfig
 
     return recipe.main(_config(EvaluateConfig, {"run_dir": str(run_dir), "metrics": list(metrics), **settings}))

@@ -66,8 +66,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from prunefit.config.schema import EvaluateConfig
     from prunefit.recipes import evaluate
+    from prunefit.recipes.evaluate import EvaluateConfig
 
     target = args.target
     if target and "=" in target:  # `prunefit evaluate run_dir=... metrics=...`

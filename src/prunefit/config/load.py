@@ -17,6 +17,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from prunefit.config.sections import concrete_schema
 from prunefit.errors import ConfigError, PrunefitError
 
 T = TypeVar("T")
@@ -66,7 +67,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def load_config(schema: type[T], files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = ()) -> T:
     """Return an instance of ``schema`` from defaults + YAML ``files`` + ``key=value`` ``overrides``."""
-    cfg = OmegaConf.structured(schema)
+    cfg = OmegaConf.structured(concrete_schema(schema))
     for f in files:
         path = Path(f)
         cfg = _merge_one(cfg, OmegaConf.create(_read_yaml(path)), str(path))

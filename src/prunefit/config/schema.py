@@ -224,27 +224,6 @@ class CostConfig:
 
 
 @dataclass
-class EvaluateConfig:
-    """``prunefit evaluate``: metrics over a generation run folder -> results.json."""
-
-    run_dir: str = ""
-    """Folder written by `prunefit generate` (manifest.jsonl + images/)."""
-    metrics: list[str] = field(default_factory=lambda: ["toyworld"])
-    output: Optional[str] = None
-    """results.json path; None = <run_dir>/results.json."""
-    device: str = "cpu"
-    fid: FidConfig = field(default_factory=FidConfig)
-    clip_score: ClipScoreConfig = field(default_factory=ClipScoreConfig)
-    nudity: NudityConfig = field(default_factory=NudityConfig)
-    artist: ArtistMetricConfig = field(default_factory=ArtistMetricConfig)
-    toyworld: ToyworldMetricConfig = field(default_factory=ToyworldMetricConfig)
-    cost: CostConfig = field(default_factory=CostConfig)
-
-    def __post_init__(self) -> None:
-        _check(bool(self.metrics), "metrics must name at least one metric")
-
-
-@dataclass
 class DataConfig:
     """Training data: the toy world (rendered on the fly), an image-caption folder, or COCO-2017 captions."""
 

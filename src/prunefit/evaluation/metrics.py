@@ -253,14 +253,14 @@ def latency_metric(ctx: EvalContext, cfg: CostConfig) -> MetricResult:
 
 
 register_metric("toyworld", toyworld_metric, "images",
-                "judge-based concept rates (ASR), prompt fidelity and FJD on toy-world runs")
-register_metric("fid", fid_metric, "images", "Fréchet distance to reference images (judge, CLIP or Inception)")
-register_metric("clip_score", clip_score_metric, "images", "CLIP image-prompt similarity (x100 by default)")
-register_metric("nudity_asr", nudity_metric, "images", "NudeNet attack success rate (optional extra, AGPL)")
-register_metric("artist", artist_metric, "images", "CLIP zero-shot artist accuracy and ConceptPrune's similarity drop")
-register_metric("macs", macs_metric, "model", "UNet MACs per forward (FlopCounterMode)")
-register_metric("latency", latency_metric, "model", "UNet forward latency (median of N)")
-
-CONFIG_SECTION: dict[str, str] = {"toyworld": "toyworld", "fid": "fid", "clip_score": "clip_score",
-                                  "nudity_asr": "nudity", "artist": "artist", "macs": "cost", "latency": "cost"}
-"""Which EvaluateConfig section configures each metric."""
+                "judge-based concept rates (ASR), prompt fidelity and FJD on toy-world runs", ToyworldMetricConfig)
+register_metric("fid", fid_metric, "images", "Fréchet distance to reference images (judge, CLIP or Inception)",
+                FidConfig)
+register_metric("clip_score", clip_score_metric, "images", "CLIP image-prompt similarity (x100 by default)",
+                ClipScoreConfig)
+register_metric("nudity_asr", nudity_metric, "images", "NudeNet attack success rate (optional extra, AGPL)",
+                NudityConfig, section="nudity")
+register_metric("artist", artist_metric, "images", "CLIP zero-shot artist accuracy and ConceptPrune's similarity drop",
+                ArtistMetricConfig)
+register_metric("macs", macs_metric, "model", "UNet MACs per forward (FlopCounterMode)", CostConfig, section="cost")
+register_metric("latency", latency_metric, "model", "UNet forward latency (median of N)", CostConfig, section="cost")

@@ -1,15 +1,18 @@
-"""The metric registry: ``register_metric(name, fn, kind, summary)``; ``get_metric(name)`` with teaching errors.
+"""The metric registry: ``register_metric(name, fn, kind, summary, config=...)``; ``get_metric(name)`` with
+teaching errors.
 
 A metric is a function ``fn(ctx: EvalContext, cfg) -> MetricResult``. ``kind`` is "images" (reads a
-generation manifest) or "model" (measures a UNet). Heavy models (Inception, CLIP, NudeNet, the judge)
-are built by loaders the context caches, and the math lives in pure functions that take them as
-arguments, so it is unit-tested with fakes.
+generation manifest) or "model" (measures a UNet). The entry owns its config class: ``prunefit evaluate``
+gets one ``<section>.key=value`` section per registered config (``section`` defaults to the metric's name;
+metrics that share settings share a section, e.g. macs and latency read ``cost``). Heavy models (Inception,
+CLIP, NudeNet, the judge) are built by loaders the context caches, and the math lives in pure functions that
+take them as arguments, so it is unit-tested with fakes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from prunefit.utils.registry import Registry
 
@@ -30,6 +33,10 @@ class MetricEntry:
     fn: Callable[..., MetricResult]
     kind: str
     summary: str
+    config_cls: Optional[type] = None
+    """The metric's settings (None = it has none; ``fn`` then gets None)."""
+    section: str = ""
+    """The evaluate config's section holding them ("" = the metric's name)."""
 
 
 def _load_builtin() -> None:
@@ -39,10 +46,16 @@ def _load_builtin() -> None:
 _METRICS: Registry[MetricEntry] = Registry("metric", _load_builtin)
 
 
-def register_metric(name: str, fn: Callable[..., MetricResult], kind: str, summary: str) -> None:
+def register_metric(name: str, fn: Callable[..., MetricResult], kind: str, summary: str,
+                    config: Optional[type] = None, section: Optional[str] = None) -> None:
     if kind not in ("images", "model"):
         raise ValueError(f"metric kind must be 'images' or 'model', got {kind!r}")
-    _METRICS.register(name, MetricEntry(name, fn, kind, summary))
+    _METRICS.register(name, MetricEntry(name, fn, kind, summary, config, section or name))
+
+
+def unregister_metric(name: str) -> None:
+    """Remove a registered metric (a plugin's or a test's)."""
+    _METRICS.unregister(name)
 
 
 def get_metric(name: str) -> MetricEntry:
@@ -51,3 +64,14 @@ def get_metric(name: str) -> MetricEntry:
 
 def list_metrics() -> list[MetricEntry]:
     return _METRICS.all()
+
+
+def metric_sections() -> list[tuple[str, type]]:
+    """``(section, config class)`` of every registered metric with settings, once per section."""
+    sections: dict[str, type] = {}
+    for m in list_metrics():
+        if m.config_cls is None:
+            continue
+        if sections.setdefault(m.section, m.config_cls) is not m.config_cls:
+            raise ValueError(f"metrics share section {m.section!r} with different config classes")
+    return sorted(sections.items())

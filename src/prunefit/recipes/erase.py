@@ -52,17 +52,16 @@ def _erase(cfg: EraseConfig, entry, mcfg, out: Path) -> EraseResult:
     info: dict = {"method": entry.name, "kind": entry.kind, "concepts": mcfg.concepts, "reference": entry.reference}
     if entry.kind == "edit":
         result = entry.apply(ctx, mcfg)
-        masks = result.pop("masks", None)
-        if masks:
-            save_file({k: v.to(torch.uint8).contiguous() for k, v in masks.items()}, str(out / "masks.safetensors"))
-        info.update(result)
+        for stem, tensors in result.tensors.items():
+            save_file(tensors, str(out / f"{stem}.safetensors"))
+        info.update(result.info)
     else:
         phase = entry.build_phase(ctx, mcfg)
         train_cfg = dataclasses.replace(cfg.train, max_steps=mcfg.iterations, lr=mcfg.lr, warmup_steps=0)
         accelerator = make_accelerator(train_cfg, cfg.device)
         steps = fit([phase], student, train_cfg, out, accelerator, resolve_resume(out, cfg.resume))
         info["steps"] = steps
-    text_trained = getattr(mcfg, "target", "unet") == "text_encoder"
+    text_trained = entry.trained_module(mcfg) == "text_encoder"
     path = save_student(student.eval().requires_grad_(False), expert, comps, out,
                         {"erased": mcfg.concepts, "erase_method": entry.name})
     if text_trained and expert is not None:

@@ -3,19 +3,49 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
-from prunefit.config.schema import EvaluateConfig, FidConfig
+from prunefit.config.schema import FidConfig
+from prunefit.config.sections import with_sections
 from prunefit.errors import ConfigError
 from prunefit.evaluation import fid as fidlib
 from prunefit.evaluation.context import EvalContext
-from prunefit.evaluation.metrics import CONFIG_SECTION, _feature_network
-from prunefit.evaluation.registry import get_metric
+from prunefit.evaluation.metrics import _feature_network
+from prunefit.evaluation.registry import get_metric, metric_sections
 from prunefit.evaluation.results import check_results_target, merge_results
+
+
+@dataclass
+class EvaluateConfig:
+    """``prunefit evaluate``: metrics over a generation run folder -> results.json. Each registered metric's
+    settings are a section (``fid.*``, ``clip_score.*``, ``nudity.*``, ``artist.*``, ``toyworld.*``, ``cost.*``, a
+    plugin's) added by ``registry_schema``."""
+
+    run_dir: str = ""
+    """Folder written by `prunefit generate` (manifest.jsonl + images/)."""
+    metrics: list[str] = field(default_factory=lambda: ["toyworld"])
+    output: Optional[str] = None
+    """results.json path; None = <run_dir>/results.json."""
+    device: str = "cpu"
+
+    @classmethod
+    def registry_schema(cls) -> type:
+        return with_sections(cls, metric_sections())
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            raise ConfigError("metrics must name at least one metric")
+
+    def section(self, entry) -> Any:
+        """``entry``'s settings: this config's section, or the entry's defaults where it has none."""
+        if entry.config_cls is None:
+            return None
+        found = getattr(self, entry.section, None)
+        return found if found is not None else entry.config_cls()
 
 
 @dataclass
@@ -40,7 +70,7 @@ def main(cfg: EvaluateConfig) -> EvaluateResult:
         ctx.images()  # every listed image must exist and decode before any model is loaded
     results = {}
     for entry in tqdm(entries, desc="metrics", unit="metric", disable=len(entries) < 2):
-        results[entry.name] = entry.fn(ctx, getattr(cfg, CONFIG_SECTION[entry.name]))
+        results[entry.name] = entry.fn(ctx, cfg.section(entry))
     return EvaluateResult(out, merge_results(out, header, results))
 
 

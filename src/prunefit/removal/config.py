@@ -1,4 +1,4 @@
-"""The ``prunefit erase`` config: which method, which concepts, and each method's own section."""
+"""The ``prunefit erase`` config: which method, which concepts, and each registered method's own section."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from prunefit.config.schema import TrainConfig
+from prunefit.config.sections import with_sections
 from prunefit.errors import ConfigError
-from prunefit.removal.advunlearn.method import AdvUnlearnConfig
-from prunefit.removal.concept_prune.method import ConceptPruneConfig
-from prunefit.removal.esd.method import ESDConfig
-from prunefit.removal.uce.method import UCEConfig
+from prunefit.removal.registry import get_method, method_sections
 
 
 @dataclass
@@ -30,7 +28,8 @@ class RemovalSection:
 
 @dataclass
 class EraseConfig:
-    """``prunefit erase``: remove concepts from a dense model or a pruned expert."""
+    """``prunefit erase``: remove concepts from a dense model or a pruned expert. Each registered method adds its
+    section (``esd.*``, ``uce.*``, ``concept_prune.*``, ``advunlearn.*``, a plugin's) through ``registry_schema``."""
 
     model: str = "toyworld"
     student: Optional[str] = None
@@ -40,19 +39,20 @@ class EraseConfig:
     seed: int = 0
     device: str = "cpu"
     removal: RemovalSection = field(default_factory=RemovalSection)
-    esd: ESDConfig = field(default_factory=ESDConfig)
-    uce: UCEConfig = field(default_factory=UCEConfig)
-    concept_prune: ConceptPruneConfig = field(default_factory=ConceptPruneConfig)
-    advunlearn: AdvUnlearnConfig = field(default_factory=AdvUnlearnConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(checkpoint_every=250, log_every=10))
     """Loop settings for train methods (steps and LR come from the method's section)."""
 
-    def method_config(self):
-        section = getattr(self, self.removal.method, None)
-        if section is None:
-            from prunefit.removal.registry import get_method
+    @classmethod
+    def registry_schema(cls) -> type:
+        return with_sections(cls, method_sections())
 
-            get_method(self.removal.method)  # raises the teaching error
+    def method_config(self):
+        """The chosen method's section (its defaults where this config has none), with the concepts filled in."""
+        entry = get_method(self.removal.method)  # unknown methods raise the teaching error
+        section = getattr(self, entry.name, None)
+        if section is None:
+            section = entry.config_cls()
+            setattr(self, entry.name, section)
         if not section.concepts:
             section.concepts = list(self.removal.concepts)
         if not section.concepts:

@@ -24,6 +24,10 @@ class Registry(Generic[E]):
             raise ValueError(f"{self.what} {name!r} is registered twice")
         self._entries[name] = entry
 
+    def unregister(self, name: str) -> None:
+        self.get(name)  # unknown names raise the teaching error
+        del self._entries[name]
+
     def _ensure(self) -> None:
         if not self._loaded:
             self._loaded = True

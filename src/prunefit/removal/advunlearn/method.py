@@ -167,7 +167,7 @@ class AdvUnlearnObjective:
         return LossOutput(total, {"unlearn": unlearn, "retain": retain, "attack_norm": norm})
 
 
-def build_phase(ctx: RemovalContext, cfg: AdvUnlearnConfig, name: str = "advunlearn", every: int = 1,
+def build_phase(ctx: RemovalContext, cfg: AdvUnlearnConfig, *, name: str = "advunlearn", every: int = 1,
                 lr: Optional[float] = None, student: Optional[torch.nn.Module] = None,
                 freeze_others: bool = True) -> Phase:
     """The method's phase. ``freeze_others=False`` leaves other parameters trainable (bilevel: the lower

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from prunefit.config.schema import DataConfig, FinetuneLoss, TrainConfig
+from prunefit.config.sections import with_sections
 from prunefit.errors import ConfigError
-from prunefit.removal.advunlearn.method import AdvUnlearnConfig
-from prunefit.removal.esd.method import ESDConfig
+from prunefit.removal.registry import get_method, list_methods, method_sections
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,8 @@ PRESETS = {
 DOUBLE_LOOPS = ("interleaved", "nested")
 
 
-def _train_methods() -> list[str]:
-    from prunefit.removal.registry import list_methods
-
-    return sorted(m.name for m in list_methods() if m.kind == "train")
+UPPER_KEYS = ("concepts", "xt_source", "train_method", "condition", "batch_size")
+"""The keys of a train method's section that the presets fill in: a method used as the upper level has them all."""
 
 
 @dataclass
@@ -105,13 +103,16 @@ class BilevelConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: FinetuneLoss = field(default_factory=FinetuneLoss)
-    esd: ESDConfig = field(default_factory=ESDConfig)
-    advunlearn: AdvUnlearnConfig = field(default_factory=AdvUnlearnConfig)
+
+    @classmethod
+    def registry_schema(cls) -> type:
+        """One section per registered train method (``esd.*``, ``advunlearn.*``, a plugin's)."""
+        return with_sections(cls, method_sections("train"))
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown bilevel preset {self.preset!r}; available: {sorted(PRESETS)}")
-        methods = _train_methods()
+        methods = [m.name for m in list_methods("train")]
         if self.upper_method not in methods:
             raise ConfigError(f"bilevel upper_method must be a train method {methods}, got {self.upper_method!r}")
         if self.double_loop not in DOUBLE_LOOPS:
@@ -154,7 +155,12 @@ class BilevelConfig:
             return self.upper_batch_size
         if self.spec.upper_batch == "lower":
             return self.train.micro_batch_size
-        return getattr(self, self.upper_method).batch_size
+        return self.upper_section().batch_size
+
+    def upper_section(self):
+        """The upper method's own section as configured (its defaults where this config has none)."""
+        section = getattr(self, self.upper_method, None)
+        return section if section is not None else get_method(self.upper_method).config_cls()
 
     def balance_r(self) -> Optional[float]:
         """r = upper_lr / (upper_every * lower_lr): the step-size balance under Adam; None for one optimizer."""
@@ -163,7 +169,11 @@ class BilevelConfig:
 
     def upper_config(self):
         """The upper method's config with the concepts and the preset's choices filled in (a new object)."""
-        mcfg = getattr(self, self.upper_method)
+        mcfg = self.upper_section()
+        missing = [k for k in UPPER_KEYS if not hasattr(mcfg, k)]
+        if missing:
+            raise ConfigError(f"{self.upper_method} cannot be the upper level: its config has no {missing} "
+                              f"(the presets set {list(UPPER_KEYS)})")
         concepts = list(mcfg.concepts) or list(self.concepts)
         if not concepts:
             raise ConfigError("no concepts to suppress: set concepts (e.g. concepts='[skull]')")

@@ -17,6 +17,7 @@ import torch
 
 from prunefit.errors import ConfigError
 from prunefit.removal.context import RemovalContext, ffn_outputs
+from prunefit.removal.registry import EditResult
 
 
 @dataclass
@@ -113,7 +114,7 @@ def _activation_norms(ctx: RemovalContext, prompts: list[str], cfg: ConceptPrune
     return [[s.sqrt() for s in per_layer] for per_layer in sq]
 
 
-def apply(ctx: RemovalContext, cfg: ConceptPruneConfig) -> dict:
+def apply(ctx: RemovalContext, cfg: ConceptPruneConfig) -> EditResult:
     if not cfg.concepts:
         raise ConfigError("concept_prune needs at least one concept (removal.concepts)")
     base = [cfg.base_template.format(thing=t) for t in cfg.things]
@@ -130,5 +131,6 @@ def apply(ctx: RemovalContext, cfg: ConceptPruneConfig) -> dict:
             masks[name] = union
             removed += int(union.sum())
     total = sum(m.weight.numel() for _, m in ffn_outputs(ctx.unet))
-    return {"masks": masks, "layers": list(masks), "removed_weights": removed, "removed_fraction": removed / total,
+    info = {"layers": list(masks), "removed_weights": removed, "removed_fraction": removed / total,
             "union_steps": cfg.tau, "prompts": {"target": len(target), "base": len(base)}}
+    return EditResult(info, {"masks": {k: v.to(torch.uint8).contiguous() for k, v in masks.items()}})

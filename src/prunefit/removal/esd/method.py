@@ -147,7 +147,7 @@ def concept_image_source(cfg: ESDConfig, comps, seed: int):
     return ToyWorldConceptData(cfg.concepts, seed)
 
 
-def build_phase(ctx: RemovalContext, cfg: ESDConfig, name: str = "esd", every: int = 1,
+def build_phase(ctx: RemovalContext, cfg: ESDConfig, *, name: str = "esd", every: int = 1,
                 lr: Optional[float] = None, student: Optional[torch.nn.Module] = None,
                 freeze_others: bool = True) -> Phase:
     """The method's phase. ``freeze_others=False`` leaves other parameters trainable (bilevel: the lower

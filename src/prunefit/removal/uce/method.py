@@ -21,6 +21,7 @@ import torch
 
 from prunefit.errors import ConfigError
 from prunefit.removal.context import RemovalContext, cross_attentions
+from prunefit.removal.registry import EditResult
 
 
 @dataclass
@@ -71,7 +72,7 @@ def _rows(ctx: RemovalContext, prompt: str, full: bool = False) -> torch.Tensor:
     return emb[max(n_tok - 2, 0):]
 
 
-def apply(ctx: RemovalContext, cfg: UCEConfig) -> dict:
+def apply(ctx: RemovalContext, cfg: UCEConfig) -> EditResult:
     if not cfg.concepts:
         raise ConfigError("uce needs at least one concept (removal.concepts)")
     guides = cfg.guides * len(cfg.concepts) if len(cfg.guides) == 1 else list(cfg.guides)
@@ -94,5 +95,5 @@ def apply(ctx: RemovalContext, cfg: UCEConfig) -> dict:
                 v = torch.cat([b @ w.T for _, b in pairs])  # technique 'replace': v* = W_old c_guide
                 proj.weight.data = uce_closed_form(w, ce, v, cp, cfg.lam, cfg.erase_scale, p_scale)
                 edited.append(f"{name}.{proj_name}")
-    return {"edited": edited, "preserve": preserve, "dropped_from_preserve": dropped, "preserve_scale": p_scale,
-            "guides": guides}
+    return EditResult({"edited": edited, "preserve": preserve, "dropped_from_preserve": dropped,
+                       "preserve_scale": p_scale, "guides": guides})
