@@ -53,8 +53,8 @@ def step_costs(start: Path, batch: int, concept: str, params: str, runs: int = 5
     comps = load_components("toyworld")
     student, _ = load_expert(start, comps.unet.config)
     student.train().requires_grad_(True)
-    _, lower = denoising_phase("lower", student, comps.unet, comps, ToyWorldData(), load_config(FinetuneConfig, [], []),
-                               0, 0)
+    _, lower = denoising_phase("lower", student=student, teacher=comps.unet, comps=comps, data=ToyWorldData(),
+                               cfg=load_config(FinetuneConfig, [], []), seed=0)
     ctx = RemovalContext(student, comps.unet, comps)
     counter = iter(range(10**6))
     objectives = {"lower step (teacher + KD)": lower}

@@ -65,8 +65,9 @@ def measure(comps, label: str, batch: int, runs: int, compile_rows: bool = False
 
     def ours(student, teacher, cache):
         opt = torch.optim.AdamW(student.parameters(), lr=1e-6)
-        builder = InputBuilder(comps, data, 0, 1000, 0, cache)
-        obj = DenoisingObjective(student, teacher, builder, sched.alphas_cumprod, comps.prediction_type)
+        builder = InputBuilder(components=comps, data=data, seed=0, cache=cache)
+        obj = DenoisingObjective(student=student, teacher=teacher, inputs=builder, alphas_cumprod=sched.alphas_cumprod,
+                                 prediction_type=comps.prediction_type)
 
         def step():
             out = obj(counter["i"] * batch, batch)

@@ -128,8 +128,10 @@ def steps(b: Bench, comps, student_of) -> list[dict]:
                 loss.backward()
                 opt.step()
         else:
-            obj = DenoisingObjective(student, comps.unet, InputBuilder(comps, data, 0, 1000, 0, cache, b.dev),
-                                     sched.alphas_cumprod.to(b.dev), comps.prediction_type)
+            builder = InputBuilder(components=comps, data=data, seed=0, cache=cache, device=b.dev)
+            obj = DenoisingObjective(student=student, teacher=comps.unet, inputs=builder,
+                                     alphas_cumprod=sched.alphas_cumprod.to(b.dev),
+                                     prediction_type=comps.prediction_type)
 
             def step(obj=obj, opt=opt):
                 with torch.autocast(b.dev, dtype=torch.bfloat16, enabled=b.cuda):

@@ -196,8 +196,9 @@ def step_rows(comps, student_of, resolution: int, runs: int) -> list[dict]:
         if name.startswith("plain"):
             step = _plain_step(comps, student, opt, sched, data, stages, counter)
         else:
-            builder = InputBuilder(comps, data, 0, 1000, 0, cache)
-            obj = DenoisingObjective(student, comps.unet, builder, sched.alphas_cumprod, comps.prediction_type)
+            builder = InputBuilder(components=comps, data=data, seed=0, cache=cache)
+            obj = DenoisingObjective(student=student, teacher=comps.unet, inputs=builder,
+                                     alphas_cumprod=sched.alphas_cumprod, prediction_type=comps.prediction_type)
             step = _ours_step(obj, opt, stages, counter)
         t = median_time(step, runs, warmup=1)
         base = base or t

@@ -62,7 +62,8 @@ def test_one_teacher_forward_per_step_and_parts(tiny):
     calls = []
     handle = tiny.unet.register_forward_hook(lambda *a: calls.append(1))
     try:
-        _, objective = denoising_phase("lower", student, tiny.unet, tiny, ToyWorldData(), cfg, 0, 0)
+        _, objective = denoising_phase("lower", student=student, teacher=tiny.unet, comps=tiny, data=ToyWorldData(),
+                                       cfg=cfg, seed=0)
         out = objective(0, 4)
     finally:
         handle.remove()
@@ -82,8 +83,9 @@ def test_cached_latents_give_the_same_losses(tiny, tmp_path):
     build_cache(tiny, data, 8, tmp_path / "cache", batch_size=4, meta={"model": "tiny"})
     cfg = load_config(FinetuneConfig, [], ["model=tiny"])
     student = __import__("copy").deepcopy(tiny.unet).requires_grad_(True)
-    _, plain = denoising_phase("lower", student, tiny.unet, tiny, data, cfg, 0, 0)
-    _, cached = denoising_phase("lower", student, tiny.unet, tiny, data, cfg, 0, 0, load_cache(tmp_path / "cache"))
+    _, plain = denoising_phase("lower", student=student, teacher=tiny.unet, comps=tiny, data=data, cfg=cfg, seed=0)
+    _, cached = denoising_phase("lower", student=student, teacher=tiny.unet, comps=tiny, data=data, cfg=cfg, seed=0,
+                                cache=load_cache(tmp_path / "cache"))
     a, b = plain(4, 4), cached(4, 4)
     assert a.total.item() == pytest.approx(b.total.item(), rel=1e-4)
 
@@ -144,7 +146,8 @@ def test_bf16_teacher_targets_are_close_and_bilevel_refuses_it(tiny):
 
     cfg = load_config(FinetuneConfig, [], ["model=tiny"])
     student = __import__("copy").deepcopy(tiny.unet).requires_grad_(True)
-    _, objective = denoising_phase("lower", student, tiny.unet, tiny, ToyWorldData(), cfg, 0, 0)
+    _, objective = denoising_phase("lower", student=student, teacher=tiny.unet, comps=tiny, data=ToyWorldData(),
+                                       cfg=cfg, seed=0)
     batch = objective.inputs(0, 4)
     noisy = objective.add_noise(batch)
     out32, feats32 = objective.teacher_forward(noisy, batch)

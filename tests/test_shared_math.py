@@ -74,9 +74,10 @@ def test_the_held_out_batch_is_fixed_its_own_and_never_a_training_sample():
 
     comps = load_components("tiny")
     data = build_data(DataConfig(), comps.native_resolution, 3)
-    train = InputBuilder(comps, data, 3, 1000, 0)
+    train = InputBuilder(components=comps, data=data, seed=3, num_train_timesteps=1000, stream=0)
     a, b = held_out_batch(train, 3, 2), held_out_batch(train, 3, 2)
     assert torch.equal(a.latents, b.latents) and torch.equal(a.noise, b.noise) and a.captions == b.captions
-    by_hand = InputBuilder(comps, data, 4, 1000, HELD_OUT_STREAM)(HELD_OUT_START, 2)  # seed + 1, own stream
+    by_hand = InputBuilder(components=comps, data=data, seed=4, num_train_timesteps=1000,
+                           stream=HELD_OUT_STREAM)(HELD_OUT_START, 2)  # seed + 1, own stream
     assert torch.equal(a.noise, by_hand.noise) and torch.equal(a.timesteps, by_hand.timesteps)
     assert not torch.equal(a.noise, train(0, 2).noise)

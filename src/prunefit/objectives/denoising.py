@@ -21,7 +21,7 @@ from prunefit.objectives.inputs import DiffusionBatch, InputBuilder
 from prunefit.objectives.noise import add_noise
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DenoisingObjective:
     student: torch.nn.Module
     teacher: Optional[torch.nn.Module]

@@ -16,9 +16,9 @@ import torch
 from prunefit.data.cache import LatentCache
 from prunefit.models.components import Components, encode_prompts
 from prunefit.objectives.noise import posterior_draws
+from prunefit.objectives.streams import Stream
 
-HELD_OUT_STREAM = 99
-"""RNG stream of the held-out validation samples (training streams are small integers)."""
+HELD_OUT_STREAM = Stream.HELD_OUT
 HELD_OUT_START = 10**9
 """First held-out sample index: far beyond any training step's samples."""
 
@@ -36,7 +36,7 @@ class DiffusionBatch:
     captions: list[str]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class InputBuilder:
     """Builds ``DiffusionBatch``es for samples [start, start + n) of a data source."""
 
@@ -44,7 +44,7 @@ class InputBuilder:
     data: object
     seed: int
     num_train_timesteps: int = 1000
-    stream: int = 0
+    stream: int = Stream.LOWER
     cache: Optional[LatentCache] = None
     device: str | torch.device = "cpu"
 

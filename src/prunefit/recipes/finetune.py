@@ -15,6 +15,7 @@ from prunefit.data.datasets import build_data
 from prunefit.errors import OutputError
 from prunefit.models.components import Components, load_components
 from prunefit.objectives.denoising import DenoisingObjective
+from prunefit.objectives.streams import Stream
 from prunefit.recipes.preflight import check_inputs
 from prunefit.training.memory import check_training_memory
 from prunefit.training.runtime import EMA, fit, make_accelerator, report_effective_batch, resolve_resume
@@ -52,8 +53,8 @@ def _finetune(cfg: FinetuneConfig, out: Path) -> FinetuneResult:
     accelerator = make_accelerator(cfg.train, cfg.device)
     cache = load_cache(cfg.cache_dir, comps.source) if cfg.cache_dir else None
     data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
-    phase, objective = denoising_phase("lower", student, teacher, comps, data, cfg, cfg.seed, 0, cache,
-                                       accelerator.device)
+    phase, objective = denoising_phase("lower", student=student, teacher=teacher, comps=comps, data=data, cfg=cfg,
+                                       seed=cfg.seed, stream=Stream.LOWER, cache=cache, device=accelerator.device)
     phase.model, phase.optimizer = accelerator.prepare(student, phase.optimizer)
     objective.student = phase.model
     effective = report_effective_batch(accelerator, cfg.train.micro_batch_size, cfg.train.grad_accum_steps)

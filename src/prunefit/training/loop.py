@@ -28,7 +28,7 @@ class NonFiniteLossError(PrunefitError):
     """A loss became NaN or infinite."""
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Phase:
     name: str
     objective: Callable[[int, int], LossOutput]

@@ -16,6 +16,7 @@ from diffusers import DDPMScheduler
 from prunefit.models.components import Components
 from prunefit.objectives.denoising import DenoisingObjective
 from prunefit.objectives.inputs import InputBuilder
+from prunefit.objectives.streams import Stream
 from prunefit.training.loop import Phase, constant_with_warmup
 
 
@@ -56,20 +57,23 @@ def apply_speedups(student, teacher, t) -> None:
         teacher.forward = torch.compile(teacher.forward)
 
 
-def denoising_phase(name: str, student, teacher, comps: Components, data, cfg, seed: int, stream: int,
-                    cache=None, device="cpu") -> tuple[Phase, DenoisingObjective]:
+def denoising_phase(name: str, *, student, teacher, comps: Components, data, cfg, seed: int,
+                    stream: int = Stream.LOWER, cache=None, device="cpu") -> tuple[Phase, DenoisingObjective]:
     """The lower level / fine-tuning phase: DDPM + output KD + feature KD against ``teacher`` at ``cfg.train.lr``
     (``cfg`` is any config with ``loss`` and ``train`` sections: finetune or bilevel)."""
     sched = DDPMScheduler.from_config(comps.scheduler.config)
-    builder = InputBuilder(comps, data, seed, sched.config.num_train_timesteps, stream, cache, device)
-    objective = DenoisingObjective(student, teacher, builder, sched.alphas_cumprod, comps.prediction_type,
-                                   cfg.loss.ddpm, cfg.loss.output_kd, cfg.loss.feature_kd, cfg.loss.min_snr_gamma,
-                                   cfg.loss.min_snr_formula)
+    builder = InputBuilder(components=comps, data=data, seed=seed, num_train_timesteps=sched.config.num_train_timesteps,
+                           stream=stream, cache=cache, device=device)
+    objective = DenoisingObjective(student=student, teacher=teacher, inputs=builder,
+                                   alphas_cumprod=sched.alphas_cumprod, prediction_type=comps.prediction_type,
+                                   w_ddpm=cfg.loss.ddpm, w_output=cfg.loss.output_kd, w_feature=cfg.loss.feature_kd,
+                                   min_snr_gamma=cfg.loss.min_snr_gamma, min_snr_formula=cfg.loss.min_snr_formula)
     t = cfg.train
     params = [p for p in student.parameters() if p.requires_grad]
     fused = torch.device(device).type == "cuda"  # one kernel for the whole AdamW update where available
     opt = torch.optim.AdamW(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
                             weight_decay=t.weight_decay, fused=fused or None)
-    phase = Phase(name, objective, opt, params, t.lr, constant_with_warmup(t.warmup_steps), 1, t.micro_batch_size,
-                  t.grad_accum_steps, t.max_grad_norm, student)
+    phase = Phase(name=name, objective=objective, optimizer=opt, params=params, lr=t.lr,
+                  lr_factor=constant_with_warmup(t.warmup_steps), micro_batch=t.micro_batch_size,
+                  accum=t.grad_accum_steps, max_grad_norm=t.max_grad_norm, model=student)
     return phase, objective

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from prunefit.objectives.denoising import DenoisingObjective
+from prunefit.objectives.streams import Stream
 from prunefit.removal.bilevel.config import BilevelConfig
 from prunefit.removal.bilevel.objective import PenalizedObjective
 from prunefit.removal.context import RemovalContext
@@ -16,7 +17,6 @@ from prunefit.removal.registry import get_method
 from prunefit.training.loop import Phase, constant_with_warmup
 from prunefit.training.students import denoising_phase
 
-THETA_LOWER_STREAM = 1
 """RNG stream of the nested reading's theta-step lower batches (vartheta and the other phases use stream 0)."""
 
 
@@ -34,6 +34,10 @@ def build_phases(cfg: BilevelConfig, student, comps, data, cache, device, rank: 
                  world: int = 1) -> BilevelPhases:
     """official: [lower, upper every k]; paper/interleaved: [G_lambda every step]; paper/nested: [vartheta
     every step, theta every k]; plus the vartheta twin where it is tracked and not already a phase."""
+    def lower_phase(name: str, model, stream: Stream) -> tuple[Phase, DenoisingObjective]:
+        return denoising_phase(name, student=model, teacher=comps.unet, comps=comps, data=data, cfg=cfg,
+                               seed=cfg.seed, stream=stream, cache=cache, device=device)
+
     mcfg = cfg.upper_config()
     ctx = RemovalContext(student, comps.unet, comps, cfg.seed, device)  # upper targets: the unpruned teacher
     upper = get_method(cfg.upper_method).build_phase(ctx, mcfg, name="upper", every=cfg.every,
@@ -43,20 +47,17 @@ def build_phases(cfg: BilevelConfig, student, comps, data, cache, device, rank: 
     twin = twin_phase = twin_obj = None
     if cfg.tracks_vartheta:
         twin = copy.deepcopy(student).requires_grad_(True)
-        twin_phase, twin_obj = denoising_phase("vartheta", twin, comps.unet, comps, data, cfg, cfg.seed, 0, cache,
-                                               device)
+        twin_phase, twin_obj = lower_phase("vartheta", twin, Stream.LOWER)
     if cfg.spec.optimizers == 2:
-        lower, lower_obj = denoising_phase("lower", student, comps.unet, comps, data, cfg, cfg.seed, 0, cache, device)
+        lower, lower_obj = lower_phase("lower", student, Stream.LOWER)
         phases = [lower, upper]
     elif not cfg.nested:
-        lower, lower_obj = denoising_phase("bilevel", student, comps.unet, comps, data, cfg, cfg.seed, 0, cache,
-                                           device)
+        lower, lower_obj = lower_phase("bilevel", student, Stream.LOWER)
         lower.objective = PenalizedObjective(lower_obj, upper.objective, student, upper.params, cfg.lam, cfg.every,
                                              mcfg.batch_size, rank, world)
         phases = [lower]
     else:
-        theta, lower_obj = denoising_phase("theta", student, comps.unet, comps, data, cfg, cfg.seed,
-                                           THETA_LOWER_STREAM, cache, device)
+        theta, lower_obj = lower_phase("theta", student, Stream.THETA_LOWER)
         theta.objective = PenalizedObjective(lower_obj, upper.objective, student, upper.params, cfg.lam, 1,
                                              mcfg.batch_size, rank, world)
         theta.every, theta.lr = cfg.every, cfg.resolved_upper_lr()
