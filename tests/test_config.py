@@ -91,3 +91,20 @@ def test_missing_file_and_non_mapping(tmp_path):
 def test_override_without_equals():
     with pytest.raises(ConfigError, match="not of the form key=value"):
         load_config(GenerateConfig, [], ["steps"])
+
+
+def test_a_renamed_key_keeps_its_old_spelling_with_a_one_line_warning(tmp_path, capsys):
+    from prunefit.config.load import load_config
+    from prunefit.config.schema import PruneConfig
+
+    cfg = load_config(PruneConfig, [], ["loss.distill=0.3", "loss.feature_kd=0.4"])
+    assert (cfg.loss.output_kd, cfg.loss.feature_kd) == (0.3, 0.4)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'loss.distill'" in err[0] and "'loss.output_kd'" in err[0]
+    f = tmp_path / "old.yaml"
+    f.write_text("loss:\n  block: 0.05\n  ddpm: 2.0\n")
+    cfg = load_config(PruneConfig, [f], [])
+    assert (cfg.loss.feature_kd, cfg.loss.ddpm, cfg.loss.output_kd) == (0.05, 2.0, 0.2)
+    assert "'loss.block'" in capsys.readouterr().err
+    cfg = load_config(PruneConfig, [], ["loss.output_kd=0.1"])
+    assert cfg.loss.output_kd == 0.1 and capsys.readouterr().err == ""  # the new spelling warns nothing

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from prunefit.config.schema import RouterSection
 from prunefit.errors import ModelLoadError
 from prunefit.evaluation.cost import count_macs
 from prunefit.losses.aptp import contrastive_loss, importance_logits, resource_loss, sinkhorn
@@ -16,7 +17,7 @@ from prunefit.pruning.expert import expert_info, load_expert, save_expert
 from prunefit.pruning.gating import gated
 from prunefit.pruning.macs import mac_model
 from prunefit.pruning.materialize import materialize
-from prunefit.pruning.router import Router, RouterConfig, importance_order
+from prunefit.pruning.router import Router, importance_order
 from prunefit.pruning.spec import gate_spec
 
 SD21_UNET = {
@@ -177,7 +178,7 @@ def test_sinkhorn_marginals():
 
 
 def test_router_inference_is_batch_independent(spec):
-    r = Router(spec, 24, RouterConfig(num_experts=3))
+    r = Router(spec, 24, RouterSection(), num_experts=3)
     with torch.no_grad():
         r.codebook.normal_(0, 3)
     z = torch.randn(10, 24, generator=torch.Generator().manual_seed(1))
@@ -241,7 +242,7 @@ def test_aptp_recipe_on_tiny(tmp_path):
 
 
 def test_calibrated_routing_is_balanced_and_batch_independent(spec):
-    r = Router(spec, 24, RouterConfig(num_experts=4))
+    r = Router(spec, 24, RouterSection(), num_experts=4)
     with torch.no_grad():
         r.codebook.normal_(0, 3)
         r.predictor.depth.weight.mul_(5)
@@ -255,7 +256,7 @@ def test_calibrated_routing_is_balanced_and_batch_independent(spec):
 def test_noise_free_codes_keep_what_training_kept_half_the_time(spec):
     from prunefit.losses.aptp import GUMBEL_MEDIAN, gumbel_noise
 
-    r = Router(spec, 8, RouterConfig(num_experts=1))
+    r = Router(spec, 8, RouterSection(), num_experts=1)
     with torch.no_grad():
         r.codebook.uniform_(-4.5, -1.5)  # logits around the keep boundary (-3)
     g = torch.Generator().manual_seed(0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
@@ -65,12 +66,49 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _warn_renamed(old: str, new: str, where: str) -> None:
+    print(f"prunefit: warning: config key {old!r} ({where}) is now {new!r}; the old spelling still works",
+          file=sys.stderr)
+
+
+def _rename_yaml(data: dict[str, Any], renamed: dict[str, str], where: str) -> dict[str, Any]:
+    """``data`` with every renamed dotted key moved to its new spelling (warned once each)."""
+    for old, new in renamed.items():
+        *parents, leaf = old.split(".")
+        node = data
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *nparents, nleaf = new.split(".")
+        target = data
+        for p in nparents:
+            target = target.setdefault(p, {})
+        target[nleaf] = value
+        _warn_renamed(old, new, where)
+    return data
+
+
+def _rename_override(override: str, renamed: dict[str, str]) -> str:
+    key, sep, value = override.partition("=")
+    for old, new in renamed.items():
+        if key == old or key.startswith(old + "."):
+            _warn_renamed(old, new, "command-line override")
+            return new + key[len(old):] + sep + value
+    return override
+
+
 def load_config(schema: type[T], files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = ()) -> T:
-    """Return an instance of ``schema`` from defaults + YAML ``files`` + ``key=value`` ``overrides``."""
+    """Return an instance of ``schema`` from defaults + YAML ``files`` + ``key=value`` ``overrides``. Keys the
+    schema lists in its ``renamed_keys`` (old dotted key -> new) are read under their old spelling too, with a
+    one-line warning."""
+    renamed: dict[str, str] = getattr(schema, "renamed_keys", {})
     cfg = OmegaConf.structured(concrete_schema(schema))
     for f in files:
         path = Path(f)
-        cfg = _merge_one(cfg, OmegaConf.create(_read_yaml(path)), str(path))
+        cfg = _merge_one(cfg, OmegaConf.create(_rename_yaml(_read_yaml(path), renamed, str(path))), str(path))
+    overrides = [_rename_override(o, renamed) for o in overrides]
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not of the form key=value")

@@ -8,7 +8,7 @@ Cross-field rules and ranges are checked in ``__post_init__`` with messages in C
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from prunefit.errors import ConfigError
 
@@ -275,14 +275,14 @@ class RouterSection:
 
 @dataclass
 class PruneLossWeights:
-    """APTP's loss weights (official config): ddpm 1, resource 2, contrastive 100, distill 0.2, block 0.2,
-    std 0.1, max 0.1."""
+    """APTP's loss weights (official config): ddpm 1, resource 2, contrastive 100, output KD 0.2 (the official
+    'distill'), feature KD 0.2 (the official 'block'), std 0.1, max 0.1. The KD terms carry finetune's names."""
 
     ddpm: float = 1.0
     resource: float = 2.0
     contrastive: float = 100.0
-    distill: float = 0.2
-    block: float = 0.2
+    output_kd: float = 0.2
+    feature_kd: float = 0.2
     std: float = 0.1
     max: float = 0.1
 
@@ -322,6 +322,8 @@ class PruneConfig:
     data: DataConfig = field(default_factory=DataConfig)
     router: RouterSection = field(default_factory=RouterSection)
     loss: PruneLossWeights = field(default_factory=PruneLossWeights)
+    renamed_keys: ClassVar[dict[str, str]] = {"loss.distill": "loss.output_kd", "loss.block": "loss.feature_kd"}
+    """Old spellings still read (with a one-line warning)."""
 
     def __post_init__(self) -> None:
         _check(self.method in ("aptp", "magnitude", "random"),

@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from prunefit.config.schema import RouterSection
 from prunefit.losses.aptp import (
     GUMBEL_MEDIAN,
     gumbel_noise,
@@ -64,28 +65,19 @@ class ArchitecturePredictor(nn.Module):
         return torch.cat([h(z) for h in self.heads] + [self.depth(z)], dim=-1)
 
 
-@dataclass
-class RouterConfig:
-    num_experts: int = 8
-    base: float = 3.0
-    temperature: float = 0.4
-    sinkhorn_epsilon: float = 0.05
-    sinkhorn_iterations: int = 3
-
-
 class Router(nn.Module):
     """Predictor + codebook; relaxations, Sinkhorn routing, deterministic inference routing."""
 
-    def __init__(self, spec: GateSpec, embed_dim: int, cfg: RouterConfig) -> None:
+    def __init__(self, spec: GateSpec, embed_dim: int, cfg: RouterSection, *, num_experts: int) -> None:
         super().__init__()
-        self.spec, self.cfg = spec, cfg
+        self.spec, self.cfg, self.num_experts = spec, cfg, num_experts
         self.predictor = ArchitecturePredictor(spec, embed_dim)
-        self.codebook = nn.Parameter(torch.empty(cfg.num_experts, spec.dim))
+        self.codebook = nn.Parameter(torch.empty(num_experts, spec.dim))
         nn.init.orthogonal_(self.codebook)
         order = torch.tensor(importance_order(spec), dtype=torch.long)
         self.register_buffer("depth_order", order, persistent=False)
         self.register_buffer("template", spec.group_template().sqrt(), persistent=False)
-        self.register_buffer("route_log_v", torch.zeros(cfg.num_experts))
+        self.register_buffer("route_log_v", torch.zeros(num_experts))
 
     def relax(self, logits: torch.Tensor, generator: torch.Generator | None = None, noisy: bool = True) -> torch.Tensor:
         """Architecture logits [B, D] -> gate values in (0, 1) [B, D] (Gumbel-sigmoid, importance-ordered depth).
@@ -140,7 +132,7 @@ class Router(nn.Module):
         """Fix the experts' Sinkhorn potentials on calibration prompts (e.g. training captions), so inference
         routing keeps the uniform loads training had; returns the loads on ``z`` after calibration."""
         self.route_log_v.copy_(sinkhorn_log_potentials(self.scores(z), self.cfg.sinkhorn_epsilon, iterations))
-        return torch.bincount(self.route(z), minlength=self.cfg.num_experts)
+        return torch.bincount(self.route(z), minlength=self.num_experts)
 
     @torch.no_grad()
     def route(self, z: torch.Tensor) -> torch.Tensor:
@@ -172,7 +164,8 @@ class Router(nn.Module):
         d = Path(path)
         d.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(d / "router.safetensors"))
-        (d / "router.json").write_text(json.dumps({**meta, **self.cfg.__dict__}, indent=1))
+        (d / "router.json").write_text(json.dumps({**meta, **asdict(self.cfg), "num_experts": self.num_experts},
+                                                  indent=1))
 
 
 def load_router(path: str | Path, unet) -> tuple[Router, dict]:
@@ -190,13 +183,13 @@ def load_router(path: str | Path, unet) -> tuple[Router, dict]:
         raise ModelLoadError(f"{d} holds no router (router.json missing); pass the output_dir of `prunefit prune`")
     try:
         meta = json.loads(meta_file.read_text())
-        cfg = RouterConfig(**{k: meta[k] for k in RouterConfig.__dataclass_fields__})
+        cfg = RouterSection(**{f.name: meta[f.name] for f in fields(RouterSection) if f.name in meta})
         spec = gate_spec(unet, meta["ffn_groups"])
         if spec.dim != meta["spec_dim"]:
             raise ValueError(f"layout has {spec.dim} gates, router {meta['spec_dim']}")
         state = load_file(str(d / "router.safetensors"))
         embed_dim = state["predictor.depth.weight"].shape[1]
-        router = Router(spec, embed_dim, cfg)
+        router = Router(spec, embed_dim, cfg, num_experts=meta["num_experts"])
         router.load_state_dict(state)
     except (KeyError, ValueError, json.JSONDecodeError, FileNotFoundError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load router from {d}: {str(exc).splitlines()[0][:160]}") from None

@@ -28,7 +28,7 @@ from prunefit.pruning.expert import expert_info, save_expert
 from prunefit.pruning.gating import gated
 from prunefit.pruning.macs import MacModel, mac_model
 from prunefit.pruning.materialize import materialize
-from prunefit.pruning.router import Router, RouterConfig
+from prunefit.pruning.router import Router
 from prunefit.pruning.spec import GateSpec, gate_spec
 from prunefit.recipes.preflight import check_inputs
 from prunefit.training.loop import Phase
@@ -87,8 +87,8 @@ class RouterObjective:
         parts = {
             "ddpm": weighted_mse(out_s, target,
                                  min_snr_weights(snr(acp, t), cfg.min_snr_gamma, comps.prediction_type)),
-            "distill": output_kd(out_s, out_t),
-            "block": feature_kd(feats_s, feats_t),
+            "output_kd": output_kd(out_s, out_t),
+            "feature_kd": feature_kd(feats_s, feats_t),
             "contrastive": contrastive_loss(self.router.normalized(s), z),
         }
         ratio = self.macs.ratio(straight_through_hard(arch))
@@ -116,16 +116,14 @@ def train_router(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacM
 
     torch.manual_seed(cfg.seed)
     encoder = SentenceEncoder(cfg.router.encoder, cfg.device)
-    rcfg = RouterConfig(cfg.num_experts, cfg.router.base, cfg.router.temperature, cfg.router.sinkhorn_epsilon,
-                        cfg.router.sinkhorn_iterations)
-    router = Router(spec, encoder.dim, rcfg).to(accelerator.device)
+    router = Router(spec, encoder.dim, cfg.router, num_experts=cfg.num_experts).to(accelerator.device)
     opt = torch.optim.AdamW(router.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
     data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
     objective = RouterObjective(cfg, comps, spec, macs, router, encoder, data,
                                 distributed=accelerator.num_processes > 1)
     warm = max(1, cfg.steps // 20)
-    phase = Phase("router", objective, opt, list(router.parameters()), cfg.lr,
-                  lambda step: warmup_cosine(step, cfg.steps, warm, floor=1.0), micro_batch=cfg.batch_size,
+    phase = Phase(name="router", objective=objective, optimizer=opt, params=list(router.parameters()), lr=cfg.lr,
+                  lr_factor=lambda step: warmup_cosine(step, cfg.steps, warm, floor=1.0), micro_batch=cfg.batch_size,
                   model=router)
     report_effective_batch(accelerator, cfg.batch_size, 1, log)
     fit([phase], router, router_train_config(cfg), Path(cfg.output_dir), accelerator, resume)
@@ -186,7 +184,7 @@ def route_toyval(router: Router, n: int = 500) -> Optional[dict]:
         return None
     prompts = [r["prompt"] for r in read_rows(path, n)]
     idx = router.route(router._encoder(prompts))
-    return {"prompts": len(prompts), "loads": torch.bincount(idx, minlength=router.cfg.num_experts).tolist()}
+    return {"prompts": len(prompts), "loads": torch.bincount(idx, minlength=router.num_experts).tolist()}
 
 
 def main(cfg: PruneConfig, log=print) -> Optional[PruneResult]:

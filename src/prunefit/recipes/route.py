@@ -45,4 +45,4 @@ def route_file(prune_dir: Path, prompt_file: str, output: Path, fmt: str = "auto
     tmp.write_text("".join(json.dumps({"id": r.id, "prompt": r.prompt, "expert": e}) + "\n"
                            for r, e in zip(records, ids)))
     os.replace(tmp, output)
-    return output, torch.bincount(torch.tensor(ids), minlength=router.cfg.num_experts).tolist()
+    return output, torch.bincount(torch.tensor(ids), minlength=router.num_experts).tolist()
