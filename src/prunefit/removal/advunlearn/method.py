@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,31 +28,26 @@ from prunefit.attacks.soft_prompt import encode_with_prefix, init_prefix, pgd_st
 from prunefit.errors import ConfigError
 from prunefit.objectives.base import LossOutput
 from prunefit.objectives.inputs import sample_generator
+from prunefit.objectives.streams import Stream
 from prunefit.removal.context import RemovalContext, concept_from_index, param_subset
 from prunefit.removal.esd.method import ESDConfig, ESDObjective
 from prunefit.training.loop import Phase
 
-ADVUNLEARN_STREAM = 17
-ATTACK_INIT_STREAM = 18
 REFERENCE = {"iterations": 1000, "attack_warmup": 200, "attack_steps": 30, "attack_lr": 1e-3}
 """The reference's budget (AdvUnlearn's released settings)."""
 
 
 @dataclass
-class AdvUnlearnConfig:
-    concepts: list[str] = field(default_factory=list)
+class AdvUnlearnConfig(ESDConfig):
+    """ESD's settings (the outer unlearning step: x_t source, DDIM rollout, eta, parameter subset, budget) plus the
+    attack's and the retain loss's."""
+
     retain_prompts: list[str] = field(default_factory=lambda: [
         "a red circle on a black background", "a blue square on a white background",
         "a green triangle on a gray background", "a yellow star on a black background"])
     """Prompts whose outputs must not change (the reference: COCO-like captions)."""
     target: str = "unet"
-    """unet or text_encoder."""
-    train_method: str = "xattn"
-    """UNet parameter subset when target=unet (xattn, noxattn, selfattn, full)."""
-    eta: float = 1.0
-    lr: float = 1e-5
-    iterations: int = 1000
-    batch_size: int = 1
+    """unet or text_encoder (train_method picks the UNet parameter subset when target=unet)."""
     attack_tokens: int = 1
     """k soft prefix tokens (the reference: one adversarial token)."""
     attack_steps: int = 30
@@ -64,14 +59,10 @@ class AdvUnlearnConfig:
     attack_init: str = "latest"
     """latest: warm-start each attack from the previous iteration's tokens; random: fresh tokens every time."""
     retain_weight: float = 1.0
-    xt_source: str = "model"
-    ddim_steps: int = 50
-    start_guidance: float = 3.0
-    concept_images: Optional[str] = None
-    condition: str = "concept"
-    """concept or caption (with xt_source=images): what the prompts (and the attack's prefix) precede."""
+    section: ClassVar[str] = "advunlearn"
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # ESD's shared settings
         if self.target not in ("unet", "text_encoder"):
             raise ConfigError(f"advunlearn.target must be unet or text_encoder, got {self.target!r}")
         if (self.attack_steps < 0 or self.attack_lr <= 0 or self.attack_eps <= 0 or self.retain_weight < 0
@@ -80,14 +71,6 @@ class AdvUnlearnConfig:
                               "attack_tokens >= 1, attack_warmup >= 0")
         if self.attack_init not in ("latest", "random"):
             raise ConfigError(f"advunlearn.attack_init must be latest or random, got {self.attack_init!r}")
-        self.esd_config()  # validates the shared ESD settings
-
-    def esd_config(self) -> ESDConfig:
-        """The ESD settings AdvUnlearn's outer step shares (x_t source, DDIM rollout, eta, parameter subset)."""
-        return ESDConfig(concepts=self.concepts, train_method=self.train_method, eta=self.eta, lr=self.lr,
-                         iterations=self.iterations, batch_size=self.batch_size, xt_source=self.xt_source,
-                         ddim_steps=self.ddim_steps, start_guidance=self.start_guidance,
-                         concept_images=self.concept_images, condition=self.condition)
 
     def scaled(self, iterations: int) -> "AdvUnlearnConfig":
         """The reference's attack schedule at ``iterations``: warm-up 20% of the iterations; PGD steps 30 x
@@ -105,7 +88,7 @@ class AdvUnlearnObjective:
     ctx: RemovalContext
     student: torch.nn.Module
     cfg: AdvUnlearnConfig
-    stream: int = ADVUNLEARN_STREAM
+    stream: int = Stream.ADVUNLEARN
 
     def __post_init__(self) -> None:
         self.esd = ESDObjective(self.ctx, self.student, self.cfg.esd_config(), self.stream)
@@ -122,7 +105,7 @@ class AdvUnlearnObjective:
 
     def _start(self, concept: str) -> torch.Tensor:
         if concept not in self.origin or self.cfg.attack_init == "random":
-            g = sample_generator(self.ctx.seed, ATTACK_INIT_STREAM, self.calls)
+            g = sample_generator(self.ctx.seed, Stream.ATTACK_INIT, self.calls)
             self.origin[concept] = init_prefix(self.ctx.components, self.cfg.attack_tokens, generator=g)
             self.prefix[concept] = self.origin[concept].clone()
         return self.prefix[concept]
@@ -187,5 +170,6 @@ def build_phase(ctx: RemovalContext, cfg: AdvUnlearnConfig, *, name: str = "advu
         p.requires_grad_(True)
     lr = lr or cfg.lr
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    return Phase(name, AdvUnlearnObjective(ctx, model, cfg), opt, params, lr, every=every,
+    return Phase(name=name, objective=AdvUnlearnObjective(ctx, model, cfg), optimizer=opt, params=params, lr=lr,
+                 every=every,
                  micro_batch=cfg.batch_size, model=model)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 from diffusers import DDIMScheduler
@@ -13,11 +14,9 @@ from prunefit.losses.guidance import negative_guidance_target
 from prunefit.objectives.base import LossOutput
 from prunefit.objectives.inputs import sample_generator
 from prunefit.objectives.noise import add_noise, posterior_draws
+from prunefit.objectives.streams import Stream
 from prunefit.removal.context import RemovalContext, concept_from_index, param_subset
 from prunefit.training.loop import Phase
-
-ESD_STREAM = 11
-"""RNG stream of ESD's per-sample draws (x_T noise, DDIM depth, image noise)."""
 
 
 @dataclass
@@ -39,18 +38,25 @@ class ESDConfig:
     condition: str = "concept"
     """concept: the student and the targets condition on the concept's name (ESD); caption: on each concept
     image's own caption (the official bilevel code's upper step; needs xt_source=images)."""
+    section: ClassVar[str] = "esd"
+    """The config section's name in error messages (methods that extend ESD's settings set their own)."""
 
     def __post_init__(self) -> None:
+        s = self.section
         if self.train_method not in ("xattn", "noxattn", "selfattn", "full"):
-            raise ConfigError(f"esd.train_method must be xattn, noxattn, selfattn or full, got {self.train_method!r}")
+            raise ConfigError(f"{s}.train_method must be xattn, noxattn, selfattn or full, got {self.train_method!r}")
         if self.xt_source not in ("model", "images"):
-            raise ConfigError(f"esd.xt_source must be model or images, got {self.xt_source!r}")
+            raise ConfigError(f"{s}.xt_source must be model or images, got {self.xt_source!r}")
         if self.condition not in ("concept", "caption"):
-            raise ConfigError(f"esd.condition must be concept or caption, got {self.condition!r}")
+            raise ConfigError(f"{s}.condition must be concept or caption, got {self.condition!r}")
         if self.condition == "caption" and self.xt_source != "images":
-            raise ConfigError("esd.condition=caption needs esd.xt_source=images (captions come with the images)")
+            raise ConfigError(f"{s}.condition=caption needs {s}.xt_source=images (captions come with the images)")
         if self.lr <= 0 or self.iterations < 1 or self.batch_size < 1 or self.ddim_steps < 3:
-            raise ConfigError("esd: lr must be > 0, iterations and batch_size >= 1, ddim_steps >= 3")
+            raise ConfigError(f"{s}: lr must be > 0, iterations and batch_size >= 1, ddim_steps >= 3")
+
+    def esd_config(self) -> "ESDConfig":
+        """Just ESD's settings (for a method that extends them and runs ESD's objective)."""
+        return ESDConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ESDConfig)})
 
 
 @dataclass
@@ -60,7 +66,7 @@ class ESDObjective:
     ctx: RemovalContext
     student: torch.nn.Module
     cfg: ESDConfig
-    stream: int = ESD_STREAM
+    stream: int = Stream.ESD
 
     def __post_init__(self) -> None:
         comps = self.ctx.components
@@ -164,5 +170,6 @@ def build_phase(ctx: RemovalContext, cfg: ESDConfig, *, name: str = "esd", every
         p.requires_grad_(True)
     lr = lr or cfg.lr
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    return Phase(name, ESDObjective(ctx, model, cfg), opt, params, lr, every=every, micro_batch=cfg.batch_size,
+    return Phase(name=name, objective=ESDObjective(ctx, model, cfg), optimizer=opt, params=params, lr=lr, every=every,
+                 micro_batch=cfg.batch_size,
                  model=model)
