@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 
-from prunefit.config.load import load_config, save_resolved_config
+from prunefit.config.load import save_resolved_config
 from prunefit.config.schema import DataConfig, FinetuneLoss, SamplerConfig, TrainConfig
 from prunefit.errors import ConfigError
 
@@ -170,43 +170,40 @@ def uce_preserve(concept: str, model: str, preserve_captions: int = 20) -> list[
 def run_erase(method: str, concept: str, model: str, student: Optional[Path], out: Path, knobs: EraseKnobs,
               seed: int = 0, device: str = "cpu", train_method: Optional[str] = None) -> Path:
     """``prunefit erase`` of one concept with an experiment's budgets; a finished run is reused, an
-    interrupted one resumed. ``train_method`` overrides the ESD / AdvUnlearn parameter subset. The budgets below
-    are this experiment's toy-scale protocol for the built-in methods; any other registered method runs with its
-    own section's defaults (or its model's prunefit.json)."""
+    interrupted one resumed. ``train_method`` overrides the ESD / AdvUnlearn parameter subset."""
     done = out / ("expert" if student else "pipeline")
     if (out / "erase_summary.json").is_file():
         return done
+    from prunefit.config.sections import build
     from prunefit.recipes import erase
-    from prunefit.removal.config import EraseConfig
+    from prunefit.removal.config import EraseConfig, RemovalSection
+    from prunefit.removal.registry import get_method
 
-    ov = [f"model={json.dumps(model)}", f"seed={seed}", f"device={device}", f"output_dir={out}",
-          f"removal.method={method}", f"removal.concepts={json.dumps([concept])}"]
-    if student:
-        ov.append(f"student={student}")
+    section = method_section(get_method(method).config_cls, method, concept, model, knobs, train_method)
+    cfg = build(EraseConfig, model=model, student=str(student) if student else None, output_dir=str(out), seed=seed,
+                device=device, removal=RemovalSection(method=method, concepts=[concept]), **{method: section},
+                resume="latest" if (out / "checkpoints").is_dir() else None)
+    return erase.main(cfg).model_path
+
+
+def method_section(config_cls: type, method: str, concept: str, model: str, knobs: EraseKnobs,
+                   train_method: Optional[str] = None):
+    """A method's section with the experiments' toy-scale protocol for the built-in methods (budgets, UCE's
+    guides and preserve set, ConceptPrune's unsafe template); any other registered method keeps its defaults."""
     params = train_method or esd_parameters(concept)
-    ov += {"esd": [f"esd.iterations={knobs.esd_iterations}", f"esd.lr={knobs.esd_lr}",
-                   f"esd.ddim_steps={knobs.esd_ddim_steps}", f"esd.train_method={params}"],
-           "advunlearn": [f"advunlearn.iterations={knobs.advunlearn_iterations}", f"advunlearn.lr={knobs.esd_lr}",
-                          f"advunlearn.ddim_steps={knobs.esd_ddim_steps}", f"advunlearn.train_method={params}",
-                          *_scaled_attack(knobs.advunlearn_iterations)],
-           "uce": [f"uce.guides={json.dumps(uce_guide(concept, model))}",
-                   f"uce.preserve={json.dumps(uce_preserve(concept, model))}"],
-           "concept_prune": [f"concept_prune.steps={knobs.concept_prune_steps}"]
-           + (["concept_prune.target_template=\"{thing} that is a " + concept + "\""] if _is_unsafe(concept)
-              else [])}.get(method, [])
-    if (out / "checkpoints").is_dir():
-        ov.append("resume=latest")
-    return erase.main(load_config(EraseConfig, [], ov)).model_path
-
-
-def _scaled_attack(iterations: int) -> list[str]:
-    """AdvUnlearn's reference attack schedule (200 warm-up of 1,000 iterations, 30 PGD steps of 1e-3) at
-    ``iterations`` (``AdvUnlearnConfig.scaled``), as overrides."""
-    from prunefit.removal.advunlearn.method import AdvUnlearnConfig
-
-    a = AdvUnlearnConfig().scaled(iterations)
-    return [f"advunlearn.attack_steps={a.attack_steps}", f"advunlearn.attack_lr={a.attack_lr}",
-            f"advunlearn.attack_warmup={a.attack_warmup}"]
+    base = config_cls(concepts=[concept])
+    if method == "esd":
+        return dataclasses.replace(base, iterations=knobs.esd_iterations, lr=knobs.esd_lr,
+                                   ddim_steps=knobs.esd_ddim_steps, train_method=params)
+    if method == "advunlearn":  # the reference's attack schedule (200 warm-up of 1,000, 30 PGD steps) scaled
+        return dataclasses.replace(base.scaled(knobs.advunlearn_iterations), lr=knobs.esd_lr,
+                                   ddim_steps=knobs.esd_ddim_steps, train_method=params)
+    if method == "uce":
+        return dataclasses.replace(base, guides=uce_guide(concept, model), preserve=uce_preserve(concept, model))
+    if method == "concept_prune":
+        template = {"target_template": "{thing} that is a " + concept} if _is_unsafe(concept) else {}
+        return dataclasses.replace(base, steps=knobs.concept_prune_steps, **template)
+    return base
 
 
 def attack_reach(run_dir: Path) -> Optional[float]:
