@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from prunefit.pruning.kinds import WIDTH_KINDS
 from prunefit.pruning.macs import MacModel
 from prunefit.pruning.spec import GateSpec
 
@@ -17,15 +18,7 @@ def magnitude_scores(unet, spec: GateSpec) -> list[torch.Tensor]:
     """Per width group, the L2 norm of each gate's weights (conv1 rows / q,k,v rows / GEGLU rows)."""
     scores = []
     for g in spec.width:
-        mod = unet.get_submodule(g.module)
-        if g.kind == "resnet":
-            w = mod.conv1.weight.detach().flatten(1)
-        elif g.kind == "heads":
-            w = torch.cat([mod.to_q.weight, mod.to_k.weight, mod.to_v.weight], dim=1).detach()
-        else:
-            proj = mod.net[0].proj.weight.detach()
-            inner = proj.shape[0] // 2
-            w = torch.cat([proj[:inner], proj[inner:]], dim=1)
+        w = WIDTH_KINDS[g.kind].rows(unet.get_submodule(g.module))
         per_channel = w.pow(2).sum(1)
         scores.append(per_channel.view(g.size, g.per_gate).sum(1).sqrt())
     return scores

@@ -19,6 +19,7 @@ from typing import Iterator
 
 import torch
 
+from prunefit.pruning.kinds import DEPTH_KINDS, WIDTH_KINDS
 from prunefit.pruning.spec import GateSpec
 
 
@@ -48,7 +49,7 @@ def _channel_pre_hook(gate: torch.Tensor, per_gate: int, channel_dim: int):
 def _depth_hook(d: torch.Tensor, out_channels: int, kind: str):
     def hook(module, args, kwargs, output):
         x = args[0] if args else kwargs["hidden_states"]
-        x_id = x[:, :out_channels] if kind == "resnet" else x
+        x_id = DEPTH_KINDS[kind].identity(x, out_channels)
         y = output[0] if isinstance(output, tuple) else (output.sample if hasattr(output, "sample") else output)
         dd = _per_sample(d, y.shape[0]).to(y.dtype).view(-1, *([1] * (y.dim() - 1)))
         mixed = (1 - dd) * x_id + dd * y
@@ -72,13 +73,7 @@ def gated(unet, spec: GateSpec, vector: torch.Tensor) -> Iterator[None]:
     handles = []
     try:
         for g, w in zip(spec.width, widths):
-            mod = modules[g.module]
-            if g.kind == "resnet":
-                target, dim = mod.conv2, 1
-            elif g.kind == "heads":
-                target, dim = mod.to_out[0], -1
-            else:
-                target, dim = mod.net[2], -1
+            target, dim = WIDTH_KINDS[g.kind].gated_input(modules[g.module])
             handles.append(target.register_forward_pre_hook(_channel_pre_hook(w, g.per_gate, dim)))
         for j, dg in enumerate(spec.depth):
             handles.append(modules[dg.module].register_forward_hook(

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from prunefit.models.inputs import unet_inputs
+from prunefit.pruning.kinds import WIDTH_KINDS
 from prunefit.pruning.spec import GateSpec
 
 
@@ -105,13 +106,7 @@ def mac_model(unet, spec: GateSpec, latent_size: int, text_length: int) -> MacMo
     coefs = []
     prunable: dict[str, float] = {u: 0.0 for u in units}
     for g in spec.width:
-        if g.kind == "resnet":
-            names = [f"{g.module}.conv1", f"{g.module}.time_emb_proj", f"{g.module}.conv2"]
-        elif g.kind == "heads":
-            names = [f"{g.module}.to_q", f"{g.module}.to_k", f"{g.module}.to_v", f"{g.module}.core",
-                     f"{g.module}.to_out.0"]
-        else:
-            names = [f"{g.module}.net.0.proj", f"{g.module}.net.2"]
+        names = [f"{g.module}.{part}" for part in WIDTH_KINDS[g.kind].mac_parts]
         part = float(sum(counts.get(n, 0) for n in names))
         prunable[g.unit] += part
         coefs.append(part / g.size)
