@@ -37,3 +37,23 @@ def test_python_dash_m_generate_writes_outputs(tmp_path):
 def test_print_config(capsys):
     assert main(["generate", "--print-config", "sampler.steps=3"]) == 0
     assert "steps: 3" in capsys.readouterr().out
+
+
+def test_cache_is_a_config_command_and_prints_its_result(tmp_path, capsys):
+    from prunefit.data.cache import load_cache
+
+    out = tmp_path / "cache"
+    assert main(["cache", "model=tiny", "samples=4", "batch_size=2", f"output_dir={out}"]) == 0
+    assert capsys.readouterr().out.strip() == f"cached 4 samples -> {out}"
+    assert load_cache(out) is not None
+    assert main(["cache", "samples=0"]) == 2
+    assert "samples and batch_size must be >= 1" in capsys.readouterr().err
+
+
+def test_every_config_command_names_a_schema_and_a_recipe_that_exist():
+    from prunefit.cli import _COMMANDS, _EXPERIMENTS, _named, command_schema
+
+    for name, spec in _COMMANDS.items():
+        assert command_schema(name) is _named(spec.schema) and callable(_named(spec.recipe)), name
+    for name in [*_EXPERIMENTS, "experiment", "evaluate"]:
+        assert command_schema(name).__name__.endswith("Config"), name

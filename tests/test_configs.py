@@ -12,18 +12,9 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.y
 
 
 def _schema(name: str):
-    from prunefit.config.schema import FinetuneConfig, GenerateConfig, PruneConfig
-    from prunefit.recipes.attack import AttackConfig
-    from prunefit.recipes.distillation import DistillationConfig
-    from prunefit.recipes.evaluate import EvaluateConfig
-    from prunefit.recipes.experiment import ExperimentConfig
-    from prunefit.recipes.pareto import ParetoConfig
-    from prunefit.removal.bilevel import BilevelConfig
-    from prunefit.removal.config import EraseConfig
+    from prunefit.cli import command_schema
 
-    return {"prune": PruneConfig, "finetune": FinetuneConfig, "bilevel": BilevelConfig, "erase": EraseConfig,
-            "generate": GenerateConfig, "evaluate": EvaluateConfig, "experiment": ExperimentConfig,
-            "pareto": ParetoConfig, "distillation": DistillationConfig, "attack": AttackConfig}[name]
+    return command_schema(name)  # the CLI's own table: a config file names the command it configures
 
 
 def _load(path: Path):

@@ -35,34 +35,6 @@ def _load(schema, args: argparse.Namespace, extra: Sequence[str] = (), loader: O
     return cfg
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    import json
-
-    from prunefit.config.schema import GenerateConfig
-    from prunefit.recipes import generate
-
-    extra = []
-    if args.prompt:
-        extra.append("prompts=" + json.dumps(args.prompt))
-    if args.prompt_file:
-        extra.append(f"prompt_file={json.dumps(args.prompt_file)}")
-    if args.output:
-        extra.append(f"output_dir={json.dumps(args.output)}")
-    if args.expert:
-        extra.append(f"expert={json.dumps(args.expert)}")
-    if args.experts:
-        extra.append(f"experts={json.dumps(args.experts)}")
-    cfg = _load(GenerateConfig, args, extra)
-    if cfg is None:
-        return 0
-    res = generate.main(cfg)
-    print(f"generated {res.generated} image(s), reused {res.skipped} -> {res.output_dir / 'images'}")
-    print(f"manifest: {res.manifest}")
-    if res.grid:
-        print(f"grid: {res.grid}")
-    return 0
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
@@ -92,12 +64,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _load(EvaluateConfig, args, extra)
     if cfg is None:
         return 0
-    res = evaluate.main(cfg)
-    path, doc = res.results_path, res.document
-    for name in cfg.metrics:
-        values = doc["metrics"][name]["values"]
-        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
-    print(f"results: {path}")
+    print("\n".join(evaluate.main(cfg).lines()))
     return 0
 
 
@@ -155,78 +122,68 @@ def _cmd_data_coco(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_prune(args: argparse.Namespace) -> int:
-    from prunefit.config.schema import PruneConfig
-    from prunefit.recipes import prune
+@dataclass(frozen=True)
+class _Command:
+    """A config-driven subcommand: its schema and recipe (``module:name``), an optional loader, and the options
+    that are spellings of config keys (``dest -> key``; a list-valued key takes the option's list)."""
 
-    cfg = _load(PruneConfig, args)
+    schema: str
+    recipe: str
+    loader: Optional[str] = None
+    options: tuple[tuple[str, str], ...] = ()
+    positional: Optional[tuple[str, str]] = None
+    """(dest, key) of a positional argument; one holding ``=`` is read as an override instead."""
+
+
+_COMMANDS = {
+    "generate": _Command("prunefit.config.schema:GenerateConfig", "prunefit.recipes.generate:main",
+                         options=(("prompt", "prompts"), ("prompt_file", "prompt_file"), ("output", "output_dir"),
+                                  ("expert", "expert"), ("experts", "experts"))),
+    "prune": _Command("prunefit.config.schema:PruneConfig", "prunefit.recipes.prune:main"),
+    "finetune": _Command("prunefit.config.schema:FinetuneConfig", "prunefit.recipes.finetune:main"),
+    "cache": _Command("prunefit.recipes.cache:CacheConfig", "prunefit.recipes.cache:main"),
+    "erase": _Command("prunefit.removal.config:EraseConfig", "prunefit.recipes.erase:main",
+                      loader="prunefit.removal.defaults:load_erase_config", options=(("method", "removal.method"),)),
+    "bilevel": _Command("prunefit.removal.bilevel:BilevelConfig", "prunefit.recipes.bilevel:main"),
+    "attack": _Command("prunefit.recipes.attack:AttackConfig", "prunefit.recipes.attack:main",
+                       options=(("attack", "attack"), ("concept", "concept"), ("prompts", "prompts"),
+                                ("output", "output_dir")), positional=("model", "model")),
+}
+
+
+def _named(path: str):
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _option_overrides(spec: _Command, args: argparse.Namespace) -> list[str]:
+    import json
+
+    out = []
+    if spec.positional:
+        dest, key = spec.positional
+        value = getattr(args, dest)
+        if value and "=" in value:  # `prunefit attack model=... attack=...`
+            args.overrides.insert(0, value)
+        elif value:
+            out.append(f"{key}={json.dumps(value)}")
+    out += [f"{key}={json.dumps(getattr(args, dest))}" for dest, key in spec.options if getattr(args, dest)]
+    return out
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    """Every config-driven command: load its config (files, options, overrides), run its recipe, print the result's
+    own summary lines (a recipe returns None on the non-main processes of a multi-process run)."""
+    spec = _COMMANDS[args.command]
+    loader = _named(spec.loader) if spec.loader else None
+    cfg = _load(_named(spec.schema), args, _option_overrides(spec, args), loader=loader)
     if cfg is None:
         return 0
-    res = prune.main(cfg)
-    if res is None:  # not the main process of a multi-process run
-        return 0
-    for p, r in zip(res.experts, res.mac_ratios):
-        print(f"{p}: MAC ratio {r:.3f}")
-    if res.summary.get("routing_toy_val"):
-        print(f"toy-val routing loads: {res.summary['routing_toy_val']['loads']}")
-    print(f"summary: {res.output_dir / 'prune_summary.json'}")
-    return 0
-
-
-def _cmd_finetune(args: argparse.Namespace) -> int:
-    from prunefit.config.schema import FinetuneConfig
-    from prunefit.recipes import finetune
-
-    cfg = _load(FinetuneConfig, args)
-    if cfg is None:
-        return 0
-    res = finetune.main(cfg)
-    print(f"fine-tuned {res.steps} steps (effective batch {res.effective_batch}) -> {res.model_path}")
-    return 0
-
-
-def _cmd_cache(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from prunefit.config.schema import CacheConfig
-    from prunefit.data.cache import build_cache
-    from prunefit.data.datasets import build_data
-    from prunefit.models.components import load_components
-
-    cfg = _load(CacheConfig, args)
-    if cfg is None:
-        return 0
-    comps = load_components(cfg.model, device=cfg.device)
-    data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
-    out = build_cache(comps, data, cfg.samples, Path(cfg.output_dir), cfg.batch_size,
-                      {"model": comps.source, "data": cfg.data.source, "seed": cfg.seed})
-    print(f"cached {cfg.samples} samples -> {out}")
-    return 0
-
-
-def _cmd_erase(args: argparse.Namespace) -> int:
-    from prunefit.recipes import erase
-    from prunefit.removal.config import EraseConfig
-    from prunefit.removal.defaults import load_erase_config
-
-    extra = [f"removal.method={args.method}"] if args.method else []
-    cfg = _load(EraseConfig, args, extra, loader=load_erase_config)
-    if cfg is None:
-        return 0
-    res = erase.main(cfg)
-    print(f"{res.info['method']} removed {res.info['concepts']} -> {res.model_path}")
-    return 0
-
-
-def _cmd_bilevel(args: argparse.Namespace) -> int:
-    from prunefit.recipes import bilevel
-    from prunefit.removal.bilevel import BilevelConfig
-
-    cfg = _load(BilevelConfig, args)
-    if cfg is None:
-        return 0
-    res = bilevel.main(cfg)
-    print(f"bilevel ({cfg.preset}) {res.steps} steps -> {res.model_path}")
+    res = _named(spec.recipe)(cfg)
+    for line in res.lines() if res is not None else ():
+        print(line)
     return 0
 
 
@@ -251,6 +208,22 @@ _EXPERIMENTS = {
 }
 
 
+def command_schema(name: str) -> type:
+    """The config class of a command (``generate``, ``evaluate``, ...) or an experiment (``table3``, alias
+    ``experiment``; ``pareto``, ...): the table config files name in their ``# schema:`` line."""
+    import importlib
+
+    if name == "evaluate":
+        return _named("prunefit.recipes.evaluate:EvaluateConfig")
+    if name in _COMMANDS:
+        return _named(_COMMANDS[name].schema)
+    spec = _EXPERIMENTS.get("table3" if name == "experiment" else name)
+    if spec is None:
+        raise ConfigError(f"unknown schema {name!r}; commands: {sorted(_COMMANDS)} + evaluate, "
+                          f"experiments: {sorted(_EXPERIMENTS)}")
+    return getattr(importlib.import_module(f"prunefit.recipes.{spec.recipe}"), spec.config)
+
+
 def _cmd_experiment(args: argparse.Namespace) -> int:
     import importlib
     from pathlib import Path
@@ -261,9 +234,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if cfg is None:
         return 0
     if args.name == "figures":
-        res = recipe.main(cfg)
-        print(f"rendered {sum(res.generated.values())} image(s), reused {sum(res.skipped.values())}")
-        print(f"figure: {res.figure} ({res.size[0]}x{res.size[1]})\ncells: {res.sidecar}\npage: {res.html}")
+        print("\n".join(recipe.main(cfg).lines()))
         return 0
     results = recipe.main(cfg, log=lambda m: print(m, flush=True))
     if spec.per_concept:
@@ -278,28 +249,6 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         for extra in spec.extras:
             name, _, file = extra.partition(":")
             print(f"{name}: {folder / file}")
-    return 0
-
-
-def _cmd_attack(args: argparse.Namespace) -> int:
-    import json
-
-    from prunefit.recipes import attack
-
-    model = args.model
-    if model and "=" in model:  # `prunefit attack model=... attack=...`
-        args.overrides.insert(0, model)
-        model = None
-    keys = {"model": model, "attack": args.attack, "concept": args.concept, "prompts": args.prompts,
-            "output_dir": args.output}
-    cfg = _load(attack.AttackConfig, args, [f"{k}={json.dumps(v)}" for k, v in keys.items() if v])
-    if cfg is None:
-        return 0
-    res = attack.main(cfg)
-    soft = f", soft prompts {100 * res.asr_soft:.1f}%" if res.asr_soft is not None else ""
-    print(f"{res.attack} on {cfg.concept!r}: pre-attack ASR {100 * res.pre_asr:.1f}%, post-attack ASR "
-          f"{100 * res.asr:.1f}%{soft} ({res.attacked} of {res.n} prompts attacked)")
-    print(f"results: {res.output_dir / 'results.json'}")
     return 0
 
 
@@ -396,36 +345,36 @@ def _add_model_parsers(sub) -> None:
     g.add_argument("--expert", metavar="DIR", help="generate with one pruned expert (an expert folder)")
     g.add_argument("--experts", metavar="DIR", help="routed generation: a `prunefit prune` output folder")
     _config_args(g)
-    g.set_defaults(func=_cmd_generate)
+    g.set_defaults(func=_cmd_config)
 
     pr = sub.add_parser("prune", help="APTP: train a prompt router and materialize K experts (or magnitude/random)",
                         description="Defaults follow APTP's official settings (base 3, T 0.4, Sinkhorn eps 0.05 x3, "
                                     "loss weights 1/2/100/0.2/0.2/0.1/0.1); target = fraction of teacher MACs kept.")
     _config_args(pr)
-    pr.set_defaults(func=_cmd_prune)
+    pr.set_defaults(func=_cmd_config)
 
     ft = sub.add_parser("finetune", help="distil an expert from the unpruned teacher (DDPM + output + feature KD)",
                         description="Defaults follow the paper: weights 1.0/2.0/0.1, AdamW (0.9, 0.999), wd 0, "
                                     "lr 1e-6 with 250 warm-up steps, min-SNR 5. resume=latest continues exactly.")
     _config_args(ft)
-    ft.set_defaults(func=_cmd_finetune)
+    ft.set_defaults(func=_cmd_config)
 
     ca = sub.add_parser("cache", help="precompute VAE latents and text embeddings for faster training")
     _config_args(ca)
-    ca.set_defaults(func=_cmd_cache)
+    ca.set_defaults(func=_cmd_config)
 
     er = sub.add_parser("erase", help="remove concepts with a registered method (esd, uce, concept_prune, advunlearn)",
                         description="prunefit erase --method esd removal.concepts='[Claude Dots]' "
                                     "esd.train_method=xattn")
     er.add_argument("--method", help="removal method (see `prunefit list methods`)")
     _config_args(er)
-    er.set_defaults(func=_cmd_erase)
+    er.set_defaults(func=_cmd_config)
 
     bl = sub.add_parser("bilevel", help="fine-tune an expert while suppressing concepts (the paper's method)",
                         description="Presets: official (two AdamW, upper every 10, lr 1e-6 / 5e-6) and paper "
                                     "(penalized minimax, one optimizer, lambda 100, upper every 20).")
     _config_args(bl)
-    bl.set_defaults(func=_cmd_bilevel)
+    bl.set_defaults(func=_cmd_config)
 
 
 def _add_experiment_parsers(sub) -> None:
@@ -449,7 +398,7 @@ def _add_experiment_parsers(sub) -> None:
     at.add_argument("--prompts", metavar="FILE", help="prompt file or toy-world set name")
     at.add_argument("--output", "-o", metavar="DIR", help="output folder (config key output_dir)")
     _config_args(at)
-    at.set_defaults(func=_cmd_attack)
+    at.set_defaults(func=_cmd_config)
 
     ro = sub.add_parser("route", help="assign prompts to experts with a trained router (writes JSONL)")
     ro.add_argument("--experts", required=True, help="output_dir of `prunefit prune` (router/ + experts/)")

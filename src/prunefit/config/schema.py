@@ -424,19 +424,3 @@ class FinetuneConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: FinetuneLoss = field(default_factory=FinetuneLoss)
-
-
-@dataclass
-class CacheConfig:
-    """``prunefit cache``: precompute VAE latent distributions and text embeddings of a data source."""
-
-    model: str = "toyworld"
-    output_dir: str = "runs/cache"
-    samples: int = 4096
-    batch_size: int = 64
-    seed: int = 0
-    device: str = "cpu"
-    data: DataConfig = field(default_factory=DataConfig)
-
-    def __post_init__(self) -> None:
-        _check(self.samples >= 1 and self.batch_size >= 1, "samples and batch_size must be >= 1")

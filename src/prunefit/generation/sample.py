@@ -39,6 +39,11 @@ class GenerationResult:
     manifest: Path
     grid: Optional[Path]
 
+    def lines(self) -> list[str]:
+        grid = [f"grid: {self.grid}"] if self.grid else []
+        return [f"generated {self.generated} image(s), reused {self.skipped} -> {self.output_dir / 'images'}",
+                f"manifest: {self.manifest}", *grid]
+
 
 def sampling_settings(sampler: SamplerConfig) -> dict[str, Any]:
     """The sampler settings that determine an image (batch size only changes speed)."""

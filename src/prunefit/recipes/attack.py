@@ -86,6 +86,13 @@ class AttackResult:
     asr: float
     asr_soft: Optional[float]
     protocol: dict
+    concept: str = ""
+
+    def lines(self) -> list[str]:
+        soft = f", soft prompts {100 * self.asr_soft:.1f}%" if self.asr_soft is not None else ""
+        return [f"{self.attack} on {self.concept!r}: pre-attack ASR {100 * self.pre_asr:.1f}%, post-attack ASR "
+                f"{100 * self.asr:.1f}%{soft} ({self.attacked} of {self.n} prompts attacked)",
+                f"results: {self.output_dir / 'results.json'}"]
 
 
 def read_attack_prompts(cfg: AttackConfig) -> list[AttackPrompt]:
@@ -338,7 +345,7 @@ class AttackRun:
         (self.out / "results.json").write_text(json.dumps(doc, indent=1))
         self.grid([rows[i] for i in ids])
         return AttackResult(self.out, self.entry.name, N, attacked, values["pre_asr"], values["asr"],
-                            values.get("asr_soft"), protocol)
+                            values.get("asr_soft"), protocol, self.cfg.concept)
 
 
 def main(cfg: AttackConfig) -> AttackResult:

@@ -28,6 +28,9 @@ class BilevelResult:
     steps: int
     balance: dict
 
+    def lines(self) -> list[str]:
+        return [f"bilevel ({self.balance.get('preset')}) {self.steps} steps -> {self.model_path}"]
+
 
 def main(cfg: BilevelConfig) -> BilevelResult:
     """Check the inputs, then run under the output folder's lock."""

@@ -29,6 +29,9 @@ class EraseResult:
     model_path: Path
     info: dict
 
+    def lines(self) -> list[str]:
+        return [f"{self.info['method']} removed {self.info['concepts']} -> {self.model_path}"]
+
 
 def main(cfg: EraseConfig) -> EraseResult:
     entry = get_method(cfg.removal.method)

@@ -53,6 +53,15 @@ class EvaluateResult:
     results_path: Path
     document: dict[str, Any]
     """The merged results.json: a header (run, model, generation settings) and one entry per metric."""
+    evaluated: list[str] = field(default_factory=list)
+    """The metrics this call computed (the document may hold earlier ones too)."""
+
+    def lines(self) -> list[str]:
+        out = []
+        for name in self.evaluated:
+            values = self.document["metrics"][name]["values"]
+            out.append(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+        return out + [f"results: {self.results_path}"]
 
 
 def main(cfg: EvaluateConfig) -> EvaluateResult:
@@ -71,7 +80,7 @@ def main(cfg: EvaluateConfig) -> EvaluateResult:
     results = {}
     for entry in tqdm(entries, desc="metrics", unit="metric", disable=len(entries) < 2):
         results[entry.name] = entry.fn(ctx, cfg.section(entry))
-    return EvaluateResult(out, merge_results(out, header, results))
+    return EvaluateResult(out, merge_results(out, header, results), list(results))
 
 
 def fid_reference(images: str, cfg: FidConfig, output: str | None = None) -> Path:

@@ -125,6 +125,11 @@ class FiguresResult:
     size: tuple[int, int]
     rows: list[ModelRow]
 
+    def lines(self) -> list[str]:
+        return [f"rendered {sum(self.generated.values())} image(s), reused {sum(self.skipped.values())}",
+                f"figure: {self.figure} ({self.size[0]}x{self.size[1]})", f"cells: {self.sidecar}",
+                f"page: {self.html}"]
+
     @property
     def generated(self) -> dict[str, int]:
         return {r.name: r.generated for r in self.rows}

@@ -30,6 +30,9 @@ class FinetuneResult:
     steps: int
     effective_batch: int
 
+    def lines(self) -> list[str]:
+        return [f"fine-tuned {self.steps} steps (effective batch {self.effective_batch}) -> {self.model_path}"]
+
 
 def main(cfg: FinetuneConfig) -> FinetuneResult:
     out = Path(cfg.output_dir)

@@ -44,6 +44,12 @@ class PruneResult:
     mac_ratios: list[float]
     summary: dict
 
+    def lines(self) -> list[str]:
+        out = [f"{p}: MAC ratio {r:.3f}" for p, r in zip(self.experts, self.mac_ratios)]
+        if self.summary.get("routing_toy_val"):
+            out.append(f"toy-val routing loads: {self.summary['routing_toy_val']['loads']}")
+        return out + [f"summary: {self.output_dir / 'prune_summary.json'}"]
+
 
 @dataclass
 class RouterObjective:
