@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from prunefit.config.load import save_resolved_config
-from prunefit.config.schema import DataConfig, FinetuneConfig, FinetuneLoss, PruneConfig, TrainConfig
+from prunefit.config.schema import DataConfig, FinetuneConfig, FinetuneLoss, TrainConfig
 from prunefit.errors import ConfigError
 from prunefit.evaluation.intervals import bootstrap_interval
 
@@ -70,15 +70,11 @@ class Distillation:
     def student(self) -> Path:
         if self.cfg.expert:
             return Path(self.cfg.expert)
-        path = self.root / "aptp"
-        if not (path / "prune_summary.json").is_file():
-            from prunefit.recipes import prune
+        from prunefit.recipes.experiment import pruned_once
 
-            self.log(f"[distillation] APTP-pruning the teacher ({self.cfg.prune_steps} router steps)")
-            prune.main(dataclasses.replace(PruneConfig(), model=self.cfg.model, output_dir=str(path), num_experts=4,
-                                           target=0.8, steps=self.cfg.prune_steps, batch_size=8, eval_prompts=0,
-                                           device=self.cfg.device))
-        return path / "experts" / "expert-0"
+        return pruned_once(self.root / "aptp", f"[distillation] APTP-pruning the teacher ({self.cfg.prune_steps} "
+                           "router steps)", self.log, model=self.cfg.model, num_experts=4, target=0.8,
+                           steps=self.cfg.prune_steps, batch_size=8, device=self.cfg.device)
 
     def point(self, variant: str, seed: int, step: int, judged) -> dict:
         from prunefit.recipes import finetune

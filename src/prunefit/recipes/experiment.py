@@ -186,6 +186,18 @@ def run_erase(method: str, concept: str, model: str, student: Optional[Path], ou
     return erase.main(cfg).model_path
 
 
+def pruned_once(out: Path, message: str, log, **settings) -> Path:
+    """Expert 0 of a ``prunefit prune`` run into ``out`` with ``settings`` (no evaluation prompts), pruning only
+    when ``out`` holds no finished run: an experiment's starting student."""
+    if not (out / "prune_summary.json").is_file():
+        from prunefit.config.schema import PruneConfig
+        from prunefit.recipes import prune
+
+        log(message)
+        prune.main(dataclasses.replace(PruneConfig(), output_dir=str(out), eval_prompts=0, **settings))
+    return out / "experts" / "expert-0"
+
+
 def method_section(config_cls: type, method: str, concept: str, model: str, knobs: EraseKnobs,
                    train_method: Optional[str] = None):
     """A method's section with the experiments' toy-scale protocol for the built-in methods (budgets, UCE's
@@ -330,16 +342,9 @@ class Table3:
     def start_expert(self) -> Path:
         if self.cfg.expert:
             return Path(self.cfg.expert)
-        path = self.root / "start"
-        if not (path / "prune_summary.json").is_file():
-            from prunefit.config.schema import PruneConfig
-            from prunefit.recipes import prune
-
-            self.log(f"[table3] magnitude-pruning the teacher to {self.cfg.target} of its MACs")
-            prune.main(dataclasses.replace(PruneConfig(), model=self.cfg.model, method="magnitude",
-                                           target=self.cfg.target, output_dir=str(path), eval_prompts=0,
-                                           device=self.cfg.device))
-        return path / "experts" / "expert-0"
+        return pruned_once(self.root / "start", f"[table3] magnitude-pruning the teacher to {self.cfg.target} of "
+                           "its MACs", self.log, model=self.cfg.model, method="magnitude", target=self.cfg.target,
+                           device=self.cfg.device)
 
     def train_distilled(self, student: Path, out: Path, data: DataConfig, model: Optional[str] = None) -> Path:
         """Fine-tune (distil) ``student`` for ``lower_steps`` into ``out`` (reused when finished, else resumed)."""
