@@ -87,3 +87,18 @@ def test_pareto_runs_the_core_points_first_in_their_listed_order():
     assert len(order) == len(grid(cfg)) * 2 and len(set(order)) == len(order)  # every cell once
     assert order[6:] == [(n, 0) for n in ("two-stage-esd100", "nested-r0.25", "official-r0.25-pure")] + \
         [(n, 1) for n in ("two-stage-esd100", "nested-r0.25", "official-r0.25-pure")]
+
+
+def test_the_verdict_judges_the_finished_points_on_every_seed_and_names_the_rest():
+    from prunefit.recipes.pareto import Point, verdict_cells
+
+    def cells(*seeds):
+        return [{"seed": s} for s in seeds]
+
+    esd, off, nested = Point("two-stage", 100), Point("official", 0.5), Point("nested", 0.25)
+    judged, common, pending = verdict_cells({esd: cells(0, 1, 2), off: cells(0, 1, 2), nested: cells(0)}, [0, 1, 2])
+    assert set(judged) == {esd, off} and common == [0, 1, 2] and pending == ["nested-r0.25 (1 of 3 seeds)"]
+    # no bilevel point finished on every seed yet: every point on the seeds they share
+    judged, common, pending = verdict_cells({esd: cells(0, 1, 2), nested: cells(0, 1)}, [0, 1, 2])
+    assert set(judged) == {esd, nested} and common == [0, 1] and pending == []
+    assert verdict_cells({esd: cells(1), nested: cells(0)}, [0, 1, 2]) == ({}, [], [])

@@ -121,6 +121,23 @@ def point_config(cfg: ParetoConfig, p: Point, seed: int) -> tuple[ExperimentConf
     return dataclasses.replace(base, bilevel_preset="paper", double_loop="interleaved", lam=p.value), "ours_esd"
 
 
+def verdict_cells(cells: dict, seeds: list[int]) -> tuple[dict, list[int], list[str]]:
+    """The points the verdict compares, on which seeds, and the points it leaves out for now.
+
+    Points are compared on the seeds they share (a seed's distilled model moves every point trained from it).
+    Where the points finished on every configured seed include both families, the verdict uses those on all
+    seeds and names the unfinished ones as pending, so one point just started does not cut every comparison down
+    to its single seed; otherwise every point on the seeds common to all of them."""
+    has = {p: {c["seed"] for c in cs} for p, cs in cells.items()}
+    full = {p: cs for p, cs in cells.items() if set(seeds) <= has[p]}
+    families = {p.family == "two-stage" and not p.pure for p in full}
+    if families == {True, False}:
+        pending = [f"{p.name} ({len(has[p] & set(seeds))} of {len(seeds)} seeds)" for p in cells if p not in full]
+        return full, sorted(seeds), pending
+    common = sorted(set.intersection(*has.values())) if cells else []
+    return (cells if common else {}), common, []
+
+
 class Judged:
     """Per-prompt judge outcomes of a model: concept shown (adversarial / artist set) and toy-val features."""
 
@@ -260,10 +277,9 @@ class Pareto:
         from prunefit.recipes.pareto_report import write_pareto_report
 
         results = [self.summarize(p, cs, concept) for p, cs in cells.items()]
-        common = sorted(set.intersection(*[{c["seed"] for c in cs} for cs in cells.values()])) if cells else []
-        paired = [self.summarize(p, [c for c in cs if c["seed"] in common], concept) for p, cs in cells.items()] \
-            if common else []
-        return write_pareto_report(croot, concept, results, self.cfg, paired, common)
+        judged, common, pending = verdict_cells(cells, self.cfg.seeds)
+        paired = [self.summarize(p, [c for c in cs if c["seed"] in common], concept) for p, cs in judged.items()]
+        return write_pareto_report(croot, concept, results, self.cfg, paired, common, pending)
 
 
 def main(cfg: ParetoConfig, log=print) -> dict:

@@ -18,7 +18,7 @@ def could_dominate(q, p) -> bool:
     return q.asr.low <= p.asr.high and q.fjd.low <= p.fjd.high
 
 
-def verdict(results: list, seeds: list[int]) -> tuple[bool, str]:
+def verdict(results: list, seeds: list[int], pending: tuple[str, ...] = ()) -> tuple[bool, str]:
     """Does a bilevel point lie beyond the whole two-stage front (no two-stage point could dominate it)?
     ``results`` are summaries over the same ``seeds`` for every point (a seed's distilled model moves every point
     trained from it, so points are compared on the seeds they share)."""
@@ -27,7 +27,8 @@ def verdict(results: list, seeds: list[int]) -> tuple[bool, str]:
     if not base or not ours or not seeds:
         return False, "verdict: not enough points yet (needs two-stage and bilevel points on a common seed)"
     beyond = [p for p in ours if not any(could_dominate(q, p) for q in base)]
-    tail = f" (on seed(s) {', '.join(map(str, seeds))}, common to every point)"
+    tail = f" (on seed(s) {', '.join(map(str, seeds))}, common to every point judged"
+    tail += f"; not yet judged: {', '.join(pending)})" if pending else ")"
     if beyond:
         names = ", ".join(f"{p.point.name} (ASR {p.asr.text(100)} %, FJD {p.fjd.text(1, 2)})" for p in beyond)
         return True, f"verdict: YES - beyond the two-stage front by the 95% intervals: {names}{tail}"
@@ -49,11 +50,12 @@ def _balance(b: dict) -> tuple[str, str]:
     return r, lam
 
 
-def write_pareto_report(croot: Path, concept: str, results: list, cfg, paired: list, common: list[int]) -> dict:
-    """``results``: every point over all its seeds (the table, the plot); ``paired``: every point over the
-    ``common`` seeds only (the verdict)."""
+def write_pareto_report(croot: Path, concept: str, results: list, cfg, paired: list, common: list[int],
+                        pending: tuple[str, ...] = ()) -> dict:
+    """``results``: every point over all its seeds (the table, the plot); ``paired``: the points the verdict
+    compares, over the ``common`` seeds only; ``pending``: the points it leaves out for now."""
     croot.mkdir(parents=True, exist_ok=True)
-    ok, line = verdict(paired, common)
+    ok, line = verdict(paired, common, tuple(pending))
     header = ["point", "family", "seeds", "ASR % [95% CI]", "FJD [95% CI]", "fidelity %", "r", "lambda", "pure data"]
     md = [f"# ASR vs FJD fronts on the toy world: suppressing `{concept}`", "",
           f"{cfg.eval_prompts} prompts per set (adversarial / artist set for ASR, toy-val for FJD and fidelity), "
