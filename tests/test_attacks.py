@@ -320,7 +320,7 @@ def test_unlearndiff_breaks_uce_where_the_fixed_prompts_do_not(tmp_path):
     """UCE erases skull on its plain prompts (pre-attack 0/4); UnlearnDiffAtk's soft prompt brings it back (slow:
     a UCE edit and a 20-step attack, ~30 s)."""
     from prunefit.recipes.attack import attack_asr
-    from prunefit.recipes.experiment import EraseKnobs, run_erase
+    from prunefit.recipes.table3 import EraseKnobs, run_erase
 
     model = run_erase("uce", "skull", "toyworld", None, tmp_path / "uce", EraseKnobs(1, 1e-4, 20, 1, 10))
     res = attack_asr(model, "toyworld", "skull", "unlearndiff", {"iterations": 20}, n_prompts=4,

@@ -8,9 +8,9 @@ import pytest
 
 from prunefit.config.load import load_config
 from prunefit.errors import ConfigError
-from prunefit.recipes import erasure
-from prunefit.recipes.erasure import ErasureConfig, targets
-from prunefit.recipes.experiment import uce_guide, uce_preserve
+from prunefit.recipes import erasure_matrix as erasure
+from prunefit.recipes.erasure_matrix import ErasureConfig, targets
+from prunefit.recipes.table3 import uce_guide, uce_preserve
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from prunefit.config.load import load_config
-from prunefit.recipes.experiment import ExperimentConfig, Table3, stage_dir
+from prunefit.recipes.table3 import ExperimentConfig, Table3, stage_dir
 
 
 def _t3(tmp_path, *ov):

@@ -106,8 +106,8 @@ def test_the_sections_leave_with_the_registration(tmp_path):
 
 
 def test_experiments_accept_the_registered_method(plugins, tiny, tmp_path):
-    from prunefit.recipes.erasure import ErasureConfig, variant_method
-    from prunefit.recipes.experiment import EraseKnobs, run_erase
+    from prunefit.recipes.erasure_matrix import ErasureConfig, variant_method
+    from prunefit.recipes.table3 import EraseKnobs, run_erase
 
     assert variant_method("dummy_scale") == ("dummy_scale", None)
     ErasureConfig(variants=["esd-u", "dummy_scale"])  # validates against the registry

@@ -200,8 +200,8 @@ class _Experiment:
 
 
 _EXPERIMENTS = {
-    "table3": _Experiment("experiment", "ExperimentConfig", per_concept=True),
-    "erasure": _Experiment("erasure", "ErasureConfig"),
+    "table3": _Experiment("table3", "ExperimentConfig", per_concept=True),
+    "erasure": _Experiment("erasure_matrix", "ErasureConfig"),
     "figures": _Experiment("figures", "FiguresConfig"),
     "pareto": _Experiment("pareto", "ParetoConfig", per_concept=True, extras=("plot:pareto.png",)),
     "distillation": _Experiment("distillation", "DistillationConfig", extras=("curves:curves.png",)),
@@ -238,7 +238,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         return 0
     results = recipe.main(cfg, log=lambda m: print(m, flush=True))
     if spec.per_concept:
-        from prunefit.recipes.experiment import concept_slug
+        from prunefit.recipes.table3 import concept_slug
 
         folders = [Path(cfg.output_dir) / concept_slug(concept) for concept in results]
     else:

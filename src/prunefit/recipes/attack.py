@@ -379,7 +379,7 @@ def attack_asr(model_path: str | Path, base_model: str, concept: str, attack: st
     pre- and post-attack ASR. ``budget`` overrides the attack's config section (e.g. {"iterations": 20});
     ``output_dir`` defaults to <model_path>/attacks/<attack>-<concept> (finished runs are reused)."""
     from prunefit.config.load import load_config
-    from prunefit.recipes.experiment import concept_slug
+    from prunefit.recipes.table3 import concept_slug
 
     if output_dir is None:
         root = Path(model_path) if Path(model_path).is_dir() else Path("runs") / "attacks" / str(model_path)

@@ -70,7 +70,7 @@ class Distillation:
     def student(self) -> Path:
         if self.cfg.expert:
             return Path(self.cfg.expert)
-        from prunefit.recipes.experiment import pruned_once
+        from prunefit.recipes.table3 import pruned_once
 
         return pruned_once(self.root / "aptp", f"[distillation] APTP-pruning the teacher ({self.cfg.prune_steps} "
                            "router steps)", self.log, model=self.cfg.model, num_experts=4, target=0.8,

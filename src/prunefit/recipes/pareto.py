@@ -29,7 +29,7 @@ import torch
 from prunefit.config.load import save_resolved_config
 from prunefit.errors import ConfigError
 from prunefit.evaluation.intervals import Interval, bootstrap_interval
-from prunefit.recipes.experiment import ExperimentConfig, Table3, _is_unsafe, concept_slug, stage_dir, stage_key
+from prunefit.recipes.table3 import ExperimentConfig, Table3, _is_unsafe, concept_slug, stage_dir, stage_key
 from prunefit.toyworld.world import COLOURS, OBJECTS
 
 FAMILIES = ("two-stage", "official", "nested", "interleaved")

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def write_table3_report(croot: Path, concept: str, rows: dict, cfg, start: Path) -> Path:
-    from prunefit.recipes.experiment import PAPER_TABLE3, ROW_NAMES, guidance_label
+    from prunefit.recipes.table3 import PAPER_TABLE3, ROW_NAMES, guidance_label
 
     header = ["method", "ASR adversarial (%)", "rate plain (%)", "FJD", "fidelity (%)", "kept artists (%)",
               "train s", "paper ASR (%)", "paper FID"]
@@ -65,7 +65,7 @@ def write_table3_report(croot: Path, concept: str, rows: dict, cfg, start: Path)
 
 
 def _scatter(croot: Path, rows: dict, concept: str) -> None:
-    from prunefit.recipes.experiment import ROW_NAMES
+    from prunefit.recipes.table3 import ROW_NAMES
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for key, r in rows.items():
@@ -113,7 +113,7 @@ def _samples(croot: Path, rows: dict, concept: str, cfg) -> None:
     from prunefit.generation.grid import GridStyle, labelled_grid
     from prunefit.models.components import load_components
     from prunefit.pruning.expert import load_expert
-    from prunefit.recipes.experiment import ROW_NAMES, _is_unsafe
+    from prunefit.recipes.table3 import ROW_NAMES, _is_unsafe
     from prunefit.recipes.toyworld_quality import generate_rows, read_rows
     from prunefit.toyworld.paths import prompts_dir
     from prunefit.toyworld.prompts import artist_slug

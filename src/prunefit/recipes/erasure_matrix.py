@@ -20,7 +20,7 @@ from typing import Optional
 
 from prunefit.config.load import save_resolved_config
 from prunefit.errors import ConfigError
-from prunefit.recipes.experiment import EraseKnobs, _is_unsafe, concept_slug, guidance_label, judge_model, run_erase
+from prunefit.recipes.table3 import EraseKnobs, _is_unsafe, concept_slug, guidance_label, judge_model, run_erase
 
 VARIANTS = {"esd-x": ("esd", "xattn"), "esd-u": ("esd", "noxattn"), "uce": ("uce", None),
             "concept_prune": ("concept_prune", None), "advunlearn": ("advunlearn", None)}
