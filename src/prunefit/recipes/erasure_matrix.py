@@ -86,8 +86,7 @@ class ErasureConfig:
             raise ConfigError("eval_prompts must be >= 2 and the iteration budgets >= 1")
 
     def knobs(self) -> EraseKnobs:
-        return EraseKnobs(self.esd_iterations, self.esd_lr, self.esd_ddim_steps, self.advunlearn_iterations,
-                          self.concept_prune_steps)
+        return EraseKnobs.of(self)
 
 
 def targets(concept: str, cells: dict) -> list[tuple[str, str, bool]]:

@@ -135,6 +135,12 @@ class EraseKnobs:
     advunlearn_iterations: int
     concept_prune_steps: int
 
+    @classmethod
+    def of(cls, cfg) -> "EraseKnobs":
+        """The budgets of an experiment config that declares these five keys (Table 3 / Pareto, the erasure
+        matrix: each with its own defaults)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
 
 def esd_parameters(concept: str) -> str:
     """ESD's parameter subset for a concept: ESD-u (non-cross-attention) for the unsafe concept, as the ESD
@@ -314,8 +320,7 @@ class Table3:
                 "loss": asdict(c.loss), "lower_steps": c.lower_steps}
 
     def erase_knobs(self) -> EraseKnobs:
-        c = self.cfg
-        return EraseKnobs(c.esd_iterations, c.esd_lr, c.esd_ddim_steps, c.advunlearn_iterations, c.concept_prune_steps)
+        return EraseKnobs.of(self.cfg)
 
     def bilevel_config(self, method: str, concept: str, student: Path, out: Path):
         """The typed ``prunefit bilevel`` config of a bilevel row."""
