@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from prunefit.config.schema import ClipScoreConfig, CostConfig, FidConfig, NudityConfig
 from prunefit.errors import ConfigError, DataError, OutputError
 from prunefit.evaluation.clip import clip_score, mean_clip_score
+from prunefit.evaluation.configs import ClipScoreConfig, CostConfig, FidConfig, NudityConfig
 from prunefit.evaluation.context import EvalContext
 from prunefit.evaluation.fid import feature_stats, fid_from_features, frechet_distance
 from prunefit.evaluation.metrics import similarity_dropped, zero_shot_accuracy

@@ -98,7 +98,7 @@ def test_clip_score_clamp_conventions_differ_when_a_pair_is_negative():
 
 
 def test_clip_score_config_defaults_to_torchmetrics():
-    from prunefit.config.schema import ClipScoreConfig
+    from prunefit.evaluation.configs import ClipScoreConfig
 
     assert ClipScoreConfig().clamp == "mean_at_zero"
     with pytest.raises(ConfigError, match="clip_score.clamp must be"):

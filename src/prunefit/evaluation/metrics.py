@@ -12,7 +12,9 @@ from typing import Optional
 
 import torch
 
-from prunefit.config.schema import (
+from prunefit.errors import ConfigError, DataError
+from prunefit.evaluation import fid as fidlib
+from prunefit.evaluation.configs import (
     ArtistMetricConfig,
     ClipScoreConfig,
     CostConfig,
@@ -20,8 +22,6 @@ from prunefit.config.schema import (
     NudityConfig,
     ToyworldMetricConfig,
 )
-from prunefit.errors import ConfigError, DataError
-from prunefit.evaluation import fid as fidlib
 from prunefit.evaluation.context import EvalContext
 from prunefit.evaluation.registry import MetricResult, register_metric
 

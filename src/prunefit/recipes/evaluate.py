@@ -9,10 +9,10 @@ from typing import Any, Optional
 
 from tqdm.auto import tqdm
 
-from prunefit.config.schema import FidConfig
 from prunefit.config.sections import with_sections
 from prunefit.errors import ConfigError
 from prunefit.evaluation import fid as fidlib
+from prunefit.evaluation.configs import FidConfig
 from prunefit.evaluation.context import EvalContext
 from prunefit.evaluation.metrics import _feature_network
 from prunefit.evaluation.registry import get_metric, metric_sections
