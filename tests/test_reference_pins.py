@@ -134,3 +134,15 @@ def test_min_snr_legacy_v_form_is_the_official_codes():
     eps = torch.tensor([1.0, 1.0, 5 / 9, 5 / 20])  # epsilon: both forms are min(snr, 5) / snr
     assert torch.allclose(min_snr_weights(s, 5.0, "epsilon", formula="legacy"), eps)
     assert torch.allclose(min_snr_weights(s, 5.0, "epsilon", formula="paper"), eps)
+
+
+def test_esd_ddim_depth_reaches_every_index_like_train_esd():
+    import torch
+
+    from prunefit.removal.esd.method import ddim_depth
+
+    g = torch.Generator().manual_seed(0)
+    draws = [ddim_depth(g, 5) for _ in range(400)]
+    assert set(draws) == {0, 1, 2, 3, 4}  # the first (pure noise) and the last index included
+    counts = [draws.count(k) for k in range(5)]
+    assert min(counts) > 50  # uniform: 80 expected per index

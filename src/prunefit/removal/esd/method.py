@@ -59,6 +59,12 @@ class ESDConfig:
         return ESDConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ESDConfig)})
 
 
+def ddim_depth(generator: torch.Generator, ddim_steps: int) -> int:
+    """How many DDIM steps of the edited model produce ESD's x_t: uniform over every index 0 .. ddim_steps - 1
+    (train-esd.py; our first version never drew the first or the last)."""
+    return int(torch.randint(0, ddim_steps, (1,), generator=generator))
+
+
 @dataclass
 class ESDObjective:
     """Loss for samples [start, start + n): all samples of a call share one concept and one DDIM depth k."""
@@ -88,7 +94,7 @@ class ESDObjective:
         (k = 0: pure noise at the first DDIM timestep); cond: (1 or n, L, D)."""
         shape = (4, self.ctx.native_latent(), self.ctx.native_latent())
         x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.ctx.device)
-        k = int(torch.randint(0, self.cfg.ddim_steps, (1,), generator=gens[0]))
+        k = ddim_depth(gens[0], self.cfg.ddim_steps)
         self.ddim.set_timesteps(self.cfg.ddim_steps)
         x = x * self.ddim.init_noise_sigma
         ctx_pair = torch.cat([self.empty.expand(n, -1, -1), cond.expand(n, -1, -1)])
