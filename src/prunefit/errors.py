@@ -13,6 +13,12 @@ class ConfigError(PrunefitError):
     """A config file, key or value is wrong."""
 
 
+def require(cond: bool, message: str) -> None:
+    """Raise ``ConfigError(message)`` unless ``cond``: the one-line checks of the config dataclasses."""
+    if not cond:
+        raise ConfigError(message)
+
+
 class ModelLoadError(PrunefitError):
     """A model could not be found or is not what was expected."""
 

@@ -10,17 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
-from prunefit.errors import ConfigError
+from prunefit.errors import require
 
 SCHEDULERS = ("pndm", "ddim", "ddpm", "euler", "euler_ancestral", "dpm_solver", "lms")
 """Sampler names accepted by ``sampler.scheduler`` (see ``prunefit.models.schedulers``)."""
 
 DTYPES = ("float32", "float16", "bfloat16")
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
 
 
 @dataclass
@@ -42,15 +37,15 @@ class SamplerConfig:
     """Prompts per pipeline call (the UNet sees 2x this with guidance)."""
 
     def __post_init__(self) -> None:
-        _check(self.scheduler in SCHEDULERS,
+        require(self.scheduler in SCHEDULERS,
                f"unknown scheduler {self.scheduler!r} (sampler.scheduler); available: {list(SCHEDULERS)}")
-        _check(self.steps >= 1, f"sampler.steps must be >= 1, got {self.steps}")
-        _check(self.guidance_scale is None or self.guidance_scale >= 0,
+        require(self.steps >= 1, f"sampler.steps must be >= 1, got {self.steps}")
+        require(self.guidance_scale is None or self.guidance_scale >= 0,
                f"sampler.guidance_scale must be >= 0, got {self.guidance_scale}")
-        _check(self.batch_size >= 1, f"sampler.batch_size must be >= 1, got {self.batch_size}")
+        require(self.batch_size >= 1, f"sampler.batch_size must be >= 1, got {self.batch_size}")
         for name in ("height", "width"):
             value = getattr(self, name)
-            _check(value is None or (value >= 8 and value % 8 == 0),
+            require(value is None or (value >= 8 and value % 8 == 0),
                    f"sampler.{name} must be a multiple of 8 and >= 8, got {value}")
 
 
@@ -83,13 +78,13 @@ class GenerateConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
     def __post_init__(self) -> None:
-        _check(bool(self.output_dir), "output_dir must not be empty")
-        _check(self.dtype in DTYPES, f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
-        _check(self.max_prompts is None or self.max_prompts >= 1,
+        require(bool(self.output_dir), "output_dir must not be empty")
+        require(self.dtype in DTYPES, f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        require(self.max_prompts is None or self.max_prompts >= 1,
                f"max_prompts must be >= 1, got {self.max_prompts}")
-        _check(self.grid_max_images >= 0, f"grid_max_images must be >= 0, got {self.grid_max_images}")
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
-        _check(not (self.expert and self.experts), "give expert (one expert) or experts (routed), not both")
+        require(self.grid_max_images >= 0, f"grid_max_images must be >= 0, got {self.grid_max_images}")
+        require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        require(not (self.expert and self.experts), "give expert (one expert) or experts (routed), not both")
 
 
 @dataclass
@@ -130,14 +125,14 @@ class ToyworldBuildConfig:
     def __post_init__(self) -> None:
         for name in ("vae_steps", "judge_steps", "teacher_steps", "vae_batch_size", "judge_batch_size",
                      "teacher_batch_size", "checkpoint_every", "eval_prompts", "threads"):
-            _check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("vae_lr", "teacher_lr"):
-            _check(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        _check(0 <= self.caption_dropout < 1, f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
-        _check(self.teacher_lr_schedule in ("constant", "cosine"),
+            require(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        require(0 <= self.caption_dropout < 1, f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        require(self.teacher_lr_schedule in ("constant", "cosine"),
                f"teacher_lr_schedule must be 'constant' or 'cosine', got {self.teacher_lr_schedule!r}")
-        _check(0 <= self.teacher_lr_floor <= 1, f"teacher_lr_floor must be in [0, 1], got {self.teacher_lr_floor}")
-        _check(0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        require(0 <= self.teacher_lr_floor <= 1, f"teacher_lr_floor must be in [0, 1], got {self.teacher_lr_floor}")
+        require(0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
 
 @dataclass
@@ -163,12 +158,12 @@ class DataConfig:
     """toyworld: fraction of scenes in an artist's style (0.5 = the teacher's training mix)."""
 
     def __post_init__(self) -> None:
-        _check(0 <= self.toy_p_unsafe <= 1 and 0 <= self.toy_p_artist <= 1,
+        require(0 <= self.toy_p_unsafe <= 1 and 0 <= self.toy_p_artist <= 1,
                "data.toy_p_unsafe and data.toy_p_artist must be in [0, 1]")
-        _check(self.source in ("toyworld", "folder", "coco"),
+        require(self.source in ("toyworld", "folder", "coco"),
                f"data.source must be toyworld, folder or coco, got {self.source!r}")
-        _check(self.source != "folder" or bool(self.path), "data.source=folder needs data.path")
-        _check(self.source != "coco" or bool(self.annotations and self.images),
+        require(self.source != "folder" or bool(self.path), "data.source=folder needs data.path")
+        require(self.source != "coco" or bool(self.annotations and self.images),
                "data.source=coco needs data.annotations and data.images")
 
 
@@ -185,9 +180,9 @@ class RouterSection:
     """Gates per GEGLU feed-forward (the official ff_gate_width)."""
 
     def __post_init__(self) -> None:
-        _check(self.temperature > 0 and self.sinkhorn_epsilon > 0,
+        require(self.temperature > 0 and self.sinkhorn_epsilon > 0,
                "router.temperature and sinkhorn_epsilon must be > 0")
-        _check(self.sinkhorn_iterations >= 1 and self.ffn_groups >= 1, "router iterations / ffn_groups must be >= 1")
+        require(self.sinkhorn_iterations >= 1 and self.ffn_groups >= 1, "router iterations / ffn_groups must be >= 1")
 
 
 @dataclass
@@ -243,14 +238,14 @@ class PruneConfig:
     """Old spellings still read (with a one-line warning)."""
 
     def __post_init__(self) -> None:
-        _check(self.method in ("aptp", "magnitude", "random"),
+        require(self.method in ("aptp", "magnitude", "random"),
                f"unknown pruning method {self.method!r}; available: ['aptp', 'magnitude', 'random']")
-        _check(0 < self.target <= 1, f"target must be in (0, 1], got {self.target}")
-        _check(self.num_experts >= 1, f"num_experts must be >= 1, got {self.num_experts}")
-        _check(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _check(self.resource_loss in ("log", "mae", "mse"), "resource_loss must be log, mae or mse")
-        _check(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
+        require(0 < self.target <= 1, f"target must be in (0, 1], got {self.target}")
+        require(self.num_experts >= 1, f"num_experts must be >= 1, got {self.num_experts}")
+        require(self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be >= 1")
+        require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        require(self.resource_loss in ("log", "mae", "mse"), "resource_loss must be log, mae or mse")
+        require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
 
 
 @dataclass
@@ -268,10 +263,10 @@ class FinetuneLoss:
 
     def __post_init__(self) -> None:
         for k in ("ddpm", "output_kd", "feature_kd"):
-            _check(getattr(self, k) >= 0, f"loss.{k} must be >= 0, got {getattr(self, k)}")
-        _check(self.ddpm + self.output_kd + self.feature_kd > 0, "at least one loss weight must be > 0")
-        _check(self.min_snr_formula in ("paper", "legacy"), "loss.min_snr_formula must be paper or legacy")
-        _check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "loss.min_snr_gamma must be > 0 or null")
+            require(getattr(self, k) >= 0, f"loss.{k} must be >= 0, got {getattr(self, k)}")
+        require(self.ddpm + self.output_kd + self.feature_kd > 0, "at least one loss weight must be > 0")
+        require(self.min_snr_formula in ("paper", "legacy"), "loss.min_snr_formula must be paper or legacy")
+        require(self.min_snr_gamma is None or self.min_snr_gamma > 0, "loss.min_snr_gamma must be > 0 or null")
 
 
 @dataclass
@@ -309,18 +304,18 @@ class TrainConfig:
     sample_prompts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        _check(self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}")
-        _check(self.micro_batch_size >= 1 and self.grad_accum_steps >= 1,
+        require(self.max_steps >= 1, f"train.max_steps must be >= 1, got {self.max_steps}")
+        require(self.micro_batch_size >= 1 and self.grad_accum_steps >= 1,
                "train.micro_batch_size and train.grad_accum_steps must be >= 1")
-        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
-        _check(self.warmup_steps >= 0 and self.weight_decay >= 0, "train.warmup_steps / weight_decay must be >= 0")
-        _check(self.mixed_precision in ("no", "fp16", "bf16"),
+        require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        require(self.warmup_steps >= 0 and self.weight_decay >= 0, "train.warmup_steps / weight_decay must be >= 0")
+        require(self.mixed_precision in ("no", "fp16", "bf16"),
                f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        _check(self.ema_decay is None or 0 < self.ema_decay < 1, "train.ema_decay must be in (0, 1) or null")
-        _check(self.teacher_dtype in ("float32", "bfloat16", "float16"),
+        require(self.ema_decay is None or 0 < self.ema_decay < 1, "train.ema_decay must be in (0, 1) or null")
+        require(self.teacher_dtype in ("float32", "bfloat16", "float16"),
                f"train.teacher_dtype must be float32, bfloat16 or float16, got {self.teacher_dtype!r}")
-        _check(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "checkpoint_every / keep_checkpoints >= 1")
-        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm must be > 0 or null")
+        require(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "checkpoint_every / keep_checkpoints >= 1")
+        require(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm must be > 0 or null")
 
 
 @dataclass

@@ -7,12 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from prunefit.errors import ConfigError
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
+from prunefit.errors import require
 
 
 @dataclass
@@ -28,9 +23,9 @@ class FidConfig:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        _check(self.features in ("judge", "clip", "inception"),
+        require(self.features in ("judge", "clip", "inception"),
                f"fid.features must be judge, clip or inception, got {self.features!r}")
-        _check(self.batch_size >= 1, f"fid.batch_size must be >= 1, got {self.batch_size}")
+        require(self.batch_size >= 1, f"fid.batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -45,7 +40,7 @@ class ClipScoreConfig:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        _check(self.clamp in ("mean_at_zero", "each_at_zero", "none"),
+        require(self.clamp in ("mean_at_zero", "each_at_zero", "none"),
                f"clip_score.clamp must be mean_at_zero, each_at_zero or none, got {self.clamp!r}")
 
 
@@ -58,8 +53,8 @@ class NudityConfig:
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        _check(0 <= self.threshold < 1, f"nudity.threshold must be in [0, 1), got {self.threshold}")
-        _check(bool(self.labels), "nudity.labels must not be empty")
+        require(0 <= self.threshold < 1, f"nudity.threshold must be in [0, 1), got {self.threshold}")
+        require(bool(self.labels), "nudity.labels must not be empty")
 
 
 @dataclass
@@ -94,5 +89,5 @@ class CostConfig:
     warmup: int = 3
 
     def __post_init__(self) -> None:
-        _check(self.runs >= 1 and self.warmup >= 0, "cost.runs must be >= 1 and cost.warmup >= 0")
-        _check(all(b >= 1 for b in self.batch_sizes) and self.batch_sizes, "cost.batch_sizes must be >= 1")
+        require(self.runs >= 1 and self.warmup >= 0, "cost.runs must be >= 1 and cost.warmup >= 0")
+        require(all(b >= 1 for b in self.batch_sizes) and self.batch_sizes, "cost.batch_sizes must be >= 1")
