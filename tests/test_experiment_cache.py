@@ -102,3 +102,7 @@ def test_the_verdict_judges_the_finished_points_on_every_seed_and_names_the_rest
     judged, common, pending = verdict_cells({esd: cells(0, 1, 2), nested: cells(0, 1)}, [0, 1, 2])
     assert set(judged) == {esd, nested} and common == [0, 1] and pending == []
     assert verdict_cells({esd: cells(1), nested: cells(0)}, [0, 1, 2]) == ({}, [], [])
+    # a finished pure-data two-stage point is not a bilevel point: the fallback applies
+    pure = Point("two-stage", 100, pure=True)
+    judged, common, pending = verdict_cells({esd: cells(0, 1, 2), pure: cells(0, 1, 2), nested: cells(0)}, [0, 1, 2])
+    assert set(judged) == {esd, pure, nested} and common == [0] and pending == []

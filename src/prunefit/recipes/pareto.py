@@ -130,8 +130,7 @@ def verdict_cells(cells: dict, seeds: list[int]) -> tuple[dict, list[int], list[
     to its single seed; otherwise every point on the seeds common to all of them."""
     has = {p: {c["seed"] for c in cs} for p, cs in cells.items()}
     full = {p: cs for p, cs in cells.items() if set(seeds) <= has[p]}
-    families = {p.family == "two-stage" and not p.pure for p in full}
-    if families == {True, False}:
+    if any(p.family == "two-stage" and not p.pure for p in full) and any(p.family != "two-stage" for p in full):
         pending = [f"{p.name} ({len(has[p] & set(seeds))} of {len(seeds)} seeds)" for p in cells if p not in full]
         return full, sorted(seeds), pending
     common = sorted(set.intersection(*has.values())) if cells else []
