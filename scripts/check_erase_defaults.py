@@ -7,6 +7,11 @@ Targets (issue 18): concept rate <= 10%, each kept artist >= 90% of its original
 toy-val FJD <= 1.5x the original's. Writes ``results.json`` and ``report.md`` under --output; finished edits and
 judged cells are reused on re-runs; cells not started within --budget-min are reported as not run.
 
+Choosing a default: ``--split dev`` judges on the *last* --n rows of every prompt file (the reported ``test``
+split is the first --n; the two never overlap at n <= 100 for the 200-row sets), and ``--set esd.iterations=100``
+tries a candidate setting (its cells get their own folders). Candidates are compared on dev; only the chosen
+one is then judged on test.
+
 Run under the heavy lock, one thread:
   flock /tmp/prunefit-heavy.lock env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 \\
       .venv/bin/python scripts/check_erase_defaults.py --output runs/check_erase_defaults
@@ -37,21 +42,31 @@ def _sets(concept: str) -> tuple[str, list[str]]:
     return f"artist-{artist_slug(concept)}", [a for a in ARTISTS if a != concept]
 
 
-def judge(model: str, concept_sets: list[str], kept: list[str], n: int, kept_n: int) -> dict:
+def _rows(path: Path, n: int, split: str) -> list[dict]:
+    """The first ``n`` rows of a prompt file (``test``, the reported split) or its last ``n`` (``dev``)."""
+    from prunefit.toyworld.prompts import read_rows
+
+    rows = read_rows(path)
+    if 2 * n > len(rows):
+        raise SystemExit(f"{path.name} has {len(rows)} rows: --n {n} would make dev and test overlap")
+    return rows[:n] if split == "test" else rows[-n:]
+
+
+def judge(model: str, concept_sets: list[str], kept: list[str], n: int, kept_n: int, split: str = "test") -> dict:
     """Judge rates of ``model``: each concept set and toy-val on ``n`` prompts, each kept artist on ``kept_n``
-    (their prompts sampled together in batches of 50)."""
+    (their prompts sampled together in batches of 50), all from ``split``."""
     from prunefit.config.schema import SamplerConfig
     from prunefit.models.components import load_components
-    from prunefit.recipes.toyworld_quality import generate_rows, measure_set, read_rows
+    from prunefit.recipes.toyworld_quality import generate_rows, measure_set
     from prunefit.toyworld.judge import load_judge
     from prunefit.toyworld.metrics import concept_rate
     from prunefit.toyworld.paths import judge_dir, prompts_dir
     from prunefit.toyworld.prompts import artist_slug
 
     comps, jd, sampler = load_components(model), load_judge(judge_dir()), SamplerConfig(batch_size=50)
-    out = {s: measure_set(comps, jd, s, read_rows(prompts_dir() / f"{s}.jsonl", n), sampler)
+    out = {s: measure_set(comps, jd, s, _rows(prompts_dir() / f"{s}.jsonl", n, split), sampler)
            for s in ["toy-val", *concept_sets]}
-    rows = [r for a in kept for r in read_rows(prompts_dir() / f"artist-{artist_slug(a)}.jsonl", kept_n)]
+    rows = [r for a in kept for r in _rows(prompts_dir() / f"artist-{artist_slug(a)}.jsonl", kept_n, split)]
     if rows:
         pred = jd.predict(generate_rows(comps, rows, sampler, desc="kept"))
         for i, a in enumerate(kept):
@@ -61,14 +76,15 @@ def judge(model: str, concept_sets: list[str], kept: list[str], n: int, kept_n: 
     return out
 
 
-def erase(method: str, concept: str, out: Path) -> tuple[Path, float]:
-    """Plain ``prunefit erase --method M removal.concepts=[C] output_dir=...``; (pipeline folder, seconds)."""
+def erase(method: str, concept: str, out: Path, extra: list[str] = ()) -> tuple[Path, float]:
+    """Plain ``prunefit erase --method M removal.concepts=[C] output_dir=...`` (plus ``extra`` overrides);
+    (pipeline folder, seconds)."""
     from prunefit.cli import main as cli
 
     if not (out / "erase_summary.json").is_file():
         t0 = time.time()
-        code = cli(["erase", "--method", method, f"removal.concepts={json.dumps([concept])}", f"output_dir={out}"]
-                   + (["resume=latest"] if (out / "checkpoints").is_dir() else []))
+        code = cli(["erase", "--method", method, f"removal.concepts={json.dumps([concept])}", f"output_dir={out}",
+                    *extra] + (["resume=latest"] if (out / "checkpoints").is_dir() else []))
         if code != 0:
             raise SystemExit(f"prunefit erase failed for {method} / {concept} (exit {code})")
         (out / "edit_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
@@ -91,7 +107,9 @@ def report(results: dict, args, threads: int) -> str:
     yes = {True: "yes", False: "**NO**"}
     lines = ["# Plain `prunefit erase` with the toy world's carried defaults", "",
              f"Dense toy teacher; PNDM 25 steps, CFG 3.0 (the model's default); toy judge. Concept set and toy-val: "
-             f"{args.n} prompts each; each kept artist: {args.kept_n} prompts. torch threads: {threads}.", "",
+             f"{args.n} prompts each; each kept artist: {args.kept_n} prompts ({args.split} split: the "
+             f"{'first' if args.split == 'test' else 'last'} rows of each file). torch threads: {threads}."
+             + (f" Candidate overrides: `{' '.join(args.set)}`." if args.set else ""), "",
              "| concept | method | concept rate (orig) | ≤10% | worst kept artist (ratio) | ≥0.90× | fidelity | ≥0.95 "
              "| FJD (orig) | ≤1.5× | edit s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, c in results["cells"].items():
@@ -119,25 +137,33 @@ def main() -> None:
     p.add_argument("--n", type=int, default=50, help="prompts of the concept set and of toy-val")
     p.add_argument("--kept-n", type=int, default=50, help="prompts per kept artist")
     p.add_argument("--budget-min", type=float, default=25.0)
+    p.add_argument("--split", choices=["test", "dev"], default="test",
+                   help="test: the first --n rows of each prompt file (reported); dev: the last --n (for choosing)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a candidate override for every erase of this invocation (e.g. esd.iterations=100)")
     args = p.parse_args()
     torch.set_num_threads(1)
     t0, root = time.time(), Path(args.output)
     root.mkdir(parents=True, exist_ok=True)
     concepts, methods = args.concepts.split(","), args.methods.split(",")
-    orig_file = root / f"original_n{args.n}_k{args.kept_n}.json"
+    tag = ("" if args.split == "test" else "_dev")
+    cand = "".join(f"_{s.replace('=', '-')}" for s in args.set)
+    orig_file = root / f"original_n{args.n}_k{args.kept_n}{tag}.json"
     if not orig_file.is_file():
         sets = sorted({_sets(c)[0] for c in concepts})
-        orig_file.write_text(json.dumps(judge("toyworld", sets, list(ARTISTS), args.n, args.kept_n), indent=1))
+        orig_file.write_text(json.dumps(judge("toyworld", sets, list(ARTISTS), args.n, args.kept_n, args.split),
+                                        indent=1))
     orig = json.loads(orig_file.read_text())
-    results: dict = {"n": args.n, "kept_n": args.kept_n, "threads": torch.get_num_threads(), "original": orig,
-                     "cells": {}}
+    results: dict = {"n": args.n, "kept_n": args.kept_n, "split": args.split, "set": args.set,
+                     "threads": torch.get_num_threads(), "original": orig, "cells": {}}
     for method in methods:  # all UCE cells first: they are cheap
         for concept in concepts:
             unsafe = concept in UNSAFE_PHRASES
             name = "UCE" if method == "uce" else ESD_NAME[unsafe]
             cell = {"concept": concept, "method": name}
             results["cells"][f"{concept}/{method}"] = cell
-            cell_file = root / f"{concept.lower().replace(' ', '-')}-{method}" / f"cell_n{args.n}_k{args.kept_n}.json"
+            folder = root / f"{concept.lower().replace(' ', '-')}-{method}{cand}"
+            cell_file = folder / f"cell_n{args.n}_k{args.kept_n}{tag}.json"
             if cell_file.is_file():  # judged outcomes are reused; the verdict is the rule's, so it is recomputed
                 cell.update(json.loads(cell_file.read_text()))
                 if "judged" in cell:
@@ -147,16 +173,17 @@ def main() -> None:
                 cell["skipped"] = f"over the {args.budget_min:.0f}-minute budget"
                 continue
             concept_set, kept = _sets(concept)
-            model, secs = erase(method, concept, cell_file.parent)
-            judged = judge(str(model), [concept_set], kept, args.n, args.kept_n)
+            model, secs = erase(method, concept, folder, args.set)
+            judged = judge(str(model), [concept_set], kept, args.n, args.kept_n, args.split)
             cell.update({"edit_seconds": secs, "judged": judged,
                          "verdict": verdict(judged, orig, concept_set, kept, unsafe)})
             cell_file.write_text(json.dumps(cell, indent=1))
             print(f"[check] {concept} / {name}: {cell['verdict']}", flush=True)
     results["seconds"] = time.time() - t0
-    (root / "results.json").write_text(json.dumps(results, indent=1))
-    (root / "report.md").write_text(report(results, args, results["threads"]))
-    print((root / "report.md").read_text())
+    stem = "" if args.split == "test" and not cand else f"_{args.split}{cand}"
+    (root / f"results{stem}.json").write_text(json.dumps(results, indent=1))
+    (root / f"report{stem}.md").write_text(report(results, args, results["threads"]))
+    print((root / f"report{stem}.md").read_text())
 
 
 if __name__ == "__main__":
