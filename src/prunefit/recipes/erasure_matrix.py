@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from prunefit.config.load import save_resolved_config
 from prunefit.errors import ConfigError
 from prunefit.recipes.table3 import EraseKnobs, _is_unsafe, concept_slug, guidance_label, judge_model, run_erase
@@ -47,6 +49,8 @@ class ErasureConfig:
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     seed: int = 0
     device: str = "cpu"
+    threads: int = 1
+    """torch threads of the whole experiment (set at the start, recorded in the report)."""
     eval_prompts: int = 100
     kept_artists: int = 3
     esd_iterations: int = 200
@@ -82,8 +86,8 @@ class ErasureConfig:
         if self.model != "toyworld":
             raise ConfigError("experiment erasure is judged by the toy world's judge: model must be toyworld "
                               "(on SD, run `prunefit erase` per method and `prunefit evaluate`)")
-        if self.eval_prompts < 2 or self.esd_iterations < 1 or self.advunlearn_iterations < 1:
-            raise ConfigError("eval_prompts must be >= 2 and the iteration budgets >= 1")
+        if self.eval_prompts < 2 or self.esd_iterations < 1 or self.advunlearn_iterations < 1 or self.threads < 1:
+            raise ConfigError("eval_prompts must be >= 2, the iteration budgets and threads >= 1")
 
     def knobs(self) -> EraseKnobs:
         return EraseKnobs.of(self)
@@ -186,14 +190,23 @@ def robustness_findings(cells: dict, fixed_max: float = 0.1, broken_min: float =
     return out
 
 
+def compute_line(results: dict) -> str:
+    """The edits' and the attacks' recorded seconds, summed over every cell (judging not included)."""
+    cells = [c for cells in results.values() for c in cells.values()]
+    edit = sum(c.get("seconds", 0.0) for c in cells)
+    att = sum(e.get("seconds", 0.0) for c in cells for e in c.get("attacks", {}).values())
+    return f"edits {edit / 60:.1f} min, attacks {att / 60:.1f} min (judging on the fixed sets not included)."
+
+
 def write_report(root: Path, cfg: ErasureConfig, results: dict) -> Path:
     header = ["method", "rate plain (%)", "rate adversarial (%)", "kept artists (%)", "fidelity (%)", "FJD",
               "edit s"] + [f"ASR {a} pre → post (%)" for a in cfg.attacks]
     scale = guidance_label(c for cells in results.values() for c in cells.values())
     md = ["# Concept removal on the toy teacher", "",
           f"Dense toy teacher; {cfg.eval_prompts} prompts per set, PNDM 25 steps, CFG {scale} (the model's default); "
-          "rates by the toy-world "
-          f"judge. ESD / AdvUnlearn: {cfg.esd_iterations} / {cfg.advunlearn_iterations} iterations at lr "
+          f"rates by the toy-world judge; seed {cfg.seed}; {cfg.threads} torch thread(s). Compute: "
+          + compute_line(results) + " "
+          f"ESD ESD / AdvUnlearn: {cfg.esd_iterations} / {cfg.advunlearn_iterations} iterations at lr "
           f"{cfg.esd_lr}, x_t from {cfg.esd_ddim_steps}-step DDIM rollouts of the edited model; UCE: closed form; "
           f"ConceptPrune: {cfg.concept_prune_steps} denoising steps of WANDA scores. Artists have no adversarial "
           "set: their column repeats the plain rate."]
@@ -230,6 +243,7 @@ def _write_cell(cfile: Path, cell: dict) -> None:
 
 
 def main(cfg: ErasureConfig, log=print) -> dict:
+    torch.set_num_threads(cfg.threads)
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     save_resolved_config(cfg, root)
