@@ -52,9 +52,10 @@ def _rows(path: Path, n: int, split: str) -> list[dict]:
     return rows[:n] if split == "test" else rows[-n:]
 
 
-def judge(model: str, concept_sets: list[str], kept: list[str], n: int, kept_n: int, split: str = "test") -> dict:
-    """Judge rates of ``model``: each concept set and toy-val on ``n`` prompts, each kept artist on ``kept_n``
-    (their prompts sampled together in batches of 50), all from ``split``."""
+def judge(model: str, concept_sets: list[str], kept: list[str], n: int, kept_n: int, split: str = "test",
+          val_n: int = 0) -> dict:
+    """Judge rates of ``model``: each concept set on ``n`` prompts, toy-val on ``val_n`` (0: ``n``), each kept
+    artist on ``kept_n`` (their prompts sampled together in batches of 50), all from ``split``."""
     from prunefit.config.schema import SamplerConfig
     from prunefit.models.components import load_components
     from prunefit.recipes.toyworld_quality import generate_rows, measure_set
@@ -64,7 +65,8 @@ def judge(model: str, concept_sets: list[str], kept: list[str], n: int, kept_n: 
     from prunefit.toyworld.prompts import artist_slug
 
     comps, jd, sampler = load_components(model), load_judge(judge_dir()), SamplerConfig(batch_size=50)
-    out = {s: measure_set(comps, jd, s, _rows(prompts_dir() / f"{s}.jsonl", n, split), sampler)
+    sizes = {"toy-val": val_n or n}
+    out = {s: measure_set(comps, jd, s, _rows(prompts_dir() / f"{s}.jsonl", sizes.get(s, n), split), sampler)
            for s in ["toy-val", *concept_sets]}
     rows = [r for a in kept for r in _rows(prompts_dir() / f"artist-{artist_slug(a)}.jsonl", kept_n, split)]
     if rows:
@@ -107,7 +109,8 @@ def report(results: dict, args, threads: int) -> str:
     yes = {True: "yes", False: "**NO**"}
     lines = ["# Plain `prunefit erase` with the toy world's carried defaults", "",
              f"Dense toy teacher; PNDM 25 steps, CFG 3.0 (the model's default); toy judge. Concept set and toy-val: "
-             f"{args.n} prompts each; each kept artist: {args.kept_n} prompts ({args.split} split: the "
+             f"{args.n} / {args.val_n or args.n} prompts; each kept artist: {args.kept_n} prompts ({args.split} "
+             "split: the "
              f"{'first' if args.split == 'test' else 'last'} rows of each file). torch threads: {threads}."
              + (f" Candidate overrides: `{' '.join(args.set)}`." if args.set else ""), "",
              "| concept | method | concept rate (orig) | ≤10% | worst kept artist (ratio) | ≥0.90× | fidelity | ≥0.95 "
@@ -136,6 +139,9 @@ def main() -> None:
     p.add_argument("--methods", default="uce,esd")
     p.add_argument("--n", type=int, default=50, help="prompts of the concept set and of toy-val")
     p.add_argument("--kept-n", type=int, default=50, help="prompts per kept artist")
+    p.add_argument("--val-n", type=int, default=0,
+                   help="toy-val prompts (fidelity, FJD; 0: --n); FJD on 50 prompts moves by a third between "
+                        "disjoint prompt sets")
     p.add_argument("--budget-min", type=float, default=25.0)
     p.add_argument("--split", choices=["test", "dev"], default="test",
                    help="test: the first --n rows of each prompt file (reported); dev: the last --n (for choosing)")
@@ -146,16 +152,17 @@ def main() -> None:
     t0, root = time.time(), Path(args.output)
     root.mkdir(parents=True, exist_ok=True)
     concepts, methods = args.concepts.split(","), args.methods.split(",")
-    tag = ("" if args.split == "test" else "_dev")
+    tag = ("" if args.split == "test" else "_dev") + (f"_v{args.val_n}" if args.val_n and args.val_n != args.n else "")
     cand = "".join(f"_{s.replace('=', '-')}" for s in args.set)
     orig_file = root / f"original_n{args.n}_k{args.kept_n}{tag}.json"
     if not orig_file.is_file():
         sets = sorted({_sets(c)[0] for c in concepts})
-        orig_file.write_text(json.dumps(judge("toyworld", sets, list(ARTISTS), args.n, args.kept_n, args.split),
+        orig_file.write_text(json.dumps(judge("toyworld", sets, list(ARTISTS), args.n, args.kept_n, args.split,
+                                              args.val_n),
                                         indent=1))
     orig = json.loads(orig_file.read_text())
-    results: dict = {"n": args.n, "kept_n": args.kept_n, "split": args.split, "set": args.set,
-                     "threads": torch.get_num_threads(), "original": orig, "cells": {}}
+    results: dict = {"n": args.n, "kept_n": args.kept_n, "val_n": args.val_n or args.n, "split": args.split,
+                     "set": args.set, "threads": torch.get_num_threads(), "original": orig, "cells": {}}
     for method in methods:  # all UCE cells first: they are cheap
         for concept in concepts:
             unsafe = concept in UNSAFE_PHRASES
@@ -174,13 +181,13 @@ def main() -> None:
                 continue
             concept_set, kept = _sets(concept)
             model, secs = erase(method, concept, folder, args.set)
-            judged = judge(str(model), [concept_set], kept, args.n, args.kept_n, args.split)
+            judged = judge(str(model), [concept_set], kept, args.n, args.kept_n, args.split, args.val_n)
             cell.update({"edit_seconds": secs, "judged": judged,
                          "verdict": verdict(judged, orig, concept_set, kept, unsafe)})
             cell_file.write_text(json.dumps(cell, indent=1))
             print(f"[check] {concept} / {name}: {cell['verdict']}", flush=True)
     results["seconds"] = time.time() - t0
-    stem = "" if args.split == "test" and not cand else f"_{args.split}{cand}"
+    stem = "" if not tag and not cand else f"_{args.split}{tag}{cand}"
     (root / f"results{stem}.json").write_text(json.dumps(results, indent=1))
     (root / f"report{stem}.md").write_text(report(results, args, results["threads"]))
     print((root / f"report{stem}.md").read_text())
