@@ -24,7 +24,7 @@ def test_toy_world_erase_gets_the_toy_settings():
     assert (cfg.esd.lr, cfg.esd.iterations, cfg.esd.ddim_steps, cfg.esd.train_method) == (1e-4, 200, 20, "xattn")
     assert cfg.removal.model_defaults == ["esd.ddim_steps", "esd.iterations", "esd.lr"]
     skull = load_erase_config([], ["removal.method=esd", "removal.concepts=[skull]"])
-    assert (skull.esd.train_method, skull.esd.iterations) == ("noxattn", 400)  # ESD-u, as the ESD paper for nudity
+    assert (skull.esd.train_method, skull.esd.iterations) == ("noxattn", 300)  # ESD-u, as the ESD paper for nudity
     uce = load_erase_config([], ["removal.method=uce", "removal.concepts=[Claude Dots]"])
     assert uce.uce.guides == ["painting"]
     assert "Claude Dots" not in uce.uce.preserve and {"Piet Grid", "Vincent Stripes", "circle"} <= set(uce.uce.preserve)
@@ -34,7 +34,7 @@ def test_toy_world_erase_gets_the_toy_settings():
 def test_the_user_wins_on_the_command_line_and_in_yaml(tmp_path):
     cfg = load_erase_config([], ["removal.method=esd", "removal.concepts=[skull]", "esd.lr=3e-4",
                                  "esd.train_method=xattn"])
-    assert (cfg.esd.lr, cfg.esd.train_method, cfg.esd.iterations) == (3e-4, "xattn", 400)
+    assert (cfg.esd.lr, cfg.esd.train_method, cfg.esd.iterations) == (3e-4, "xattn", 300)
     f = tmp_path / "e.yaml"
     f.write_text("removal: {method: uce, concepts: [Piet Grid]}\nuce:\n  guides: [square]\n")
     cfg = load_erase_config([f], [])

@@ -6,8 +6,10 @@ the settings ``prunefit experiment erasure`` measured (docs/results/erasure_toy.
 (``UCE_GUIDES``), a preserve set of the shapes, the artists and neutral training-grammar captions (short toy
 captions make every prompt's end-of-text rows resemble the concept's, so they need preserving), and ESD /
 AdvUnlearn at lr 1e-4 for 200 iterations on 20-step DDIM rollouts. The unsafe concept gets ESD-u (the ESD
-paper's choice for nudity) for 400 iterations (200 left 46% of skull prompts showing it) and the "drawing"
-guide. The erased concept itself is dropped from the preserve set when the defaults are resolved
+paper's choice for nudity) for 300 iterations and the "drawing" guide. The 300 was chosen on the dev split of
+``scripts/check_erase_defaults.py`` (the last 50 rows of each prompt file; 1 thread): 250 left 44% of skull
+prompts showing it, 300 left 8% and kept every artist at >= 0.96x, 400 (the earlier default) left 2% but kept
+Claude Dots at 0.89x, under the 0.90x bound. The erased concept itself is dropped from the preserve set when the defaults are resolved
 (``prunefit.removal.defaults``).
 """
 
@@ -32,7 +34,7 @@ def toy_method_defaults() -> dict:
     from prunefit.toyworld.world import ARTISTS, SHAPES, UCE_GUIDES, UNSAFE_PHRASES
 
     loop = {"lr": 1e-4, "iterations": 200, "ddim_steps": 20}
-    unsafe = {"esd": {"train_method": "noxattn", "iterations": 400}, "advunlearn": {"train_method": "noxattn"},
+    unsafe = {"esd": {"train_method": "noxattn", "iterations": 300}, "advunlearn": {"train_method": "noxattn"},
               "uce": {"guides": [UCE_GUIDES["unsafe"]]},
               "concept_prune": {"target_template": "{thing} that is a {concept}"}}
     return {"methods": {"esd": dict(loop), "advunlearn": dict(loop), "concept_prune": {"steps": 10},
