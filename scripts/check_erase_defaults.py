@@ -155,12 +155,13 @@ def main() -> None:
     tag = ("" if args.split == "test" else "_dev") + (f"_v{args.val_n}" if args.val_n and args.val_n != args.n else "")
     cand = "".join(f"_{s.replace('=', '-')}" for s in args.set)
     orig_file = root / f"original_n{args.n}_k{args.kept_n}{tag}.json"
-    if not orig_file.is_file():
-        sets = sorted({_sets(c)[0] for c in concepts})
-        orig_file.write_text(json.dumps(judge("toyworld", sets, list(ARTISTS), args.n, args.kept_n, args.split,
-                                              args.val_n),
-                                        indent=1))
-    orig = json.loads(orig_file.read_text())
+    orig = json.loads(orig_file.read_text()) if orig_file.is_file() else {}
+    missing = sorted({_sets(c)[0] for c in concepts} - set(orig))  # an earlier run may have judged other concepts
+    if missing or not orig:
+        judged = judge("toyworld", missing, [] if orig else list(ARTISTS), args.n, args.kept_n, args.split,
+                       args.val_n)
+        orig = {**judged, **orig}  # what was judged before stays as it was
+        orig_file.write_text(json.dumps(orig, indent=1))
     results: dict = {"n": args.n, "kept_n": args.kept_n, "val_n": args.val_n or args.n, "split": args.split,
                      "set": args.set, "threads": torch.get_num_threads(), "original": orig, "cells": {}}
     for method in methods:  # all UCE cells first: they are cheap

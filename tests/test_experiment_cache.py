@@ -57,7 +57,7 @@ def test_the_bilevel_row_config_carries_every_knob(tmp_path):
 
 
 @pytest.mark.slow
-def test_pareto_resumes_and_extends_a_grid_without_recomputing(tmp_path):
+def test_pareto_resumes_and_extends_a_grid_without_recomputing(tmp_path, monkeypatch):
     from prunefit.recipes import pareto
 
     common = [f"output_dir={tmp_path / 'p'}", "lower_steps=2", "eval_prompts=2", "seeds=[0]", "official_r_grid=[]",
@@ -67,9 +67,14 @@ def test_pareto_resumes_and_extends_a_grid_without_recomputing(tmp_path):
     pareto.main(load_config(pareto.ParetoConfig, [], [*common, "esd_grid=[0]"]), log=logs.append)
     assert [m for m in logs if m.startswith("[pareto]")] == ["[pareto] skull: two-stage-esd0, seed 0"]
     logs.clear()
+    writes: list[int] = []  # a reused cell must not rewrite the report (each write bootstraps every point)
+    write = pareto.Pareto.write
+    monkeypatch.setattr(pareto.Pareto, "write", lambda self, c, r, cells: writes.append(len(cells)) or
+                        write(self, c, r, cells))
     summary = pareto.main(load_config(pareto.ParetoConfig, [], [*common, "esd_grid=[0, 1]", "esd_iterations=1"]),
                           log=logs.append)["skull"]
     assert [m for m in logs if m.startswith("[pareto]")] == ["[pareto] skull: two-stage-esd1, seed 0"]
+    assert writes == [2, 2]  # once after the one new cell, once at the end
     assert [p["point"] for p in summary["points"]] == ["two-stage-esd0", "two-stage-esd1"]
     assert summary["verdict"].startswith("verdict: not enough points")
     assert (tmp_path / "p" / "skull" / "pareto.png").is_file()

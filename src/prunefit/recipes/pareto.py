@@ -223,19 +223,21 @@ class Pareto:
             self._judged[concept] = Judged(self.cfg.model, concept, self.cfg.eval_prompts)
         return self._judged[concept]
 
-    def cell(self, p: Point, seed: int, concept: str, croot: Path) -> Optional[dict]:
-        """Train (or reuse) and judge one (point, seed); the judged cell is kept in ``eval-<n>.json``. With
-        ``report_only`` an unfinished cell is None."""
+    def _stage(self, p: Point, seed: int, concept: str) -> tuple[Table3, str, dict]:
         tcfg, row = point_config(self.cfg, p, seed)
         t3 = Table3(tcfg, self.log)
-        spec = t3.distil_spec(concept) if row == "distilled" else t3.row_spec(row, concept)
-        name = f"{row}-{stage_key(spec)}"
-        efile = croot / "cells" / name / f"eval-{self.cfg.eval_prompts}.json"
-        if efile.is_file():
-            return json.loads(efile.read_text())
-        if self.cfg.report_only:
-            return None
-        efile = stage_dir(croot / "cells", row, spec) / efile.name
+        return t3, row, (t3.distil_spec(concept) if row == "distilled" else t3.row_spec(row, concept))
+
+    def cached(self, p: Point, seed: int, concept: str, croot: Path) -> Optional[dict]:
+        """The judged cell of (point, seed) if an earlier run kept it (``eval-<n>.json``), else None."""
+        _, row, spec = self._stage(p, seed, concept)
+        efile = croot / "cells" / f"{row}-{stage_key(spec)}" / f"eval-{self.cfg.eval_prompts}.json"
+        return json.loads(efile.read_text()) if efile.is_file() else None
+
+    def compute(self, p: Point, seed: int, concept: str, croot: Path) -> dict:
+        """Train and judge one (point, seed); the judged cell is kept in ``eval-<n>.json``."""
+        t3, row, spec = self._stage(p, seed, concept)
+        efile = stage_dir(croot / "cells", row, spec) / f"eval-{self.cfg.eval_prompts}.json"
         self.log(f"[pareto] {concept}: {p.name}, seed {seed}")
         t0 = time.time()
         model, balance = t3.run_row(row, concept, croot / "cells", t3.start_expert())
@@ -263,11 +265,14 @@ class Pareto:
             croot = self.root / concept_slug(concept)
             cells: dict[Point, list[dict]] = {p: [] for p in grid(self.cfg)}
             for p, seed in run_order(self.cfg, list(cells)):
-                done = self.cell(p, seed, concept, croot)
+                done = self.cached(p, seed, concept, croot)
+                fresh = done is None and not self.cfg.report_only
+                if fresh:
+                    done = self.compute(p, seed, concept, croot)
                 if done is not None:
                     cells[p].append(done)
-                    if not self.cfg.report_only:
-                        self.write(concept, croot, {q: v for q, v in cells.items() if v})
+                if fresh:  # the report is refreshed after each new cell, not after each reused one (bootstraps)
+                    self.write(concept, croot, {q: v for q, v in cells.items() if v})
             cells = {q: v for q, v in cells.items() if v}
             out[concept] = self.write(concept, croot, cells)
         return out
