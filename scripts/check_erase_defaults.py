@@ -83,14 +83,33 @@ def erase(method: str, concept: str, out: Path, extra: list[str] = ()) -> tuple[
     (pipeline folder, seconds)."""
     from prunefit.cli import main as cli
 
-    if not (out / "erase_summary.json").is_file():
+    overrides = ["--method", method, f"removal.concepts={json.dumps([concept])}", f"output_dir={out}", *extra]
+    if (out / "erase_summary.json").is_file():
+        _check_same_settings(out, method, overrides)
+    else:
         t0 = time.time()
-        code = cli(["erase", "--method", method, f"removal.concepts={json.dumps([concept])}", f"output_dir={out}",
-                    *extra] + (["resume=latest"] if (out / "checkpoints").is_dir() else []))
+        code = cli(["erase", *overrides] + (["resume=latest"] if (out / "checkpoints").is_dir() else []))
         if code != 0:
             raise SystemExit(f"prunefit erase failed for {method} / {concept} (exit {code})")
         (out / "edit_seconds.txt").write_text(f"{time.time() - t0:.1f}\n")
     return out / "pipeline", float((out / "edit_seconds.txt").read_text())
+
+
+def _check_same_settings(out: Path, method: str, overrides: list[str]) -> None:
+    """Refuse to reuse an edit made with other settings (e.g. before a default changed): its folder name only
+    records the candidate overrides, not the model's defaults."""
+    from prunefit.removal.defaults import load_erase_config
+
+    def section(files: list, ov: list) -> dict:
+        d = dataclasses.asdict(getattr(load_erase_config(files, ov), method))
+        d.pop("concepts", None)
+        return d
+
+    args = [f"removal.method={method}", *overrides[2:]]
+    have, want = section([out / "resolved_config.yaml"], []), section([], args)
+    if have != want:
+        diff = {k: (have.get(k), want.get(k)) for k in want if have.get(k) != want.get(k)}
+        raise SystemExit(f"{out} was erased with other {method} settings (made, now): {diff}; move it away")
 
 
 def verdict(cell: dict, orig: dict, concept_set: str, kept: list[str], unsafe: bool) -> dict:
