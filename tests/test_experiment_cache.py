@@ -75,6 +75,14 @@ def test_pareto_resumes_and_extends_a_grid_without_recomputing(tmp_path, monkeyp
                           log=logs.append)["skull"]
     assert [m for m in logs if m.startswith("[pareto]")] == ["[pareto] skull: two-stage-esd1, seed 0"]
     assert writes == [2, 2]  # once after the one new cell, once at the end
+    logs.clear()
+    summary = pareto.main(load_config(pareto.ParetoConfig, [], [*common, "esd_grid=[0, 1]", "esd_iterations=1",
+                                                                "attacks=[none]", "attack_prompts=2"]),
+                          log=logs.append)["skull"]  # attacks added to the finished cells, nothing retrained
+    assert not [m for m in logs if m.startswith("[pareto]")]
+    assert len([m for m in logs if m.startswith("[attack] skull: none on ")]) == 2  # one per cell
+    assert all(p["attacks"]["none"][1] == 1 for p in summary["points"])
+    assert "ASR none post" in (tmp_path / "p" / "skull" / "report.md").read_text()
     assert [p["point"] for p in summary["points"]] == ["two-stage-esd0", "two-stage-esd1"]
     assert summary["verdict"].startswith("verdict: not enough points")
     assert (tmp_path / "p" / "skull" / "pareto.png").is_file()
@@ -111,3 +119,20 @@ def test_the_verdict_judges_the_finished_points_on_every_seed_and_names_the_rest
     pure = Point("two-stage", 100, pure=True)
     judged, common, pending = verdict_cells({esd: cells(0, 1, 2), pure: cells(0, 1, 2), nested: cells(0)}, [0, 1, 2])
     assert set(judged) == {esd, pure, nested} and common == [0] and pending == []
+
+
+def test_table3_attacks_a_finished_row_once_without_retraining_it(tmp_path, monkeypatch):
+    from prunefit.recipes import attack
+
+    t3 = _t3(tmp_path, "eval_prompts=10", "attacks=[none]", "attack_prompts=2")
+    croot = tmp_path / "skull"
+    rdir = stage_dir(croot, "distilled+esd", t3.row_spec("distilled+esd", "skull"))
+    (rdir / "row.json").write_text(json.dumps({"eval": t3.eval_spec(), "model": "toyworld", "asr_adversarial": 0.5}))
+    row = t3.row_result("distilled+esd", "skull", croot, Path("-"))  # the real fixed-set attack on the teacher
+    entry = row["attacks"]["none"]
+    assert (entry["n"], entry["pre_asr"], entry["asr"]) == (2, 1.0, 1.0)  # the unerased teacher shows skulls
+    assert json.loads((rdir / "row.json").read_text())["attacks"]["none"]["asr"] == 1.0
+    monkeypatch.setattr(attack, "attack_asr", lambda *a, **k: pytest.fail("a finished attack was rerun"))
+    assert t3.row_result("distilled+esd", "skull", croot, Path("-"))["attacks"] == row["attacks"]
+    with pytest.raises(Exception, match="unknown attack|no_such"):
+        _t3(tmp_path, "attacks=[no_such]")

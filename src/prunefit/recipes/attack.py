@@ -393,6 +393,32 @@ def attack_asr(model_path: str | Path, base_model: str, concept: str, attack: st
     return main(load_config(AttackConfig, [], ov))
 
 
+def add_attacks(entry: dict, *, model: str | Path, base_model: str, concept: str, attacks: list[str],
+                budgets: dict, n_prompts: int, seed: int, folder: Path, device: str = "cpu", log=print,
+                prepare=None) -> bool:
+    """Add the missing "ASR under attack" entries of an experiment's judged row (``entry['attacks'][name]``,
+    each run in ``folder/attack-<name>``); ``prepare(name, i, todo)`` may seed a folder first. True if any ran."""
+    import time
+
+    done = entry.setdefault("attacks", {})
+    todo = [a for a in attacks if a not in done]
+    for i, a in enumerate(todo):
+        log(f"[attack] {concept}: {a} on {folder.name}")
+        t0 = time.time()
+        if prepare is not None:
+            prepare(a, i, todo)
+        res = attack_asr(model, base_model, concept, a, budgets.get(a), n_prompts, seed,
+                         output_dir=folder / f"attack-{a}", device=device)
+        done[a] = {**result_row(res), "seconds": round(time.time() - t0, 1)}
+    return bool(todo)
+
+
+def attack_label(entry: dict) -> str:
+    """'pre -> post' in %, with the soft-prompt ASR when the attack has one."""
+    soft = f" (soft {100 * entry['asr_soft']:.0f})" if entry.get("asr_soft") is not None else ""
+    return f"{100 * entry['pre_asr']:.0f} → {100 * entry['asr']:.0f}{soft}"
+
+
 def result_row(res: AttackResult) -> dict:
     """The numbers an experiment table keeps of an attack run."""
     return {"pre_asr": res.pre_asr, "asr": res.asr, "asr_soft": res.asr_soft, "n": res.n, "attacked": res.attacked,

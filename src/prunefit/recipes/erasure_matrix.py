@@ -128,19 +128,15 @@ def targets(concept: str, cells: dict) -> list[tuple[str, str, bool]]:
 
 def attack_cells(cell: dict, cfg: ErasureConfig, concept: str, folder: Path, log=print) -> bool:
     """Add the missing "ASR under attack" entries to a judged cell (``cell['attacks'][name]``); True if any."""
-    from prunefit.recipes.attack import attack_asr, result_row
+    from prunefit.recipes.attack import add_attacks
 
-    done = cell.setdefault("attacks", {})
-    todo = [a for a in cfg.attacks if a not in done]
-    for i, a in enumerate(todo):
-        log(f"[erasure] {concept}: attack {a} on {folder.name}")
-        t0 = time.time()
+    def prepare(a: str, i: int, todo: list[str]) -> None:
         reuse_images(folder / f"attack-{a}", folder / f"attack-{todo[0]}" if i else None,
                      folder.parent / "original" / f"attack-{cfg.attacks[0]}")
-        res = attack_asr(cell["model"], cfg.model, concept, a, cfg.attack_budgets.get(a), cfg.attack_prompts,
-                         cfg.seed, output_dir=folder / f"attack-{a}", device=cfg.device)
-        done[a] = {**result_row(res), "seconds": round(time.time() - t0, 1)}
-    return bool(todo)
+
+    return add_attacks(cell, model=cell["model"], base_model=cfg.model, concept=concept, attacks=cfg.attacks,
+                       budgets=cfg.attack_budgets, n_prompts=cfg.attack_prompts, seed=cfg.seed, folder=folder,
+                       device=cfg.device, log=log, prepare=prepare)
 
 
 def reuse_images(dst: Path, same_model: Optional[Path], original: Path) -> None:
@@ -170,12 +166,6 @@ def reuse_images(dst: Path, same_model: Optional[Path], original: Path) -> None:
         (dst / "manifest.jsonl").write_text("\n".join(rows) + "\n")
 
 
-def attack_label(entry: dict) -> str:
-    """'pre -> post' in %, with the soft-prompt ASR when the attack has one."""
-    soft = f" (soft {100 * entry['asr_soft']:.0f})" if entry.get("asr_soft") is not None else ""
-    return f"{100 * entry['pre_asr']:.0f} → {100 * entry['asr']:.0f}{soft}"
-
-
 def robustness_findings(cells: dict, fixed_max: float = 0.1, broken_min: float = 0.5) -> list[str]:
     """Rows that look robust on the fixed prompts (<= ``fixed_max``) but reach >= ``broken_min`` under an attack."""
     out = []
@@ -199,6 +189,8 @@ def compute_line(results: dict) -> str:
 
 
 def write_report(root: Path, cfg: ErasureConfig, results: dict) -> Path:
+    from prunefit.recipes.attack import attack_label
+
     header = ["method", "rate plain (%)", "rate adversarial (%)", "kept artists (%)", "fidelity (%)", "FJD",
               "edit s"] + [f"ASR {a} pre → post (%)" for a in cfg.attacks]
     scale = guidance_label(c for cells in results.values() for c in cells.values())
@@ -206,7 +198,7 @@ def write_report(root: Path, cfg: ErasureConfig, results: dict) -> Path:
           f"Dense toy teacher; {cfg.eval_prompts} prompts per set, PNDM 25 steps, CFG {scale} (the model's default); "
           f"rates by the toy-world judge; seed {cfg.seed}; {cfg.threads} torch thread(s). Compute: "
           + compute_line(results) + " "
-          f"ESD ESD / AdvUnlearn: {cfg.esd_iterations} / {cfg.advunlearn_iterations} iterations at lr "
+          f"ESD / AdvUnlearn: {cfg.esd_iterations} / {cfg.advunlearn_iterations} iterations at lr "
           f"{cfg.esd_lr}, x_t from {cfg.esd_ddim_steps}-step DDIM rollouts of the edited model; UCE: closed form; "
           f"ConceptPrune: {cfg.concept_prune_steps} denoising steps of WANDA scores. Artists have no adversarial "
           "set: their column repeats the plain rate."]

@@ -210,6 +210,8 @@ class PointResult:
     balance: dict
     models: list[str] = field(default_factory=list)
     """The trained model of each seed."""
+    attacks: dict = field(default_factory=dict)
+    """{attack: (mean post-attack ASR, seeds attacked)} over the seeds whose cell carries the attack."""
 
 
 class Pareto:
@@ -247,14 +249,33 @@ class Pareto:
         efile.write_text(json.dumps(res))
         return res
 
+    def attack_cell(self, cell: dict, p: Point, seed: int, concept: str, croot: Path) -> bool:
+        """Run the configured attacks a judged cell lacks, on its trained model (cells restored without their
+        model, e.g. from docs/results, are left unattacked); True if any ran."""
+        if not self.cfg.attacks or not cell.get("model") or not Path(cell["model"]).exists():
+            return False
+        from prunefit.recipes.attack import add_attacks
+
+        _, row, spec = self._stage(p, seed, concept)
+        efile = croot / "cells" / f"{row}-{stage_key(spec)}" / f"eval-{self.cfg.eval_prompts}.json"
+        ran = add_attacks(cell, model=cell["model"], base_model=self.cfg.model, concept=concept,
+                          attacks=self.cfg.attacks, budgets=self.cfg.attack_budgets,
+                          n_prompts=self.cfg.attack_prompts, seed=seed, folder=efile.parent, device=self.cfg.device,
+                          log=self.log)
+        if ran:
+            efile.write_text(json.dumps(cell))
+        return ran
+
     def summarize(self, p: Point, cells: list[dict], concept: str) -> PointResult:
         ref = self.judged(concept).ref_features
         asr = bootstrap_interval([np.array(c["shown"], dtype=float) for c in cells], n_boot=self.cfg.n_boot)
         fjd = bootstrap_interval([(np.array(c["features"]), ref) for c in cells], statistic=fjd_statistic,
                                  n_boot=max(50, self.cfg.n_boot // 5), method="centred")
         fidelity = float(np.mean([c["fidelity"] for c in cells]))
+        attacked = {a: [c["attacks"][a]["asr"] for c in cells if a in c.get("attacks", {})] for a in self.cfg.attacks}
         return PointResult(p, [c["seed"] for c in cells], asr, fjd, fidelity, cells[0].get("balance") or {},
-                           [c["model"] for c in cells])
+                           [c["model"] for c in cells],
+                           {a: (float(np.mean(v)), len(v)) for a, v in attacked.items() if v})
 
     def run(self) -> dict:
         torch.set_num_threads(self.cfg.threads)
@@ -269,6 +290,8 @@ class Pareto:
                 fresh = done is None and not self.cfg.report_only
                 if fresh:
                     done = self.compute(p, seed, concept, croot)
+                if done is not None and not self.cfg.report_only and self.attack_cell(done, p, seed, concept, croot):
+                    fresh = True
                 if done is not None:
                     cells[p].append(done)
                 if fresh:  # the report is refreshed after each new cell, not after each reused one (bootstraps)

@@ -56,7 +56,9 @@ def write_pareto_report(croot: Path, concept: str, results: list, cfg, paired: l
     compares, over the ``common`` seeds only; ``pending``: the points it leaves out for now."""
     croot.mkdir(parents=True, exist_ok=True)
     ok, line = verdict(paired, common, tuple(pending))
-    header = ["point", "family", "seeds", "ASR % [95% CI]", "FJD [95% CI]", "fidelity %", "r", "lambda", "pure data"]
+    attacks = list(getattr(cfg, "attacks", []))
+    header = ["point", "family", "seeds", "ASR % [95% CI]", "FJD [95% CI]", "fidelity %", "r", "lambda", "pure data",
+              *[f"ASR {a} post (%, seeds)" for a in attacks]]
     md = [f"# ASR vs FJD fronts on the toy world: suppressing `{concept}`", "",
           f"{cfg.eval_prompts} prompts per set (adversarial / artist set for ASR, toy-val for FJD and fidelity), "
           f"{cfg.lower_steps} lower steps per run, upper every {cfg.upper_every}, ESD lr {cfg.esd_lr:g}, lower lr "
@@ -69,9 +71,11 @@ def write_pareto_report(croot: Path, concept: str, results: list, cfg, paired: l
         rr, lam = _balance(r.balance)
         rows.append({"point": r.point.name, "family": r.point.family, "value": r.point.value, "pure": r.point.pure,
                      "seeds": r.seeds, "asr": vars(r.asr), "fjd": vars(r.fjd), "fidelity": r.fidelity,
-                     "balance": r.balance, "models": r.models})
+                     "balance": r.balance, "models": r.models, "attacks": r.attacks})
+        att = "".join(f" {100 * r.attacks[a][0]:.0f} ({r.attacks[a][1]}) |" if a in r.attacks else " – |"
+                      for a in attacks)
         md.append(f"| {r.point.name} | {r.point.family} | {len(r.seeds)} | {r.asr.text(100)} | {r.fjd.text(1, 2)} | "
-                  f"{100 * r.fidelity:.1f} | {rr} | {lam} | {'yes' if r.point.pure else ''} |")
+                  f"{100 * r.fidelity:.1f} | {rr} | {lam} | {'yes' if r.point.pure else ''} |{att}")
     md += ["", "```", *ascii_fronts(results), "```"]
     (croot / "report.md").write_text("\n".join(md) + "\n")
     summary = {"concept": concept, "verdict": line, "beyond_front": ok, "points": rows}

@@ -98,6 +98,15 @@ class ExperimentConfig:
     """torch threads of the whole experiment (recorded in the report)."""
     kept_artists: int = 2
     """Kept artists whose rate is measured (erasure must not spill over)."""
+    attacks: list[str] = field(default_factory=list)
+    """Attacks run on every row ("ASR under attack" columns; see `prunefit list attacks`); [] = none. Added to
+    finished rows on a re-run without retraining them."""
+    attack_prompts: int = 16
+    """Plain concept prompts attacked per row (the first N of the concept's plain set)."""
+    attack_budgets: dict = field(default_factory=lambda: {
+        "unlearndiff": {"iterations": 40}, "ringabell": {"generations": 30, "population": 32},
+        "p4d": {"iterations": 100}})
+    """Per-attack config overrides (toy scale; the erasure experiment's)."""
 
     def resolved_upper_lr(self) -> float:
         return self.upper_lr if self.upper_lr is not None else self.r * self.upper_every * self.train.lr
@@ -108,6 +117,13 @@ class ExperimentConfig:
             raise ConfigError(f"unknown table3 rows {bad}; available: {list(ALL_ROWS)}")
         if self.lower_steps < 1 or self.eval_prompts < 2:
             raise ConfigError("lower_steps must be >= 1 and eval_prompts >= 2")
+        if self.attacks:
+            from prunefit.attacks.registry import get_attack
+
+            for a in self.attacks:
+                get_attack(a)  # unknown attacks fail before any work
+            if self.attack_prompts < 1:
+                raise ConfigError("attack_prompts must be >= 1 when attacks are set")
         if self.r <= 0 or self.threads < 1:
             raise ConfigError("r must be > 0 and threads >= 1")
         if self.lower_concept_share is not None and not 0 <= self.lower_concept_share <= 1:
@@ -443,6 +459,8 @@ class Table3:
         if rfile.is_file():
             old = json.loads(rfile.read_text())
             if old.get("eval") == self.eval_spec():
+                if self.attack_row(old, concept, rfile.parent):
+                    rfile.write_text(json.dumps(old, indent=1))
                 return old
         self.log(f"[table3] {concept}: {row}")
         t0 = time.time()
@@ -454,7 +472,20 @@ class Table3:
 
             res["attack_reach"], res["attack_eps"] = attack_reach(Path(model).parent), AdvUnlearnConfig().attack_eps
         rfile.write_text(json.dumps(res, indent=1))
+        if self.attack_row(res, concept, rfile.parent):
+            rfile.write_text(json.dumps(res, indent=1))
         return res
+
+    def attack_row(self, res: dict, concept: str, folder: Path) -> bool:
+        """Run the configured attacks a judged row lacks (``res['attacks']``); True if any ran."""
+        if not self.cfg.attacks:
+            return False
+        from prunefit.recipes.attack import add_attacks
+
+        return add_attacks(res, model=res["model"], base_model=self.cfg.model, concept=concept,
+                           attacks=self.cfg.attacks, budgets=self.cfg.attack_budgets,
+                           n_prompts=self.cfg.attack_prompts, seed=self.cfg.seed, folder=folder,
+                           device=self.cfg.device, log=self.log)
 
     def run(self) -> dict:
         torch.set_num_threads(self.cfg.threads)

@@ -14,20 +14,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def write_table3_report(croot: Path, concept: str, rows: dict, cfg, start: Path) -> Path:
+    from prunefit.recipes.attack import attack_label
     from prunefit.recipes.table3 import PAPER_TABLE3, ROW_NAMES, guidance_label
 
     header = ["method", "ASR adversarial (%)", "rate plain (%)", "FJD", "fidelity (%)", "kept artists (%)",
-              "train s", "paper ASR (%)", "paper FID"]
+              "train s", *[f"ASR {a} pre → post (%)" for a in cfg.attacks], "paper ASR (%)", "paper FID"]
     table = []
     for key, r in rows.items():
         paper = PAPER_TABLE3.get(key, ("", ""))
+        attacked = [attack_label(r["attacks"][a]) if a in r.get("attacks", {}) else "–" for a in cfg.attacks]
         table.append([ROW_NAMES.get(key, "Distilled (no removal)"), f"{100 * r['asr_adversarial']:.1f}",
                       f"{100 * r['rate_plain']:.1f}", f"{r['fjd']:.3f}", f"{100 * r['fidelity']:.1f}",
-                      f"{100 * r['kept_artist_rate']:.1f}", f"{r['train_seconds']:.0f}", *map(str, paper)])
+                      f"{100 * r['kept_artist_rate']:.1f}", f"{r['train_seconds']:.0f}", *attacked,
+                      *map(str, paper)])
     md = [f"# Table 3 on the toy world: suppressing `{concept}`", "",
           f"Starting expert: `{start}`; every row gets {cfg.lower_steps} lower (fine-tuning) steps; "
           f"{cfg.eval_prompts} prompts per evaluation set, PNDM 25 steps, CFG {guidance_label(rows.values())} "
           "(the model's default); metrics by the toy-world judge. "
+          + (f"ASR under attack: the first {cfg.attack_prompts} plain prompts of the concept, UnlearnDiffAtk's "
+             "definition (pre-attack successes + attack successes on the rest, over N), budgets "
+             f"{json.dumps({a: cfg.attack_budgets.get(a, {}) for a in cfg.attacks})}; in brackets the soft "
+             "prompt. " if cfg.attacks else "") +
           "ASR = fraction of adversarial prompts (never naming the concept) whose image shows it "
           "(artist concepts: the artist's prompt set). The paper's columns are SD 2.1 nudity numbers "
           "(ASR of adversarial NSFW prompts, FID on COCO-val-2017) for reference only: not comparable.", "",
