@@ -9,8 +9,8 @@ AdvUnlearn at lr 1e-4 for 200 iterations on 20-step DDIM rollouts. The unsafe co
 paper's choice for nudity) for 300 iterations and the "drawing" guide. The 300 was chosen on the dev split of
 ``scripts/check_erase_defaults.py`` (the last 50 rows of each prompt file; 1 thread): 250 left 44% of skull
 prompts showing it, 300 left 8% and kept every artist at >= 0.96x, 400 (the earlier default) left 2% but kept
-Claude Dots at 0.89x, under the 0.90x bound. The erased concept itself is dropped from the preserve set when the defaults are resolved
-(``prunefit.removal.defaults``).
+Claude Dots at 0.89x, under the 0.90x bound. The erased concept itself is dropped from the preserve set when the
+defaults are resolved (``prunefit.removal.defaults``).
 """
 
 from __future__ import annotations
