@@ -16,13 +16,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 from prunefit.cli import main as prunefit
 
 OUT = Path("runs/demo")
+THREADS = int(os.environ.get("PRUNEFIT_THREADS", "1"))
+"""torch threads of every step (set once here; the Pareto step is given the same); PRUNEFIT_THREADS overrides."""
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -69,6 +74,7 @@ def figure(summary: dict) -> None:
 
 def run() -> None:
     t0 = time.time()
+    torch.set_num_threads(THREADS)
     step("Teacher: sample grids and model card", ["toyworld", "show", "-o", str(OUT / "show"), "-n", "8"])
     prune_dir = OUT / "prune"
     if not (prune_dir / "prune_summary.json").is_file():
@@ -79,7 +85,7 @@ def run() -> None:
          ["experiment", "pareto", f"output_dir={OUT / 'pareto'}", f"expert={prune_dir / 'experts' / 'expert-0'}",
           "concepts=[skull]", "seeds=[0]", "eval_prompts=50", "lower_steps=160", "upper_every=4",
           "esd_grid=[0, 40, 160]", "official_r_grid=[0.25, 1.0]", "paper_lam_grid=[100]", "paper_r_grid=[]",
-          "purity_points=[]", "core_points=[]", "n_boot=200"])
+          "purity_points=[]", "core_points=[]", "n_boot=200", f"threads={THREADS}"])
     summary = json.loads((OUT / "pareto" / "skull" / "pareto.json").read_text())
     figure(summary)
     prune_summary = json.loads((prune_dir / "prune_summary.json").read_text())
@@ -95,7 +101,7 @@ def run() -> None:
     print("\n".join(t for t in table if "---" not in t))
     print(f"report {OUT / 'pareto/skull/report.md'} | plot {OUT / 'pareto/skull/pareto.png'} | figure "
           f"{OUT / 'figure/figure.png'} (+ index.html) | card {OUT / 'logs/teacher.log'}")
-    print(f"demo finished in {time.time() - t0:.0f} s")
+    print(f"demo finished in {time.time() - t0:.0f} s at {THREADS} torch thread(s)")
 
 
 if __name__ == "__main__":
