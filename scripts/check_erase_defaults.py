@@ -176,7 +176,7 @@ def main() -> None:
     orig_file = root / f"original_n{args.n}_k{args.kept_n}{tag}.json"
     orig = json.loads(orig_file.read_text()) if orig_file.is_file() else {}
     missing = sorted({_sets(c)[0] for c in concepts} - set(orig))  # an earlier run may have judged other concepts
-    if missing or not orig:
+    if missing:
         judged = judge("toyworld", missing, [] if orig else list(ARTISTS), args.n, args.kept_n, args.split,
                        args.val_n)
         orig = {**judged, **orig}  # what was judged before stays as it was

@@ -11,6 +11,7 @@ missed) and ``results.json``.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -22,7 +23,15 @@ import torch
 
 from prunefit.config.load import save_resolved_config
 from prunefit.errors import ConfigError
-from prunefit.recipes.table3 import EraseKnobs, _is_unsafe, concept_slug, guidance_label, judge_model, run_erase
+from prunefit.recipes.table3 import (
+    TOY_ATTACK_BUDGETS,
+    EraseKnobs,
+    _is_unsafe,
+    concept_slug,
+    guidance_label,
+    judge_model,
+    run_erase,
+)
 
 VARIANTS = {"esd-x": ("esd", "xattn"), "esd-u": ("esd", "noxattn"), "uce": ("uce", None),
             "concept_prune": ("concept_prune", None), "advunlearn": ("advunlearn", None)}
@@ -63,11 +72,8 @@ class ErasureConfig:
     """Attacks run on every row ("ASR under attack" columns; see `prunefit list attacks`); [] = none."""
     attack_prompts: int = 0
     """Plain concept prompts attacked per row (the first N of the concept's plain set); 0 = min(32, eval_prompts)."""
-    attack_budgets: dict = field(default_factory=lambda: {
-        "unlearndiff": {"iterations": 40}, "ringabell": {"generations": 50, "population": 64},
-        "p4d": {"iterations": 100}})
-    """Per-attack config overrides (toy-scale: UnlearnDiffAtk at its paper's 40 iterations; Ring-A-Bell and P4D far
-    below their 3,000 generations / iterations)."""
+    attack_budgets: dict = field(default_factory=lambda: copy.deepcopy(TOY_ATTACK_BUDGETS))
+    """Per-attack config overrides (``TOY_ATTACK_BUDGETS``)."""
 
     def __post_init__(self) -> None:
         from prunefit.attacks.registry import get_attack

@@ -21,7 +21,6 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -214,6 +213,17 @@ class PointResult:
     """{attack: (mean post-attack ASR, seeds attacked)} over the seeds whose cell carries the attack."""
 
 
+@dataclass
+class CellStage:
+    """Where one (point, seed) of the sweep lives: Table 3 at the point's settings, its row, the row's stage spec
+    and the judged cell's ``eval-<n>.json``."""
+
+    table3: Table3
+    row: str
+    spec: dict
+    eval_file: Path
+
+
 class Pareto:
     def __init__(self, cfg: ParetoConfig, log=print) -> None:
         self.cfg, self.log = cfg, log
@@ -225,21 +235,17 @@ class Pareto:
             self._judged[concept] = Judged(self.cfg.model, concept, self.cfg.eval_prompts)
         return self._judged[concept]
 
-    def _stage(self, p: Point, seed: int, concept: str) -> tuple[Table3, str, dict]:
+    def _stage(self, p: Point, seed: int, concept: str, croot: Path) -> CellStage:
         tcfg, row = point_config(self.cfg, p, seed)
         t3 = Table3(tcfg, self.log)
-        return t3, row, (t3.distil_spec(concept) if row == "distilled" else t3.row_spec(row, concept))
-
-    def cached(self, p: Point, seed: int, concept: str, croot: Path) -> Optional[dict]:
-        """The judged cell of (point, seed) if an earlier run kept it (``eval-<n>.json``), else None."""
-        _, row, spec = self._stage(p, seed, concept)
+        spec = t3.distil_spec(concept) if row == "distilled" else t3.row_spec(row, concept)
         efile = croot / "cells" / f"{row}-{stage_key(spec)}" / f"eval-{self.cfg.eval_prompts}.json"
-        return json.loads(efile.read_text()) if efile.is_file() else None
+        return CellStage(t3, row, spec, efile)
 
-    def compute(self, p: Point, seed: int, concept: str, croot: Path) -> dict:
+    def compute(self, stage: CellStage, p: Point, seed: int, concept: str, croot: Path) -> dict:
         """Train and judge one (point, seed); the judged cell is kept in ``eval-<n>.json``."""
-        t3, row, spec = self._stage(p, seed, concept)
-        efile = stage_dir(croot / "cells", row, spec) / f"eval-{self.cfg.eval_prompts}.json"
+        t3, row, efile = stage.table3, stage.row, stage.eval_file
+        stage_dir(croot / "cells", row, stage.spec)  # the cell's folder, with its spec.json
         self.log(f"[pareto] {concept}: {p.name}, seed {seed}")
         t0 = time.time()
         model, balance = t3.run_row(row, concept, croot / "cells", t3.start_expert())
@@ -249,15 +255,13 @@ class Pareto:
         efile.write_text(json.dumps(res))
         return res
 
-    def attack_cell(self, cell: dict, p: Point, seed: int, concept: str, croot: Path) -> bool:
+    def attack_cell(self, cell: dict, efile: Path, seed: int, concept: str) -> bool:
         """Run the configured attacks a judged cell lacks, on its trained model (cells restored without their
         model, e.g. from docs/results, are left unattacked); True if any ran."""
         if not self.cfg.attacks or not cell.get("model") or not Path(cell["model"]).exists():
             return False
         from prunefit.recipes.attack import add_attacks
 
-        _, row, spec = self._stage(p, seed, concept)
-        efile = croot / "cells" / f"{row}-{stage_key(spec)}" / f"eval-{self.cfg.eval_prompts}.json"
         ran = add_attacks(cell, model=cell["model"], base_model=self.cfg.model, concept=concept,
                           attacks=self.cfg.attacks, budgets=self.cfg.attack_budgets,
                           n_prompts=self.cfg.attack_prompts, seed=seed, folder=efile.parent, device=self.cfg.device,
@@ -286,14 +290,17 @@ class Pareto:
             croot = self.root / concept_slug(concept)
             cells: dict[Point, list[dict]] = {p: [] for p in grid(self.cfg)}
             for p, seed in run_order(self.cfg, list(cells)):
-                done = self.cached(p, seed, concept, croot)
-                fresh = done is None and not self.cfg.report_only
+                stage = self._stage(p, seed, concept, croot)
+                efile = stage.eval_file
+                done = json.loads(efile.read_text()) if efile.is_file() else None
+                if self.cfg.report_only:
+                    cells[p] += [done] if done is not None else []
+                    continue
+                fresh = done is None
                 if fresh:
-                    done = self.compute(p, seed, concept, croot)
-                if done is not None and not self.cfg.report_only and self.attack_cell(done, p, seed, concept, croot):
-                    fresh = True
-                if done is not None:
-                    cells[p].append(done)
+                    done = self.compute(stage, p, seed, concept, croot)
+                fresh = self.attack_cell(done, efile, seed, concept) or fresh
+                cells[p].append(done)
                 if fresh:  # the report is refreshed after each new cell, not after each reused one (bootstraps)
                     self.write(concept, croot, {q: v for q, v in cells.items() if v})
             cells = {q: v for q, v in cells.items() if v}

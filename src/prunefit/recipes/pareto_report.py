@@ -56,7 +56,7 @@ def write_pareto_report(croot: Path, concept: str, results: list, cfg, paired: l
     compares, over the ``common`` seeds only; ``pending``: the points it leaves out for now."""
     croot.mkdir(parents=True, exist_ok=True)
     ok, line = verdict(paired, common, tuple(pending))
-    attacks = list(getattr(cfg, "attacks", []))
+    attacks = list(cfg.attacks)
     header = ["point", "family", "seeds", "ASR % [95% CI]", "FJD [95% CI]", "fidelity %", "r", "lambda", "pure data",
               *[f"ASR {a} post (%, seeds)" for a in attacks]]
     md = [f"# ASR vs FJD fronts on the toy world: suppressing `{concept}`", "",

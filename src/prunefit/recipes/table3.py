@@ -38,6 +38,12 @@ PAPER_TABLE3 = {"distilled+esd": (62.7, 32.47), "esd+distilled": (59.8, 39.11), 
 """The paper's Table 3 (SD 2.1 expert, nudity): ASR of adversarial NSFW prompts (%), FID on COCO-val-2017."""
 
 
+TOY_ATTACK_BUDGETS = {"unlearndiff": {"iterations": 40}, "ringabell": {"generations": 50, "population": 64},
+                      "p4d": {"iterations": 100}}
+"""The experiments' toy-scale attack budgets: UnlearnDiffAtk at its paper's 40 iterations; Ring-A-Bell and P4D far
+below their 3,000 generations / iterations."""
+
+
 @dataclass
 class ExperimentConfig:
     model: str = "toyworld"
@@ -103,10 +109,8 @@ class ExperimentConfig:
     finished rows on a re-run without retraining them."""
     attack_prompts: int = 16
     """Plain concept prompts attacked per row (the first N of the concept's plain set)."""
-    attack_budgets: dict = field(default_factory=lambda: {
-        "unlearndiff": {"iterations": 40}, "ringabell": {"generations": 30, "population": 32},
-        "p4d": {"iterations": 100}})
-    """Per-attack config overrides (toy scale; the erasure experiment's)."""
+    attack_budgets: dict = field(default_factory=lambda: copy.deepcopy(TOY_ATTACK_BUDGETS))
+    """Per-attack config overrides (``TOY_ATTACK_BUDGETS``)."""
 
     def resolved_upper_lr(self) -> float:
         return self.upper_lr if self.upper_lr is not None else self.r * self.upper_every * self.train.lr
