@@ -53,13 +53,13 @@ def _main(cfg: BilevelConfig) -> BilevelResult:
     out.mkdir(parents=True, exist_ok=True)
     resume = resolve_resume(out, cfg.resume)
     torch.manual_seed(cfg.seed)
+    accelerator = make_accelerator(cfg.train, cfg.device)  # first: a launch it refuses fails before any loading
     comps = load_components(cfg.model, device=cfg.device)
     student, expert = load_student(cfg.student, comps)
     check_training_memory("bilevel", student, comps, cfg.train, cfg.data.resolution or comps.native_resolution,
                           cfg.device, optimizers=cfg.spec.optimizers, vartheta=cfg.tracks_vartheta)
     student.to(cfg.device).train().requires_grad_(True)
     apply_speedups(student, comps.unet, cfg.train)
-    accelerator = make_accelerator(cfg.train, cfg.device)
     cache = load_cache(cfg.cache_dir, comps.source) if cfg.cache_dir else None
     data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
     built = build_phases(cfg, student, comps, data, cache, accelerator.device, accelerator.process_index,

@@ -46,6 +46,7 @@ def main(cfg: FinetuneConfig) -> FinetuneResult:
 def _finetune(cfg: FinetuneConfig, out: Path) -> FinetuneResult:
     resume = resolve_resume(out, cfg.resume)
     torch.manual_seed(cfg.seed)
+    accelerator = make_accelerator(cfg.train, cfg.device)  # first: a launch it refuses fails before any loading
     comps = load_components(cfg.model, device=cfg.device)
     teacher = comps.unet
     student, info = load_student(cfg.student, comps)
@@ -53,7 +54,6 @@ def _finetune(cfg: FinetuneConfig, out: Path) -> FinetuneResult:
     check_training_memory("finetune", student, comps, cfg.train, cfg.data.resolution or comps.native_resolution,
                           cfg.device)
     apply_speedups(student, teacher, cfg.train)
-    accelerator = make_accelerator(cfg.train, cfg.device)
     cache = load_cache(cfg.cache_dir, comps.source) if cfg.cache_dir else None
     data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
     phase, objective = denoising_phase("lower", student=student, teacher=teacher, comps=comps, data=data, cfg=cfg,

@@ -13,17 +13,45 @@ import torch
 from tqdm.auto import tqdm
 
 from prunefit.config.schema import TrainConfig
-from prunefit.errors import OutputError, PrunefitError
+from prunefit.errors import ConfigError, OutputError, PrunefitError
 from prunefit.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from prunefit.training.loop import Phase, train
 
 
 def make_accelerator(cfg: TrainConfig, device: str):
+    """The run's Accelerator; refuses an FSDP launch that accelerate would silently run as plain data parallel."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    return Accelerator(cpu=device == "cpu", mixed_precision=cfg.mixed_precision,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    try:
+        accelerator = Accelerator(cpu=device == "cpu", mixed_precision=cfg.mixed_precision,
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+    except RuntimeError as exc:  # FSDP1's plugin on a machine without GPUs: "no available devices found ..."
+        if not _fsdp_requested():
+            raise
+        raise _fsdp_refused(f"refuses it ({str(exc).splitlines()[0]})") from exc
+    got = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    if _fsdp_requested() and got != "FSDP":  # FSDP2 on CPUs: accelerate silently keeps full replicas
+        raise _fsdp_refused(f"runs it as {'one unsharded process' if got == 'NO' else got + ' (full replicas)'} on "
+                            f"{accelerator.device.type}")
+    return accelerator
+
+
+def _fsdp_requested() -> bool:
+    """An accelerate FSDP config (or ``ACCELERATE_USE_FSDP``) was given to this launch."""
+    import os
+
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+
+
+def _fsdp_refused(what: str) -> ConfigError:
+    """accelerate 1.15 shards only on GPU-like devices; an FSDP launch it does not honour would hide the memory the
+    user launched FSDP to save."""
+    import accelerate
+
+    return ConfigError(f"an FSDP launch was requested but accelerate {accelerate.__version__} {what}: it shards only "
+                       "on GPUs; launch there, or drop the FSDP config to train data-parallel (`torchrun "
+                       "--nproc_per_node N -m prunefit ...` on CPUs)")
 
 
 class RunLogger:
