@@ -22,7 +22,9 @@ def test_the_shipped_sidecar_is_what_the_build_writes():
 def test_toy_world_erase_gets_the_toy_settings():
     cfg = load_erase_config([], ["removal.method=esd", "removal.concepts=[Claude Dots]"])
     assert (cfg.esd.lr, cfg.esd.iterations, cfg.esd.ddim_steps, cfg.esd.train_method) == (1e-4, 200, 20, "xattn")
-    assert cfg.removal.model_defaults == ["esd.ddim_steps", "esd.iterations", "esd.lr"]
+    assert cfg.removal.model_defaults == ["esd.ddim_steps", "esd.iterations", "esd.lr", "esd.retain_prompts",
+                                          "esd.retain_weight"]
+    assert len(cfg.esd.retain_prompts) == 20 and not any("Claude" in p or "skull" in p for p in cfg.esd.retain_prompts)
     skull = load_erase_config([], ["removal.method=esd", "removal.concepts=[skull]"])
     assert (skull.esd.train_method, skull.esd.iterations) == ("noxattn", 300)  # ESD-u, as the ESD paper for nudity
     uce = load_erase_config([], ["removal.method=uce", "removal.concepts=[Claude Dots]"])

@@ -19,7 +19,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -299,9 +299,27 @@ def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists:
     return res
 
 
+ADDED_SETTINGS = {"esd": {"retain_weight": 0.0, "retain_prompts": []}}
+"""Settings added to a section after stages were archived (docs/results/pareto_cells): at these values, which leave
+the method as it was, they stay out of a stage's key, so the archived stages keep their folders."""
+
+
+def _keyed(spec: Any) -> Any:
+    """``spec`` without the ``ADDED_SETTINGS`` that are at their neutral values (in sections of those names)."""
+    if not isinstance(spec, dict):
+        return spec
+    out = {}
+    for k, v in spec.items():
+        v = _keyed(v)
+        if k in ADDED_SETTINGS and isinstance(v, dict):
+            v = {kk: vv for kk, vv in v.items() if ADDED_SETTINGS[k].get(kk, object()) != vv}
+        out[k] = v
+    return out
+
+
 def stage_key(spec: dict) -> str:
     """A short, stable hash of a stage's resolved settings (its folder name suffix)."""
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return hashlib.sha256(json.dumps(_keyed(spec), sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def stage_dir(root: Path, name: str, spec: dict) -> Path:

@@ -34,10 +34,11 @@ def toy_method_defaults() -> dict:
     from prunefit.toyworld.world import ARTISTS, SHAPES, UCE_GUIDES, UNSAFE_PHRASES
 
     loop = {"lr": 1e-4, "iterations": 200, "ddim_steps": 20}
+    esd = {**loop, "retain_prompts": neutral_captions(), "retain_weight": 0.0}
     unsafe = {"esd": {"train_method": "noxattn", "iterations": 300}, "advunlearn": {"train_method": "noxattn"},
               "uce": {"guides": [UCE_GUIDES["unsafe"]]},
               "concept_prune": {"target_template": "{thing} that is a {concept}"}}
-    return {"methods": {"esd": dict(loop), "advunlearn": dict(loop), "concept_prune": {"steps": 10},
+    return {"methods": {"esd": esd, "advunlearn": dict(loop), "concept_prune": {"steps": 10},
                         "uce": {"guides": [UCE_GUIDES["artist"]],
                                 "preserve": [*SHAPES, *ARTISTS, *neutral_captions()]}},
             "concepts": {phrase: unsafe for phrase in UNSAFE_PHRASES}}

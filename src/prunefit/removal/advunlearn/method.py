@@ -45,7 +45,8 @@ class AdvUnlearnConfig(ESDConfig):
     retain_prompts: list[str] = field(default_factory=lambda: [
         "a red circle on a black background", "a blue square on a white background",
         "a green triangle on a gray background", "a yellow star on a black background"])
-    """Prompts whose outputs must not change (the reference: COCO-like captions)."""
+    """Prompts whose outputs must not change (the reference: COCO-like captions); the retain term is ESD's
+    (``ESDObjective.retain_term``), on by default here."""
     target: str = "unet"
     """unet or text_encoder (train_method picks the UNet parameter subset when target=unet)."""
     attack_tokens: int = 1
@@ -140,11 +141,8 @@ class AdvUnlearnObjective:
         self.calls += 1
         cond = self.encode(prompts, prefix)
         unlearn = F.mse_loss(self.student(x, t, cond.expand(n, -1, -1)).sample.float(), target.float())
-        retain_prompt = self.cfg.retain_prompts[start % len(self.cfg.retain_prompts)]
-        with torch.no_grad():
-            r_ref = self.ctx.frozen(x, t, self.esd.text(retain_prompt).expand(n, -1, -1)).sample
-        retain = F.mse_loss(self.student(x, t, self.encode([retain_prompt], None).expand(n, -1, -1)).sample.float(),
-                            r_ref.float())
+        retain_prompt = self.esd.retain_prompt(start)
+        retain = self.esd.retain_term(x, t, retain_prompt, self.encode([retain_prompt], None))
         total = unlearn + self.cfg.retain_weight * retain
         norm = (prefix - self.origin[concept]).abs().max() if prefix is not None else torch.zeros(())
         return LossOutput(total, {"unlearn": unlearn, "retain": retain, "attack_norm": norm})

@@ -1,4 +1,12 @@
-"""ESD's objective as a training phase."""
+"""ESD's objective as a training phase, with an optional retain term (off by default, as in ESD).
+
+ESD (Gandikota et al. 2023) trains eps_theta(x_t, c) towards the negative-guidance target eps*(x_t, "") -
+eta (eps*(x_t, c) - eps*(x_t, "")), x_t from k DDIM steps of the edited model on the concept c. It has no
+preservation term, so everything the selected parameters also compute drifts (on the toy world ESD-u and ESD-x on
+blocky textures raise toy-val FJD; docs/results/erase_defaults_toy.md). ``retain_weight`` > 0 adds AdvUnlearn's
+utility-retaining term, retain_weight * ||eps_theta(x_t, r) - eps*(x_t, r)||^2 for one retain prompt r per sample
+group (cycled through ``retain_prompts``) at the same x_t; at 0 (the default) the loss is ESD's exactly.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +46,10 @@ class ESDConfig:
     condition: str = "concept"
     """concept: the student and the targets condition on the concept's name (ESD); caption: on each concept
     image's own caption (the official bilevel code's upper step; needs xt_source=images)."""
+    retain_prompts: list[str] = field(default_factory=list)
+    """Prompts whose predictions the retain term holds to the frozen model's (needed when retain_weight > 0)."""
+    retain_weight: float = 0.0
+    """Weight of the retain term; 0 = ESD as published (no preservation)."""
     section: ClassVar[str] = "esd"
     """The config section's name in error messages (methods that extend ESD's settings set their own)."""
 
@@ -53,6 +65,16 @@ class ESDConfig:
             raise ConfigError(f"{s}.condition=caption needs {s}.xt_source=images (captions come with the images)")
         if self.lr <= 0 or self.iterations < 1 or self.batch_size < 1 or self.ddim_steps < 3:
             raise ConfigError(f"{s}: lr must be > 0, iterations and batch_size >= 1, ddim_steps >= 3")
+        if self.retain_weight < 0:
+            raise ConfigError(f"{s}.retain_weight must be >= 0, got {self.retain_weight}")
+
+    def check_retain(self) -> None:
+        """retain_weight > 0 needs retain prompts. Checked when the phase is built, not in __post_init__: a
+        model's carried defaults may supply the prompts after the user's retain_weight was parsed."""
+        if self.retain_weight > 0 and not self.retain_prompts:
+            s = self.section
+            raise ConfigError(f"{s}.retain_weight > 0 needs {s}.retain_prompts (prompts whose outputs must not "
+                              f"change), e.g. {s}.retain_prompts='[a photo of a dog]'")
 
     def esd_config(self) -> "ESDConfig":
         """Just ESD's settings (for a method that extends them and runs ESD's objective)."""
@@ -139,13 +161,30 @@ class ESDObjective:
         e_neu, e_pos = ref.chunk(2)
         return negative_guidance_target(e_neu, e_pos, self.cfg.eta), e_pos
 
+    def retain_prompt(self, start: int) -> str:
+        """The retain prompt of the sample group starting at ``start`` (cycled)."""
+        return self.cfg.retain_prompts[start % len(self.cfg.retain_prompts)]
+
+    def retain_term(self, x: torch.Tensor, t: torch.Tensor, prompt: str, cond: torch.Tensor) -> torch.Tensor:
+        """||eps_theta(x_t, r) - eps*(x_t, r)||^2 (mean) for retain prompt r at ESD's x_t; ``cond``: the student's
+        text states of r, (1, L, D) (AdvUnlearn passes its trainable text encoder's)."""
+        n = len(x)
+        with torch.no_grad():
+            ref = self.ctx.frozen(x, t, self.text(prompt).expand(n, -1, -1)).sample
+        pred = self.student(x, t, cond.expand(n, -1, -1)).sample
+        return torch.nn.functional.mse_loss(pred.float(), ref.float())
+
     def __call__(self, start: int, n: int) -> LossOutput:
         gens = [sample_generator(self.ctx.seed, self.stream, i) for i in range(start, start + n)]
         x, t, cond = self.inputs(start, n, gens)
         target, _ = self.targets(x, t, cond)
         pred = self.student(x, t, cond.expand(n, -1, -1)).sample
         loss = torch.nn.functional.mse_loss(pred.float(), target.float())
-        return LossOutput(loss, {"esd": loss})
+        if self.cfg.retain_weight <= 0:
+            return LossOutput(loss, {"esd": loss})
+        prompt = self.retain_prompt(start)
+        retain = self.retain_term(x, t, prompt, self.text(prompt))
+        return LossOutput(loss + self.cfg.retain_weight * retain, {"esd": loss, "retain": retain})
 
 
 def concept_image_source(cfg: ESDConfig, comps, seed: int):
@@ -166,6 +205,7 @@ def build_phase(ctx: RemovalContext, cfg: ESDConfig, *, name: str = "esd", every
     phase trains them); the phase's optimizer still updates only the method's parameter subset."""
     if not cfg.concepts:
         raise ConfigError("esd needs at least one concept (removal.concepts)")
+    cfg.check_retain()
     model = student if student is not None else ctx.unet
     named = param_subset(getattr(model, "module", model), cfg.train_method)
     if freeze_others:
