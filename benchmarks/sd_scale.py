@@ -285,6 +285,15 @@ def write(rows: list[dict], extra: dict) -> Path:
             print("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "sd_scale.json"
+    same = ("arch", "resolution", "threads", "runs")
+    if path.is_file():  # sections this run skipped keep their rows from an earlier run of the same settings
+        old = json.loads(path.read_text())
+        ran = {r["section"] for r in rows}
+        if all(old.get(k) == extra.get(k) for k in same):
+            kept = [r for r in old.get("rows", []) if r["section"] not in ran]
+            rows = kept + rows
+            if kept:
+                print(f"(kept {len(kept)} rows of skipped sections from {path})")
     path.write_text(json.dumps({"benchmark": "sd_scale", "machine": machine(), "rows": rows, **extra}, indent=1))
     print(f"-> {path}")
     return path

@@ -338,12 +338,14 @@ def main() -> int:
     shared["prompts"].write_text("\n".join(PROMPTS) + "\n")
     rows = [r for a in archs for r in run_arch(a, args, out, shared)]
     probe = inception_probe()
-    md = [f"# smoke-sd: {args.resolution} px, {args.steps} denoising steps, threads 1\n", table(rows, archs), "",
-          "Inception FID path (torchmetrics / torch-fidelity): " + ("importable" if not probe else f"not run: {probe}")]
-    md += [f"\n- {r.arch} {r.command}: {r.error}" for r in rows if r.status != "ok"]
     prev = json.loads((out / "smoke.json").read_text()) if (out / "smoke.json").is_file() else []
-    keep = [r for r in prev if (r["command"], r["arch"]) not in {(x.command, x.arch) for x in rows}]
-    (out / "smoke.json").write_text(json.dumps(keep + [asdict(r) for r in rows], indent=1))
+    keep = [Row(**r) for r in prev if (r["command"], r["arch"]) not in {(x.command, x.arch) for x in rows}]
+    (out / "smoke.json").write_text(json.dumps([asdict(r) for r in keep + rows], indent=1))
+    every = keep + rows  # the table shows earlier invocations' rows too (e.g. one arch at a time)
+    shown = list(dict.fromkeys([r.arch for r in every]))
+    md = [f"# smoke-sd: {args.resolution} px, {args.steps} denoising steps, threads 1\n", table(every, shown), "",
+          "Inception FID path (torchmetrics / torch-fidelity): " + ("importable" if not probe else f"not run: {probe}")]
+    md += [f"\n- {r.arch} {r.command}: {r.error}" for r in every if r.status != "ok"]
     (out / "smoke.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 1 if any(r.status == "ERROR" for r in rows) else 0
