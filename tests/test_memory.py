@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from prunefit.errors import ConfigError
@@ -66,3 +68,15 @@ def test_finetune_refuses_up_front_when_the_budget_is_too_small(tmp_path, monkey
     err = capsys.readouterr().err
     assert "finetune needs about" in err and "PRUNEFIT_MEMORY_LIMIT_GB=0.001" in err
     assert not (out / "checkpoints").exists() and not (out / "pipeline").exists()
+
+
+def test_second_optimizer_covers_only_the_upper_subset_and_bilevel_never_hears_of_a_bf16_teacher():
+    """SD 1.5 smoke: bilevel official with upper_train_method=xattn was refused at 23.2 GiB, counting a second
+    AdamW over all 860 M parameters and suggesting a bf16 teacher that bilevel itself refuses."""
+    full = MemoryInputs(student_params=1000, trainable_params=1000, teacher_params=1000, optimizers=2)
+    xattn = replace(full, extra_optimizer_params=60)
+    assert estimate(full).optimizer == 16000 and estimate(xattn).optimizer == 8000 + 480
+    tight = replace(full, teacher_dtype_fixed=True)
+    cap = estimate(replace(full, teacher_dtype="bfloat16")).total  # only the bf16 teacher would fit
+    assert suggest_fixes(full, cap) == ["train.teacher_dtype=bfloat16"]
+    assert suggest_fixes(tight, cap) == []

@@ -57,7 +57,8 @@ def _main(cfg: BilevelConfig) -> BilevelResult:
     comps = load_components(cfg.model, device=cfg.device)
     student, expert = load_student(cfg.student, comps)
     check_training_memory("bilevel", student, comps, cfg.train, cfg.data.resolution or comps.native_resolution,
-                          cfg.device, optimizers=cfg.spec.optimizers, vartheta=cfg.tracks_vartheta)
+                          cfg.device, optimizers=cfg.spec.optimizers, vartheta=cfg.tracks_vartheta,
+                          extra_optimizer_params=_upper_params(cfg, student, comps), teacher_dtype_fixed=True)
     student.to(cfg.device).train().requires_grad_(True)
     apply_speedups(student, comps.unet, cfg.train)
     cache = load_cache(cfg.cache_dir, comps.source) if cfg.cache_dir else None
@@ -103,3 +104,15 @@ def _gap_validator(cfg: BilevelConfig, built: BilevelPhases):
         return out
 
     return validate
+
+
+def _upper_params(cfg: BilevelConfig, student: torch.nn.Module, comps) -> int:
+    """Parameters of the upper method's own optimizer (the official preset's second AdamW): its UNet parameter
+    subset, or the whole text encoder for a method that trains that."""
+    from prunefit.removal.context import param_subset
+    from prunefit.removal.registry import get_method
+
+    mcfg = cfg.upper_config()
+    if get_method(cfg.upper_method).trained_module(mcfg) == "text_encoder":
+        return sum(p.numel() for p in comps.text_encoder.parameters())
+    return sum(p.numel() for _, p in param_subset(student, mcfg.train_method))

@@ -4,7 +4,8 @@ The estimate is pure arithmetic over parameter counts and a per-sample activatio
 
     weights       4 B x student params (fp32 master weights; mixed precision casts per op)
     grads         4 B x trainable params
-    optimizer     8 B x trainable params per AdamW (exp_avg + exp_avg_sq; bilevel official keeps two)
+    optimizer     8 B x trainable params per AdamW (exp_avg + exp_avg_sq); bilevel official's second AdamW
+                  covers only the upper method's parameters (all of them for its default train_method=full)
     teacher       2 or 4 B x teacher params (teacher_dtype), forward under inference_mode
     frozen        4 B x VAE + text-encoder params (resident; 0 when they are not loaded)
     vartheta twin 16 B x trainable params (its weights, grads and AdamW states)
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
+from typing import Optional
 
 import torch
 
@@ -49,8 +51,13 @@ class MemoryInputs:
     mixed_precision: str = "no"
     teacher_dtype: str = "float32"
     optimizers: int = 1
+    extra_optimizer_params: Optional[int] = None
+    """Parameters each optimizer after the first covers (bilevel ``official``: the upper method's subset, e.g.
+    cross-attention only with ``upper_train_method=xattn``); None: every trainable parameter."""
     vartheta: bool = False
     ema: bool = False
+    teacher_dtype_fixed: bool = False
+    """The command needs the teacher in fp32 (bilevel), so bf16 teacher is not an option to suggest."""
     overhead: float = 0.10
 
     def __post_init__(self) -> None:
@@ -91,7 +98,8 @@ def estimate(m: MemoryInputs) -> MemoryEstimate:
     act = int(m.batch * m.saved_bytes_per_sample * _PRECISION_FACTOR[m.mixed_precision]
               + m.recompute_bytes * _PRECISION_FACTOR[m.mixed_precision])
     parts = {"weights": 4 * m.student_params, "grads": 4 * m.trainable_params,
-             "optimizer": 8 * m.trainable_params * m.optimizers,
+             "optimizer": 8 * m.trainable_params * min(m.optimizers, 1) + 8 * max(m.optimizers - 1, 0) * (
+                 m.trainable_params if m.extra_optimizer_params is None else m.extra_optimizer_params),
              "teacher": _DTYPE_BYTES[m.teacher_dtype] * m.teacher_params, "frozen": 4 * m.frozen_params,
              "vartheta": 16 * m.trainable_params if m.vartheta else 0,
              "ema": 4 * m.student_params if m.ema else 0, "activations": act}
@@ -106,7 +114,7 @@ def _candidates(m: MemoryInputs, checkpointed: MemoryInputs | None) -> list[tupl
         out.append(("train.gradient_checkpointing=true", checkpointed))
     if m.mixed_precision == "no":
         out.append(("train.mixed_precision=bf16", replace(m, mixed_precision="bf16")))
-    if m.teacher_dtype == "float32" and m.teacher_params:
+    if m.teacher_dtype == "float32" and m.teacher_params and not m.teacher_dtype_fixed:
         out.append(("train.teacher_dtype=bfloat16", replace(m, teacher_dtype="bfloat16")))
     if m.vartheta:
         out.append(("track_vartheta=false", replace(m, vartheta=False)))
@@ -248,11 +256,13 @@ def n_params(module, trainable: bool = False) -> int:
 
 
 def check_training_memory(what: str, student, comps, train, resolution: int, device: str | torch.device,
-                          optimizers: int = 1, vartheta: bool = False) -> MemoryEstimate:
+                          optimizers: int = 1, vartheta: bool = False, extra_optimizer_params: Optional[int] = None,
+                          teacher_dtype_fixed: bool = False) -> MemoryEstimate:
     """Refuse up front (ConfigError naming the fix) when a ``train`` config cannot fit ``device``.
 
     ``student`` is the model being trained, ``comps`` the loaded components (its UNet is the teacher; VAE and
-    text encoder are resident), ``train`` a TrainConfig; ``optimizers`` is 2 for bilevel's official preset."""
+    text encoder are resident), ``train`` a TrainConfig; ``optimizers`` is 2 for bilevel's official preset, whose
+    second optimizer covers ``extra_optimizer_params`` parameters (None: all trainable ones)."""
     capacity, where = device_capacity(device)
     latent = resolution // comps.vae_scale_factor
     prof = activation_profile(student, latent, comps.tokenizer.model_max_length)
@@ -262,6 +272,7 @@ def check_training_memory(what: str, student, comps, train, resolution: int, dev
         teacher_params=n_params(comps.unet), frozen_params=n_params(comps.vae) + n_params(comps.text_encoder),
         saved_bytes_per_sample=prof.checkpointed if gc else prof.plain, recompute_bytes=prof.recompute if gc else 0,
         batch=train.micro_batch_size, mixed_precision=train.mixed_precision, teacher_dtype=train.teacher_dtype,
-        optimizers=optimizers, vartheta=vartheta, ema=bool(train.ema_decay))
+        optimizers=optimizers, extra_optimizer_params=extra_optimizer_params, vartheta=vartheta,
+        ema=bool(train.ema_decay), teacher_dtype_fixed=teacher_dtype_fixed)
     ckpt = None if gc else replace(base, saved_bytes_per_sample=prof.checkpointed, recompute_bytes=prof.recompute)
     return check_fits(what, base, capacity, where, checkpointed=ckpt)
