@@ -25,10 +25,9 @@ def test_toy_world_erase_gets_the_toy_settings():
     assert cfg.removal.model_defaults == ["esd.ddim_steps", "esd.iterations", "esd.lr", "esd.retain_prompts",
                                           "esd.retain_weight"]
     assert len(cfg.esd.retain_prompts) == 20 and not any("Claude" in p or "skull" in p for p in cfg.esd.retain_prompts)
-    assert cfg.esd.retain_weight == 3.0  # artists: ESD-x with the retain term (chosen on the dev split)
+    assert cfg.esd.retain_weight == 0.0  # ESD as published; the prompts are there for esd.retain_weight=3
     skull = load_erase_config([], ["removal.method=esd", "removal.concepts=[skull]"])
     assert (skull.esd.train_method, skull.esd.iterations) == ("noxattn", 300)  # ESD-u, as the ESD paper for nudity
-    assert skull.esd.retain_weight == 0.0  # the retain term stops ESD-u from erasing skulls (dev split)
     uce = load_erase_config([], ["removal.method=uce", "removal.concepts=[Claude Dots]"])
     assert uce.uce.guides == ["painting"]
     assert "Claude Dots" not in uce.uce.preserve and {"Piet Grid", "Vincent Stripes", "circle"} <= set(uce.uce.preserve)

@@ -12,11 +12,13 @@ prompts showing it, 300 left 8% and kept every artist at >= 0.96x, 400 (the earl
 Claude Dots at 0.89x, under the 0.90x bound. The erased concept itself is dropped from the preserve set when the
 defaults are resolved (``prunefit.removal.defaults``).
 
-ESD-x for artists adds the retain term (``esd.retain_weight`` 3 on the 20 neutral captions): without it, ESD-x on
-Pablo Blocks and Claude Dots raised toy-val FJD past 1.5x the teacher's (dev split, toy-val 200: 1.59 / 1.69 vs
-1.04); weight 1 changed little (1.58 / 1.60), 3 met every target (0% / 0% left, FJD 1.29 / 1.54), 10 left 54% of
-Pablo Blocks, 30 / 100 left 100% / 100% of Pablo Blocks and 18% / 60% of Claude Dots. ESD-u keeps weight 0:
-weights 1 / 3 / 10 left 56% / 78% / 100% of skulls.
+The toy sidecar also carries ESD's retain prompts (the 20 neutral captions) at ``retain_weight`` 0, so
+``esd.retain_weight=3`` is all a user types to trade erasure for image preservation. It is not the default: on
+the dev split (toy-val 200) ESD-x without it raised toy-val FJD past 1.5x the teacher's on Pablo Blocks and Claude
+Dots (1.53x / 1.62x); weight 3 fixed both (1.25x / 1.48x) but left 12% of Katsu Waves and 38% of Piet Grid, so it
+met every target on 4 of 6 artists, as weight 0 does at best; 3 x 300 iterations, 10 x 400 and 1 / 10 / 30 / 100
+did no better (docs/results/erase_defaults_toy.md), and every weight from 0.3 stops ESD-u from erasing skulls.
+Between two settings that tie on dev, the default stays ESD as published, which always erases.
 """
 
 from __future__ import annotations
@@ -40,9 +42,8 @@ def toy_method_defaults() -> dict:
     from prunefit.toyworld.world import ARTISTS, SHAPES, UCE_GUIDES, UNSAFE_PHRASES
 
     loop = {"lr": 1e-4, "iterations": 200, "ddim_steps": 20}
-    esd = {**loop, "retain_prompts": neutral_captions(), "retain_weight": 3.0}
-    unsafe = {"esd": {"train_method": "noxattn", "iterations": 300, "retain_weight": 0.0},
-              "advunlearn": {"train_method": "noxattn"},
+    esd = {**loop, "retain_prompts": neutral_captions(), "retain_weight": 0.0}
+    unsafe = {"esd": {"train_method": "noxattn", "iterations": 300}, "advunlearn": {"train_method": "noxattn"},
               "uce": {"guides": [UCE_GUIDES["unsafe"]]},
               "concept_prune": {"target_template": "{thing} that is a {concept}"}}
     return {"methods": {"esd": esd, "advunlearn": dict(loop), "concept_prune": {"steps": 10},
