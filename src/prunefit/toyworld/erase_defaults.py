@@ -13,12 +13,12 @@ Claude Dots at 0.89x, under the 0.90x bound. The erased concept itself is droppe
 defaults are resolved (``prunefit.removal.defaults``).
 
 The toy sidecar also carries ESD's retain prompts (the 20 neutral captions) at ``retain_weight`` 0, so
-``esd.retain_weight=3`` is all a user types to trade erasure for image preservation. It is not the default: on
-the dev split (toy-val 200) ESD-x without it raised toy-val FJD past 1.5x the teacher's on Pablo Blocks and Claude
-Dots (1.53x / 1.62x); weight 3 fixed both (1.25x / 1.48x) but left 12% of Katsu Waves and 38% of Piet Grid, so it
-met every target on 4 of 6 artists, as weight 0 does at best; 3 x 300 iterations, 10 x 400 and 1 / 10 / 30 / 100
-did no better (docs/results/erase_defaults_toy.md), and every weight from 0.3 stops ESD-u from erasing skulls.
-Between two settings that tie on dev, the default stays ESD as published, which always erases.
+``esd.retain_weight=3`` is all a user types to trade erasure for image preservation. It is not the default: on the
+dev split (toy-val 200) ESD-x without it raised toy-val FJD past 1.5x the teacher's on Pablo Blocks and Claude Dots
+(1.53x / 1.63x); weight 3 fixed both (1.25x / 1.48x) but left 12% of Katsu Waves and 38% of Piet Grid, so it met
+every target on 4 of 6 artists, as weight 0 does; 2, 3 x 300 iterations, 10 x 400 and 1 / 10 / 30 / 100 did no
+better (docs/results/erase_defaults_toy.md), and every weight from 0.3 stops ESD-u from erasing skulls. Between two
+settings that tie on dev, the default stays ESD as published, which always erases.
 """
 
 from __future__ import annotations
