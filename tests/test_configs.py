@@ -8,7 +8,9 @@ import pytest
 
 from prunefit.config.load import load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").rglob("*.yaml"))
+ROOT = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = sorted(p for p in ROOT.rglob("*.yaml") if p.parent.name != "accelerate")
+"""prunefit's command configs; configs/accelerate/ holds 🤗 Accelerate launch configs (tested below)."""
 
 
 def _schema(name: str):
@@ -46,3 +48,16 @@ def test_sd21_configs_hold_the_papers_settings():
     assert (esd.esd.lr, esd.esd.iterations, esd.esd.eta, esd.esd.train_method) == (1e-5, 1000, 1.0, "noxattn")
     pr = _load(root / "prune.yaml")
     assert pr.target == 0.8 and pr.num_experts == 8
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_launch_configs_parse(path):
+    """accelerate's own parser reads them, and the FSDP one names the diffusers blocks that exist to wrap."""
+    from accelerate.commands.config.config_args import ClusterConfig
+    from diffusers.models.attention import BasicTransformerBlock  # noqa: F401
+    from diffusers.models.resnet import ResnetBlock2D  # noqa: F401
+
+    cfg = ClusterConfig.from_yaml_file(str(path))
+    if str(cfg.distributed_type).endswith("FSDP"):
+        assert set(cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",")) <= {"BasicTransformerBlock",
+                                                                                         "ResnetBlock2D"}
