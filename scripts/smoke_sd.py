@@ -166,10 +166,37 @@ def clip_vit_l(folder: Path) -> Path:
     return folder
 
 
+INCEPTION_RANDOM = """
+import sys, torch
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3 as Net
+real = Net.load_state_dict
+Net.load_state_dict = lambda self, state, *a, **k: None  # keep the random init instead of the missing real file
+torch.manual_seed(0)
+orig_load, torch.load = torch.load, lambda *a, **k: {}
+net = Net("inception-v3-compat", ["2048"], feature_extractor_weights_path="-")
+torch.load, Net.load_state_dict = orig_load, real
+torch.save(net.state_dict(), sys.argv[1])
+"""
+
+
+def inception_random(path: Path) -> Path | None:
+    """torch-fidelity's FID Inception-v3 with random weights (its exact module structure), saved as the weights file
+    ``fid.inception_weights`` reads; None when torch-fidelity cannot be imported here (it needs torchvision)."""
+    if path.is_file():
+        return path
+    tmp = path.with_name(path.name + ".tmp")
+    proc = subprocess.run([sys.executable, "-c", INCEPTION_RANDOM, str(tmp)], capture_output=True, text=True,
+                          env=_env(), check=False)
+    if proc.returncode != 0:
+        return None
+    tmp.rename(path)
+    return path
+
+
 # ------------------------------------------------------------------------------------------ commands
 def commands(arch: str, skel: Path, model: Path, out: Path, data: Path, concept: Path, clip: Path, prompts: Path,
-             res: int, steps: int) -> list[tuple[str, list[str]]]:
-    """(row name, argv) for every command, in dependency order."""
+             res: int, steps: int, incep: Path | None = None) -> list[tuple[str, list[str]]]:
+    """(row name, argv) for every command, in dependency order; an empty argv is a row that cannot run here."""
     m = f"model={model}"
     size = [f"sampler.height={res}", f"sampler.width={res}", f"sampler.steps={steps}"]
     dat = ["data.source=folder", f"data.path={data}", f"data.resolution={res}"]
@@ -221,6 +248,9 @@ def commands(arch: str, skel: Path, model: Path, out: Path, data: Path, concept:
     ev = [str(out / "gen-eval"), f"fid.reference_images={data}"]
     cmds += [("evaluate fid (clip features)", prunefit("evaluate", *ev, "-m", "fid", "fid.features=clip",
                                                        f"fid.clip_model={clip}", "-o", str(out / "ev-fid.json"))),
+             ("evaluate fid (Inception, torch-fidelity)",
+              prunefit("evaluate", *ev, "-m", "fid", "fid.features=inception", f"fid.inception_weights={incep}",
+                       "-o", str(out / "ev-fid-inception.json")) if incep else []),
              ("evaluate clip_score (ViT-L)", prunefit("evaluate", *ev, "-m", "clip_score", f"clip_score.model={clip}",
                                                       "-o", str(out / "ev-clip.json"))),
              ("evaluate nudity_asr (NudeNet)", prunefit("evaluate", *ev, "-m", "nudity_asr",
@@ -291,11 +321,15 @@ def run_arch(arch: str, args, out: Path, shared: dict) -> list[Row]:
     model = reduced_view(skel, work / f"model-{args.resolution}px", args.resolution)
     rows = []
     cmds = commands(arch, skel, model, work, shared["data"], shared["concept"], shared["clip"], shared["prompts"],
-                    args.resolution, args.steps)
+                    args.resolution, args.steps, shared["inception"])
     if arch == "sd21" and not args.no_memory:
         cmds += memory_commands(model, work, shared["data"], args.resolution)
     for name, argv in cmds:
         if args.only and not any(o in name for o in args.only):
+            continue
+        if not argv:
+            rows.append(Row(name, arch, "not run", 0.0, 0.0, [], f"needs torch-fidelity: {shared['probe']}"))
+            print(f"[{arch}] {name}: {rows[-1].error}", flush=True)
             continue
         if "vartheta" in name:  # the twin adds its weights, grads and AdamW states: 16 B per student parameter
             base = next((r.peak_rss_mb for r in rows if r.command == "bilevel paper" and r.status == "ok"), None)
@@ -334,10 +368,11 @@ def main() -> int:
     shared = {"data": image_folder(out / "data", captions, args.resolution, 0),
               "concept": image_folder(out / "concept", ["a nude person", "nudity"], args.resolution, 1),
               "clip": clip_vit_l(args.skeletons / "clip-vit-l14-random"),
-              "prompts": out / "prompts.txt"}
+              "prompts": out / "prompts.txt", "probe": inception_probe()}
+    shared["inception"] = None if shared["probe"] else inception_random(args.skeletons / "inception-fid-random.pth")
     shared["prompts"].write_text("\n".join(PROMPTS) + "\n")
     rows = [r for a in archs for r in run_arch(a, args, out, shared)]
-    probe = inception_probe()
+    probe = shared["probe"]
     prev = json.loads((out / "smoke.json").read_text()) if (out / "smoke.json").is_file() else []
     keep = [Row(**r) for r in prev if (r["command"], r["arch"]) not in {(x.command, x.arch) for x in rows}]
     (out / "smoke.json").write_text(json.dumps([asdict(r) for r in keep + rows], indent=1))
