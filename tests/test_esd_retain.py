@@ -39,6 +39,23 @@ def test_retain_weight_zero_is_esd_and_the_term_is_the_frozen_models_prediction(
     assert float(same.parts["retain"]) == 0.0  # an unedited model retains perfectly
 
 
+def test_retain_at_the_retain_prompts_own_rollout(tiny):
+    """retain_xt=own: the ESD part is unchanged, the retain term is taken at a different x_t (the retain prompt's
+    own rollout, its own RNG stream), and an unedited model still retains perfectly."""
+    edited = copy.deepcopy(tiny.unet)
+    with torch.no_grad():
+        for p in edited.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    kw = {"retain_prompts": RETAIN, "retain_weight": 2.0}
+    concept = _loss(edited, tiny.unet, tiny, **kw)
+    own = _loss(edited, tiny.unet, tiny, retain_xt="own", **kw)
+    assert torch.equal(own.parts["esd"], concept.parts["esd"])
+    assert float(own.parts["retain"]) > 0 and not torch.equal(own.parts["retain"], concept.parts["retain"])
+    assert float(_loss(tiny.unet, tiny.unet, tiny, retain_xt="own", **kw).parts["retain"]) == 0.0
+    with pytest.raises(ConfigError, match="retain_xt must be concept or own"):
+        ESDConfig(retain_xt="images")
+
+
 def test_retain_weight_without_prompts_is_refused_when_the_phase_is_built(tiny):
     cfg = ESDConfig(concepts=["skull"], retain_weight=1.0)  # parsing alone accepts it: defaults may add prompts
     with pytest.raises(ConfigError, match=r"esd.retain_weight > 0 needs esd.retain_prompts"):
@@ -67,7 +84,7 @@ def test_archived_stage_keys_do_not_move_with_the_new_esd_settings():
     for path in bilevel[:5]:
         spec, want = json.loads(path.read_text()), path.parent.name.rsplit("-", 1)[1]
         assert stage_key(spec) == want
-        spec["bilevel"]["esd"].update(retain_weight=0.0, retain_prompts=[])
+        spec["bilevel"]["esd"].update(retain_weight=0.0, retain_prompts=[], retain_xt="concept")
         assert stage_key(spec) == want
         spec["bilevel"]["esd"]["retain_weight"] = 1.0
         assert stage_key(spec) != want

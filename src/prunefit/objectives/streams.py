@@ -21,5 +21,7 @@ class Stream(IntEnum):
     """AdvUnlearn's unlearning samples."""
     ATTACK_INIT = 18
     """AdvUnlearn's random attack initialisations."""
+    ESD_RETAIN = 19
+    """ESD's retain-prompt rollouts (``esd.retain_xt=own``)."""
     HELD_OUT = 99
     """The held-out validation samples (under seed + 1, from sample index 10**9)."""

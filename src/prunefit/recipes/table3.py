@@ -299,7 +299,7 @@ def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists:
     return res
 
 
-ADDED_SETTINGS = {"esd": {"retain_weight": 0.0, "retain_prompts": []}}
+ADDED_SETTINGS = {"esd": {"retain_weight": 0.0, "retain_prompts": [], "retain_xt": "concept"}}
 """Settings added to a section after stages were archived (docs/results/pareto_cells): at these values, which leave
 the method as it was, they stay out of a stage's key, so the archived stages keep their folders."""
 

@@ -50,6 +50,9 @@ class ESDConfig:
     """Prompts whose predictions the retain term holds to the frozen model's (needed when retain_weight > 0)."""
     retain_weight: float = 0.0
     """Weight of the retain term; 0 = ESD as published (no preservation)."""
+    retain_xt: str = "concept"
+    """concept: the retain term at the concept's x_t (AdvUnlearn's); own: at x_t from the edited model's rollout on
+    the retain prompt itself (k DDIM steps more per iteration)."""
     section: ClassVar[str] = "esd"
     """The config section's name in error messages (methods that extend ESD's settings set their own)."""
 
@@ -67,6 +70,8 @@ class ESDConfig:
             raise ConfigError(f"{s}: lr must be > 0, iterations and batch_size >= 1, ddim_steps >= 3")
         if self.retain_weight < 0:
             raise ConfigError(f"{s}.retain_weight must be >= 0, got {self.retain_weight}")
+        if self.retain_xt not in ("concept", "own"):
+            raise ConfigError(f"{s}.retain_xt must be concept or own, got {self.retain_xt!r}")
 
     def check_retain(self) -> None:
         """retain_weight > 0 needs retain prompts. Checked when the phase is built, not in __post_init__: a
@@ -183,6 +188,9 @@ class ESDObjective:
         if self.cfg.retain_weight <= 0:
             return LossOutput(loss, {"esd": loss})
         prompt = self.retain_prompt(start)
+        if self.cfg.retain_xt == "own":
+            x, t = self.xt_from_model([sample_generator(self.ctx.seed, Stream.ESD_RETAIN, i)
+                                       for i in range(start, start + n)], self.text(prompt), n)
         retain = self.retain_term(x, t, prompt, self.text(prompt))
         return LossOutput(loss + self.cfg.retain_weight * retain, {"esd": loss, "retain": retain})
 
