@@ -186,20 +186,22 @@ def test_rank_divergence_is_caught():
         assert "step 2: processes hold different weights (first: 1.bias)" in out[f"drift{rank}"]
 
 
-@pytest.mark.parametrize("version", ["1", "2"])
-def test_fsdp_launch_that_accelerate_would_not_shard_is_refused(version, tmp_path, monkeypatch, capsys):
-    """On CPUs accelerate 1.15 raises for FSDP1 and keeps FSDP2 as plain replicas (MULTI_CPU / NO): both refused up
-    front, in one line, before the model is loaded, and no output folder is made. (Two processes under `accelerate
-    launch --config_file fsdp.yaml` give the same line on each rank: see README, Multi-GPU.)"""
+@pytest.mark.parametrize("env,said", [({"FSDP_VERSION": "2"}, "runs it as one unsharded process"),
+                                       ({"FSDP_VERSION": "1", "FSDP_SYNC_MODULE_STATES": "true"}, "refuses it (There")])
+def test_fsdp_launch_that_accelerate_would_not_shard_is_refused(env, said, tmp_path, monkeypatch, capsys):
+    """On CPUs accelerate 1.15 keeps FSDP2 as plain replicas (MULTI_CPU / NO) and raises for an FSDP1 config (as
+    `accelerate launch` exports it: sync_module_states on): both refused up front, in one line, and no output folder
+    is made. (Two processes under `accelerate launch --config_file fsdp.yaml` give the same line on each rank.)"""
     from accelerate.state import AcceleratorState
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    monkeypatch.setenv("FSDP_VERSION", version)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
     run = tmp_path / "fsdp"
     try:
         assert main(["finetune", "model=tiny", "train.max_steps=1", f"output_dir={run}"]) == 2
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)  # no FSDP-flavoured state for later tests
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "an FSDP launch was requested" in err[0] and "torchrun" in err[0]
+    assert len(err) == 1 and "an FSDP launch was requested" in err[0] and said in err[0] and "torchrun" in err[0]
     assert not run.exists()

@@ -97,9 +97,9 @@ def estimate(m: MemoryInputs) -> MemoryEstimate:
     """The arithmetic of the module docstring."""
     act = int(m.batch * m.saved_bytes_per_sample * _PRECISION_FACTOR[m.mixed_precision]
               + m.recompute_bytes * _PRECISION_FACTOR[m.mixed_precision])
-    parts = {"weights": 4 * m.student_params, "grads": 4 * m.trainable_params,
-             "optimizer": 8 * m.trainable_params * min(m.optimizers, 1) + 8 * max(m.optimizers - 1, 0) * (
-                 m.trainable_params if m.extra_optimizer_params is None else m.extra_optimizer_params),
+    extra = m.trainable_params if m.extra_optimizer_params is None else m.extra_optimizer_params
+    optimizer = 8 * (m.trainable_params + (m.optimizers - 1) * extra) if m.optimizers else 0
+    parts = {"weights": 4 * m.student_params, "grads": 4 * m.trainable_params, "optimizer": optimizer,
              "teacher": _DTYPE_BYTES[m.teacher_dtype] * m.teacher_params, "frozen": 4 * m.frozen_params,
              "vartheta": 16 * m.trainable_params if m.vartheta else 0,
              "ema": 4 * m.student_params if m.ema else 0, "activations": act}

@@ -38,10 +38,10 @@ def make_accelerator(cfg: TrainConfig, device: str):
 
 
 def _fsdp_requested() -> bool:
-    """An accelerate FSDP config (or ``ACCELERATE_USE_FSDP``) was given to this launch."""
-    import os
+    """An accelerate FSDP config (or ``ACCELERATE_USE_FSDP``) was given to this launch (read as accelerate reads it)."""
+    from accelerate.utils import parse_flag_from_env
 
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+    return parse_flag_from_env("ACCELERATE_USE_FSDP")
 
 
 def _fsdp_refused(what: str) -> ConfigError:
