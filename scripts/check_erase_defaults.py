@@ -166,13 +166,16 @@ def main() -> None:
                    help="test: the first --n rows of each prompt file (reported); dev: the last --n (for choosing)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a candidate override for every erase of this invocation (e.g. esd.iterations=100)")
+    p.add_argument("--name", default="",
+                   help="the candidate's folder suffix in place of the --set text (for long values such as a "
+                        "prompt list); the settings are still checked against the folder's resolved config")
     args = p.parse_args()
     torch.set_num_threads(1)
     t0, root = time.time(), Path(args.output)
     root.mkdir(parents=True, exist_ok=True)
     concepts, methods = args.concepts.split(","), args.methods.split(",")
     tag = ("" if args.split == "test" else "_dev") + (f"_v{args.val_n}" if args.val_n and args.val_n != args.n else "")
-    cand = "".join(f"_{s.replace('=', '-')}" for s in args.set)
+    cand = f"_{args.name}" if args.name else "".join(f"_{s.replace('=', '-')}" for s in args.set)
     orig_file = root / f"original_n{args.n}_k{args.kept_n}{tag}.json"
     orig = json.loads(orig_file.read_text()) if orig_file.is_file() else {}
     missing = sorted({_sets(c)[0] for c in concepts} - set(orig))  # an earlier run may have judged other concepts
