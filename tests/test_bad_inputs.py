@@ -116,6 +116,7 @@ CASES = [  # (arguments with {fixture} fields, expected message fragment)
     (["finetune", "train.mixed_precision=fp8"], "train.mixed_precision must be no, fp16 or bf16"),
     (["bilevel", "lam=0"], "lam must be > 0"),
     (["bilevel", "upper_method=concept_prune"], "must be a train method"),
+    (["bilevel", "model=tiny", "concepts=[x]", "esd.retain_weight=1"], "needs esd.retain_prompts"),
     (["generate", "-p", "x", "model=tiny", "sampler.steps=0"], "sampler.steps must be >= 1"),
     (["generate", "-p", "x", "model=tiny", "sampler.steps=-5"], "sampler.steps must be >= 1"),
     (["generate", "-p", "x", "model=tiny", "sampler.scheduler=warp"], "unknown scheduler 'warp'"),

@@ -34,6 +34,19 @@ def test_toy_world_erase_gets_the_toy_settings():
     assert load_erase_config([], ["removal.method=uce", "removal.concepts=[skull]"]).uce.guides == ["drawing"]
 
 
+def test_bilevel_reads_the_models_defaults_for_its_upper_method():
+    from prunefit.removal.defaults import load_bilevel_config
+
+    cfg = load_bilevel_config([], ["concepts=[skull]"])
+    assert (cfg.esd.train_method, cfg.esd.ddim_steps, cfg.esd.lr) == ("noxattn", 20, 1e-4)  # ESD-u for the unsafe one
+    artist = load_bilevel_config([], ["concepts=[Claude Dots]", "esd.ddim_steps=30"])
+    assert (artist.esd.train_method, artist.esd.ddim_steps) == ("xattn", 30)  # the user still wins
+    adv = load_bilevel_config([], ["upper_method=advunlearn", "concepts=[skull]"])
+    assert (adv.advunlearn.train_method, adv.advunlearn.ddim_steps) == ("noxattn", 20)
+    sd = load_bilevel_config([], ["model=tiny", "concepts=[skull]"])
+    assert (sd.esd.lr, sd.esd.ddim_steps, sd.esd.train_method) == (1e-5, 50, "xattn")  # no sidecar: the paper's
+
+
 def test_the_user_wins_on_the_command_line_and_in_yaml(tmp_path):
     cfg = load_erase_config([], ["removal.method=esd", "removal.concepts=[skull]", "esd.lr=3e-4",
                                  "esd.train_method=xattn"])

@@ -16,6 +16,7 @@ from prunefit.models.components import load_components
 from prunefit.objectives.inputs import held_out_batch
 from prunefit.removal.bilevel.config import BilevelConfig
 from prunefit.removal.bilevel.phases import BilevelPhases, build_phases
+from prunefit.removal.registry import get_method
 from prunefit.training.memory import check_training_memory
 from prunefit.training.runtime import fit, make_accelerator, report_effective_batch, resolve_resume
 from prunefit.training.students import apply_speedups, load_student, save_student
@@ -38,6 +39,7 @@ def main(cfg: BilevelConfig) -> BilevelResult:
     from prunefit.utils.lock import output_lock
 
     check_inputs(model=cfg.model, student=cfg.student, cache_dir=cfg.cache_dir)
+    get_method(cfg.upper_method).check(cfg.upper_config())
     with output_lock(cfg.output_dir):
         return _main(cfg)
 
@@ -110,7 +112,6 @@ def _upper_params(cfg: BilevelConfig, student: torch.nn.Module, comps) -> int:
     """Parameters of the upper method's own optimizer (the official preset's second AdamW): its UNet parameter
     subset, or the whole text encoder for a method that trains that."""
     from prunefit.removal.context import param_subset
-    from prunefit.removal.registry import get_method
 
     mcfg = cfg.upper_config()
     if get_method(cfg.upper_method).trained_module(mcfg) == "text_encoder":

@@ -40,8 +40,7 @@ def main(cfg: EraseConfig) -> EraseResult:
     if cfg.resume is None and (out / "erase_summary.json").is_file():
         raise OutputError(f"{out} already holds a finished erase run; use a new output_dir")
     check_inputs(model=cfg.model, student=cfg.student)
-    if hasattr(mcfg, "check_retain"):  # ESD-family: settings that may come from the model's defaults
-        mcfg.check_retain()
+    entry.check(mcfg)
     with output_lock(out):
         return _erase(cfg, entry, mcfg, out)
 

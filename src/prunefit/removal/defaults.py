@@ -70,20 +70,43 @@ def apply_defaults(section: Any, name: str, values: dict[str, Any], explicit: se
     return (dataclasses.replace(section, **chosen) if chosen else section), sorted(chosen)
 
 
+def apply_model_defaults(cfg: Any, section: str, concepts: Sequence[str], files: Sequence[str | Path],
+                         overrides: Sequence[str]) -> list[str]:
+    """Set ``cfg.<section>`` to the section with ``cfg.model``'s carried defaults for ``concepts`` on every key the
+    user did not set; the dotted keys applied ([] without a sidecar or without that section)."""
+    from prunefit.models.components import model_sidecar
+
+    carried = model_sidecar(cfg.model).get("method_defaults") or {}
+    current = getattr(cfg, section, None)
+    if not carried or current is None:
+        return []
+    values = resolve_defaults(carried, section, concepts)
+    new, applied = apply_defaults(current, section, values, explicit_keys(files, overrides))
+    setattr(cfg, section, new)
+    return [f"{section}.{k}" for k in applied]
+
+
 def load_erase_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ()):
     """``load_config(EraseConfig, files, overrides)``, then the model's method defaults for keys left unset."""
     from prunefit.config.load import load_config
-    from prunefit.models.components import model_sidecar
     from prunefit.removal.config import EraseConfig
 
     cfg = load_config(EraseConfig, files, overrides)
-    carried = model_sidecar(cfg.model).get("method_defaults") or {}
     section = getattr(cfg, cfg.removal.method, None)
-    if not carried or section is None:
-        return cfg
-    concepts = list(section.concepts or cfg.removal.concepts)
-    values = resolve_defaults(carried, cfg.removal.method, concepts)
-    new, applied = apply_defaults(section, cfg.removal.method, values, explicit_keys(files, overrides))
-    setattr(cfg, cfg.removal.method, new)
-    cfg.removal.model_defaults = [f"{cfg.removal.method}.{k}" for k in applied]
+    if section is not None:
+        concepts = list(section.concepts or cfg.removal.concepts)
+        cfg.removal.model_defaults = apply_model_defaults(cfg, cfg.removal.method, concepts, files, overrides)
+    return cfg
+
+
+def load_bilevel_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ()):
+    """``load_config(BilevelConfig, files, overrides)``, then the model's defaults for the upper method's section
+    (e.g. the toy world's 20-step ESD rollouts and ESD-u for the unsafe concept) on keys left unset."""
+    from prunefit.config.load import load_config
+    from prunefit.removal.bilevel.config import BilevelConfig
+
+    cfg = load_config(BilevelConfig, files, overrides)
+    section = getattr(cfg, cfg.upper_method, None)
+    if section is not None:
+        apply_model_defaults(cfg, cfg.upper_method, list(section.concepts or cfg.concepts), files, overrides)
     return cfg

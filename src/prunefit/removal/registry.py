@@ -59,6 +59,10 @@ def _unet(cfg: Any) -> str:
     return "unet"
 
 
+def _no_check(cfg: Any) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class MethodEntry:
     name: str
@@ -70,6 +74,9 @@ class MethodEntry:
     build_phase: Optional[TrainMethod] = None
     trained_module: Callable[[Any], str] = _unet
     """Which component the method changes for a config: "unet" or "text_encoder" (saved with the expert)."""
+    check: Callable[[Any], None] = _no_check
+    """Checks of a resolved section that must wait for the model's carried defaults (so not in the config's
+    __post_init__); ``erase`` and ``bilevel`` run them before they write anything."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("edit", "train"):

@@ -8,4 +8,4 @@ from prunefit.removal.registry import MethodEntry, register_method
 register_method(MethodEntry("advunlearn", "train", AdvUnlearnConfig,
                             "adversarial (prompt-attack) unlearning with a retain loss",
                             "Zhang et al. 2024, github.com/OPTML-Group/AdvUnlearn", build_phase=build_phase,
-                            trained_module=lambda cfg: cfg.target))
+                            trained_module=lambda cfg: cfg.target, check=AdvUnlearnConfig.check_retain))

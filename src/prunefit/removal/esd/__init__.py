@@ -11,4 +11,5 @@ from prunefit.removal.esd.method import ESDConfig, build_phase  # noqa: F401
 from prunefit.removal.registry import MethodEntry, register_method
 
 register_method(MethodEntry("esd", "train", ESDConfig, "negative-guidance fine-tuning (ESD-x / ESD-u)",
-                            "Gandikota et al. 2023, github.com/rohitgandikota/erasing", build_phase=build_phase))
+                            "Gandikota et al. 2023, github.com/rohitgandikota/erasing", build_phase=build_phase,
+                            check=ESDConfig.check_retain))
