@@ -3,7 +3,9 @@
 Each model (and the dense toy teacher) samples the same toy-val rows with their fixed seeds; the judge's features of
 those images and of the ground-truth renders are resampled together, prompt by prompt (one index draw for all three
 arrays), and the ratio FJD(edit) / FJD(teacher) is recomputed per draw. It says whether a cell's miss of the 1.5x
-bound is the edit or the 200 prompts it was judged on. Writes JSON to --output and prints it.
+bound is the edit or the 200 prompts it was judged on. It also reports where an edit moves the images: the mean
+distance, per prompt, between the edit's and the teacher's judge features (same prompt, same seed), grouped by each
+ground-truth attribute. Writes JSON to --output and prints it.
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/fjd_ratio_interval.py runs/check_erase_defaults/pablo-blocks-esd/pipeline
 """
@@ -19,10 +21,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+ATTRIBUTES = ("gt_obj", "gt_colour", "gt_background", "gt_size")
+
 
 def features(judge, images: torch.Tensor) -> np.ndarray:
+    """Judge features [N, 128] of uint8 images, as the FJD metric extracts them."""
+    from prunefit.toyworld.metrics import JudgeFeatures
+
     with torch.no_grad():
-        return judge.features(images.float() / 127.5 - 1).double().numpy()
+        return JudgeFeatures(judge)(images.float() / 255.0).numpy()
+
+
+def moved_by_attribute(edit: np.ndarray, teacher: np.ndarray, rows: list[dict]) -> dict:
+    """Mean per-prompt feature distance edit vs teacher, overall and for each value of each attribute."""
+    dist = np.linalg.norm(edit - teacher, axis=1)
+    out: dict = {"all": float(dist.mean())}
+    for attr in ATTRIBUTES:
+        values = sorted({r[attr] for r in rows})
+        out[attr] = {v: float(dist[[r[attr] == v for r in rows]].mean()) for v in values}
+    return out
 
 
 def main() -> None:
@@ -68,7 +85,8 @@ def main() -> None:
     for m in args.models:
         iv = bootstrap_interval([(feats[m], feats["teacher"], ref)], ratio, n_boot=args.n_boot)
         out["models"][m] = {"ratio": iv.estimate, "ci95": [iv.low, iv.high], "bound": args.bound,
-                            "interval_above_bound": iv.low > args.bound}
+                            "interval_above_bound": iv.low > args.bound,
+                            "moved": moved_by_attribute(feats[m], feats["teacher"], rows)}
     out["seconds"] = time.time() - t0
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(out, indent=1))
