@@ -113,7 +113,7 @@ CASES = [  # (arguments with {fixture} fields, expected message fragment)
     # values out of range
     (["finetune", "train.lr=-0.1"], "train.lr must be > 0"),
     (["finetune", "train.max_steps=0"], "train.max_steps must be >= 1"),
-    (["finetune", "train.mixed_precision=fp8"], "train.mixed_precision must be no, fp16 or bf16"),
+    (["finetune", "train.mixed_precision=fp8"], "train.mixed_precision must be auto, no, fp16 or bf16"),
     (["bilevel", "lam=0"], "lam must be > 0"),
     (["bilevel", "upper_method=concept_prune"], "must be a train method"),
     (["bilevel", "model=tiny", "concepts=[x]", "esd.retain_weight=1"], "needs esd.retain_prompts"),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 from prunefit.errors import require
+from prunefit.utils.device import resolve_device, resolve_mixed_precision
 
 SCHEDULERS = ("pndm", "ddim", "ddpm", "euler", "euler_ancestral", "dpm_solver", "lms")
 """Sampler names accepted by ``sampler.scheduler`` (see ``prunefit.models.schedulers``)."""
@@ -73,11 +74,14 @@ class GenerateConfig:
     seed: int = 0
     """Run seed; each prompt's seed is derived from it and the prompt id (see generation.seeds)."""
     dtype: str = "float32"
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
+    or cpu, cuda, cuda:N. resolved_config.yaml records what it became (prunefit.utils.device)."""
     grid_max_images: int = 64
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
         require(bool(self.output_dir), "output_dir must not be empty")
         require(self.dtype in DTYPES, f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         require(self.max_prompts is None or self.max_prompts >= 1,
@@ -220,7 +224,9 @@ class PruneConfig:
     hypernet_pretrain_steps: int = 30
     """Steps where the student uses the predictor's own sample before routed codes (official: 500 of 5000)."""
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
+    or cpu, cuda, cuda:N. resolved_config.yaml records what it became (prunefit.utils.device)."""
     min_snr_gamma: float = 5.0
     mac_text_length: Optional[int] = None
     """Text length for MAC counting; None = the tokenizer's model_max_length."""
@@ -238,6 +244,7 @@ class PruneConfig:
     """Old spellings still read (with a one-line warning)."""
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
         require(self.method in ("aptp", "magnitude", "random"),
                f"unknown pruning method {self.method!r}; available: ['aptp', 'magnitude', 'random']")
         require(0 < self.target <= 1, f"target must be in (0, 1], got {self.target}")
@@ -283,7 +290,13 @@ class TrainConfig:
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     max_grad_norm: Optional[float] = None
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
+    """auto (default): bf16 on a CUDA device that supports it, else no; or no, bf16, fp16 (fp16 scales every
+    optimizer's loss, unscales before clipping and skips overflow steps; CUDA only)."""
+    allow_tf32: bool = True
+    """TF32 matmuls and cuDNN convolutions on Ampere and later GPUs (no effect on CPUs)."""
+    cudnn_benchmark: bool = True
+    """cuDNN picks the fastest convolution algorithm for the run's fixed shapes (no effect on CPUs)."""
     gradient_checkpointing: bool = False
     channels_last: bool = False
     """Student and teacher in channels_last memory format (faster convolutions on GPUs)."""
@@ -309,8 +322,8 @@ class TrainConfig:
                "train.micro_batch_size and train.grad_accum_steps must be >= 1")
         require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         require(self.warmup_steps >= 0 and self.weight_decay >= 0, "train.warmup_steps / weight_decay must be >= 0")
-        require(self.mixed_precision in ("no", "fp16", "bf16"),
-               f"train.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        require(self.mixed_precision in ("auto", "no", "fp16", "bf16"),
+               f"train.mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
         require(self.ema_decay is None or 0 < self.ema_decay < 1, "train.ema_decay must be in (0, 1) or null")
         require(self.teacher_dtype in ("float32", "bfloat16", "float16"),
                f"train.teacher_dtype must be float32, bfloat16 or float16, got {self.teacher_dtype!r}")
@@ -330,9 +343,15 @@ class FinetuneConfig:
     resume: Optional[str] = None
     """'latest' or a checkpoint folder."""
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
+    or cpu, cuda, cuda:N. resolved_config.yaml records what it became (prunefit.utils.device)."""
     cache_dir: Optional[str] = None
     """A `prunefit cache` folder: skip the VAE and text encoder in every step."""
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: FinetuneLoss = field(default_factory=FinetuneLoss)
+
+    def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
+        self.train.mixed_precision = resolve_mixed_precision(self.train.mixed_precision, self.device)

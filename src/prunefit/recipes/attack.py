@@ -34,6 +34,7 @@ from prunefit.attacks.soft_prompt import encode_with_prefix
 from prunefit.attacks.unlearndiff.attack import UnlearnDiffConfig
 from prunefit.config.schema import SamplerConfig
 from prunefit.errors import ConfigError, DataError, OutputError
+from prunefit.utils.device import resolve_device
 
 ASR_DEFINITION = ("UnlearnDiffAtk: (prompts whose plain-prompt image already shows the concept + attacked prompts "
                   "whose adversarial image shows it) / N")
@@ -53,7 +54,9 @@ class AttackConfig:
     """First N prompts (0 = all)."""
     output_dir: str = "runs/attack"
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
+    or cpu, cuda, cuda:N. resolved_config.yaml records what it became (prunefit.utils.device)."""
     attack_all: bool = False
     """Also attack prompts that succeed before the attack (the ASR counts them as successes either way)."""
     chunk_size: int = 16
@@ -66,6 +69,7 @@ class AttackConfig:
     none: NoAttackConfig = field(default_factory=NoAttackConfig)
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
         if self.n_prompts < 0 or self.chunk_size < 1:
             raise ConfigError("n_prompts must be >= 0 (0 = all) and chunk_size >= 1")
 

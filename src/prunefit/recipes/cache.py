@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prunefit.config.schema import DataConfig
 from prunefit.errors import ConfigError
+from prunefit.utils.device import resolve_device
 
 
 @dataclass
@@ -18,10 +19,13 @@ class CacheConfig:
     samples: int = 4096
     batch_size: int = 64
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
+    or cpu, cuda, cuda:N. resolved_config.yaml records what it became (prunefit.utils.device)."""
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
         if self.samples < 1 or self.batch_size < 1:
             raise ConfigError("samples and batch_size must be >= 1")
 

@@ -24,6 +24,7 @@ from prunefit.config.load import save_resolved_config
 from prunefit.config.schema import DataConfig, FinetuneConfig, FinetuneLoss, TrainConfig
 from prunefit.errors import ConfigError
 from prunefit.evaluation.intervals import bootstrap_interval
+from prunefit.utils.device import resolve_device, resolve_mixed_precision
 
 VARIANTS = {"ddpm": (1.0, 0.0, 0.0), "output_kd": (0.0, 2.0, 0.0), "feature_kd": (0.0, 0.0, 0.1),
             "output+feature": (0.0, 2.0, 0.1), "all": (1.0, 2.0, 0.1)}
@@ -44,7 +45,9 @@ class DistillationConfig:
     eval_prompts: int = 200
     threads: int = 1
     n_boot: int = 200
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
+    or cpu, cuda, cuda:N. resolved_config.yaml records what it became (prunefit.utils.device)."""
     data: DataConfig = field(default_factory=lambda: DataConfig(toy_p_unsafe=0.01, toy_p_artist=0.05))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-4, warmup_steps=20, micro_batch_size=8,
                                                                    log_every=10))
@@ -52,6 +55,8 @@ class DistillationConfig:
     """Everything but the three weights, which each variant sets."""
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
+        self.train.mixed_precision = resolve_mixed_precision(self.train.mixed_precision, self.device)
         bad = [v for v in self.variants if v not in VARIANTS]
         if bad:
             raise ConfigError(f"unknown distillation variants {bad}; available: {list(VARIANTS)}")

@@ -32,6 +32,7 @@ from prunefit.recipes.table3 import (
     judge_model,
     run_erase,
 )
+from prunefit.utils.device import resolve_device
 
 VARIANTS = {"esd-x": ("esd", "xattn"), "esd-u": ("esd", "noxattn"), "uce": ("uce", None),
             "concept_prune": ("concept_prune", None), "advunlearn": ("advunlearn", None)}
@@ -57,7 +58,9 @@ class ErasureConfig:
     concepts: list[str] = field(default_factory=lambda: ["Vincent Stripes", "skull"])
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
+    or cpu, cuda, cuda:N. resolved_config.yaml records what it became (prunefit.utils.device)."""
     threads: int = 1
     """torch threads of the whole experiment (set at the start, recorded in the report)."""
     eval_prompts: int = 100
@@ -76,6 +79,7 @@ class ErasureConfig:
     """Per-attack config overrides (``TOY_ATTACK_BUDGETS``)."""
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
         from prunefit.attacks.registry import get_attack
 
         for a in self.attacks:

@@ -17,6 +17,7 @@ from prunefit.evaluation.context import EvalContext
 from prunefit.evaluation.metrics import _feature_network
 from prunefit.evaluation.registry import get_metric, metric_sections
 from prunefit.evaluation.results import check_results_target, merge_results
+from prunefit.utils.device import resolve_device
 
 
 @dataclass
@@ -30,13 +31,16 @@ class EvaluateConfig:
     metrics: list[str] = field(default_factory=lambda: ["toyworld"])
     output: Optional[str] = None
     """results.json path; None = <run_dir>/results.json."""
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
+    or cpu, cuda, cuda:N. resolved_config.yaml records what it became (prunefit.utils.device)."""
 
     @classmethod
     def registry_schema(cls) -> type:
         return with_sections(cls, metric_sections())
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
         if not self.metrics:
             raise ConfigError("metrics must name at least one metric")
 

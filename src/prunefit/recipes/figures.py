@@ -23,6 +23,7 @@ from prunefit.config.schema import DTYPES, SamplerConfig
 from prunefit.data.prompts import PromptRecord, read_prompt_file
 from prunefit.errors import ConfigError, DataError
 from prunefit.generation.grid import GridStyle, labelled_grid
+from prunefit.utils.device import resolve_device
 
 KINDS = ("auto", "pipeline", "expert", "routed")
 ROLES = ("erased", "kept", "neutral")
@@ -66,7 +67,9 @@ class FiguresConfig:
     max_prompts: Optional[int] = None
     seed: int = 0
     """Run seed for prompts without a fixed ``seed`` (each prompt's seed is derived from it and the prompt id)."""
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
+    or cpu, cuda, cuda:N. resolved_config.yaml records what it became (prunefit.utils.device)."""
     dtype: str = "float32"
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     cell: int = 192
@@ -76,6 +79,7 @@ class FiguresConfig:
     font_size: int = 15
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
         if not self.models:
             raise ConfigError("no models: set models='[{name: Teacher, path: toyworld}, {name: Ours, path: DIR}]'")
         if not self.prompt_file:

@@ -26,6 +26,7 @@ import torch
 from prunefit.config.load import save_resolved_config
 from prunefit.config.schema import DataConfig, FinetuneLoss, SamplerConfig, TrainConfig
 from prunefit.errors import ConfigError
+from prunefit.utils.device import resolve_device, resolve_mixed_precision
 
 ALL_ROWS = ("distilled+esd", "esd+distilled", "distilled+uce", "distilled+cp", "distilled+advunlearn",
             "ours_esd", "ours_advunlearn")
@@ -57,7 +58,9 @@ class ExperimentConfig:
     lower_steps: int = 400
     """Lower (fine-tuning) steps of every row: the matched budget."""
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
+    or cpu, cuda, cuda:N. resolved_config.yaml records what it became (prunefit.utils.device)."""
     eval_prompts: int = 100
     sample_prompts: int = 6
     data: DataConfig = field(default_factory=lambda: DataConfig(toy_p_unsafe=0.01, toy_p_artist=0.05))
@@ -116,6 +119,8 @@ class ExperimentConfig:
         return self.upper_lr if self.upper_lr is not None else self.r * self.upper_every * self.train.lr
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
+        self.train.mixed_precision = resolve_mixed_precision(self.train.mixed_precision, self.device)
         bad = [r for r in self.rows if r not in ALL_ROWS]
         if bad:
             raise ConfigError(f"unknown table3 rows {bad}; available: {list(ALL_ROWS)}")
@@ -299,7 +304,8 @@ def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists:
     return res
 
 
-ADDED_SETTINGS = {"esd": {"retain_weight": 0.0, "retain_prompts": [], "retain_xt": "concept"}}
+ADDED_SETTINGS = {"esd": {"retain_weight": 0.0, "retain_prompts": [], "retain_xt": "concept"},
+                  "train": {"allow_tf32": True, "cudnn_benchmark": True}}
 """Settings added to a section after stages were archived (docs/results/pareto_cells): at these values, which leave
 the method as it was, they stay out of a stage's key, so the archived stages keep their folders."""
 

@@ -9,6 +9,7 @@ from prunefit.config.schema import TrainConfig
 from prunefit.config.sections import with_sections
 from prunefit.errors import ConfigError
 from prunefit.removal.registry import get_method, method_sections
+from prunefit.utils.device import resolve_device, resolve_mixed_precision
 
 
 @dataclass
@@ -37,10 +38,16 @@ class EraseConfig:
     output_dir: str = "runs/erase"
     resume: Optional[str] = None
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
+    or cpu, cuda, cuda:N. resolved_config.yaml records what it became (prunefit.utils.device)."""
     removal: RemovalSection = field(default_factory=RemovalSection)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(checkpoint_every=250, log_every=10))
     """Loop settings for train methods (steps and LR come from the method's section)."""
+
+    def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
+        self.train.mixed_precision = resolve_mixed_precision(self.train.mixed_precision, self.device)
 
     @classmethod
     def registry_schema(cls) -> type:

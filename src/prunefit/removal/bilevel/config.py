@@ -32,6 +32,7 @@ from prunefit.config.schema import DataConfig, FinetuneLoss, TrainConfig
 from prunefit.config.sections import with_sections
 from prunefit.errors import ConfigError
 from prunefit.removal.registry import get_method, list_methods, method_sections
+from prunefit.utils.device import resolve_device, resolve_mixed_precision
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,9 @@ class BilevelConfig:
     output_dir: str = "runs/bilevel"
     resume: Optional[str] = None
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
+    or cpu, cuda, cuda:N. resolved_config.yaml records what it became (prunefit.utils.device)."""
     preset: str = "official"
     upper_method: str = "esd"
     """Any registered train method (``prunefit list methods``): esd, advunlearn."""
@@ -110,6 +113,8 @@ class BilevelConfig:
         return with_sections(cls, method_sections("train"))
 
     def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
+        self.train.mixed_precision = resolve_mixed_precision(self.train.mixed_precision, self.device)
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown bilevel preset {self.preset!r}; available: {sorted(PRESETS)}")
         methods = [m.name for m in list_methods("train")]

@@ -1,0 +1,120 @@
+"""``device: auto`` and ``mixed_precision: auto``: what they resolve to, on this CPU machine and on a faked GPU one."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from prunefit.errors import ConfigError
+from prunefit.utils.device import resolve_device, resolve_mixed_precision
+
+
+def _fake_gpus(monkeypatch, count: int, bf16: bool = True, current: int = 0) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+
+
+def test_auto_is_cpu_without_a_gpu(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert not torch.cuda.is_available()
+    assert resolve_device("auto") == "cpu"
+    assert resolve_mixed_precision("auto", "cpu") == "no"
+
+
+def test_auto_takes_the_launchers_rank_on_a_gpu_machine(monkeypatch):
+    _fake_gpus(monkeypatch, 8, current=0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert resolve_device("auto") == "cuda:0"
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    assert resolve_device("auto") == "cuda:5"
+    assert resolve_device("cuda") == "cuda:5"  # bare cuda under a launcher is the rank's GPU too
+    assert resolve_device("cuda:1") == "cuda:1"  # an explicit index is kept (the runtime refuses it under a launch)
+    assert resolve_mixed_precision("auto", "cuda:5") == "bf16"
+
+
+def test_auto_precision_is_no_on_a_gpu_without_bf16(monkeypatch):
+    _fake_gpus(monkeypatch, 1, bf16=False)
+    assert resolve_mixed_precision("auto", "cuda:0") == "no"
+    assert resolve_mixed_precision("fp16", "cuda:0") == "fp16"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("cuda", "device=cuda but no CUDA GPU is visible"),
+    ("cuda:3", "device=cuda:3 but no CUDA GPU is visible"),
+    ("gpu", "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+])
+def test_a_device_this_machine_lacks_is_refused_in_one_line(spec, message):
+    with pytest.raises(ConfigError) as err:
+        resolve_device(spec)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_gpu_index_past_the_last_one_is_refused(monkeypatch):
+    _fake_gpus(monkeypatch, 2)
+    with pytest.raises(ConfigError, match=r"device=cuda:2 but this machine has 2 visible GPU\(s\)"):
+        resolve_device("cuda:2")
+
+
+def test_fp16_on_a_cpu_is_refused_naming_bf16():
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device.*bf16"):
+        resolve_mixed_precision("fp16", "cpu")
+
+
+def _command_configs() -> list[type]:
+    from prunefit.config.schema import FinetuneConfig, GenerateConfig, PruneConfig
+    from prunefit.recipes.attack import AttackConfig
+    from prunefit.recipes.cache import CacheConfig
+    from prunefit.recipes.distillation import DistillationConfig
+    from prunefit.recipes.erasure_matrix import ErasureConfig
+    from prunefit.recipes.evaluate import EvaluateConfig
+    from prunefit.recipes.figures import FiguresConfig
+    from prunefit.recipes.table3 import ExperimentConfig
+    from prunefit.removal.bilevel.config import BilevelConfig
+    from prunefit.removal.config import EraseConfig
+
+    return [GenerateConfig, PruneConfig, FinetuneConfig, EraseConfig, BilevelConfig, CacheConfig, EvaluateConfig,
+            AttackConfig, ExperimentConfig, ErasureConfig, DistillationConfig, FiguresConfig]
+
+
+@pytest.mark.parametrize("schema", _command_configs(), ids=lambda c: c.__name__)
+def test_every_command_defaults_to_auto_and_holds_the_resolved_device(schema, monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    default = {f.name: f.default for f in dataclasses.fields(schema)}["device"]
+    assert default == "auto"
+    kwargs = {}
+    if schema.__name__ == "EvaluateConfig":
+        kwargs = {"run_dir": "x"}
+    if schema.__name__ == "FiguresConfig":
+        from prunefit.recipes.figures import FigureModel
+
+        kwargs = {"models": [FigureModel("T", "toyworld")], "prompt_file": "p.csv"}
+    cfg = schema(**kwargs)
+    assert cfg.device == "cpu"
+    if hasattr(cfg, "train"):
+        assert cfg.train.mixed_precision == "no"
+
+
+def test_resolved_config_records_what_auto_became(tmp_path):
+    from prunefit.config.load import load_config, save_resolved_config
+    from prunefit.config.schema import FinetuneConfig
+
+    cfg = load_config(FinetuneConfig, [], ["device=auto"])
+    save_resolved_config(cfg, tmp_path)
+    saved = yaml.safe_load((tmp_path / "resolved_config.yaml").read_text())
+    assert saved["device"] == "cpu" and saved["train"]["mixed_precision"] == "no"
+
+
+def test_the_cli_refuses_a_gpu_this_machine_lacks_before_loading_anything(tmp_path):
+    out = tmp_path / "g"
+    proc = subprocess.run([sys.executable, "-m", "prunefit", "generate", f"output_dir={out}", "device=cuda",
+                           "prompts=[a red circle]"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "no CUDA GPU is visible" in proc.stderr
+    assert not out.exists()
