@@ -93,8 +93,8 @@ def noisy_latents(components: Components, latents: torch.Tensor, gens: list[torc
     ts, noises = [], []
     for g, z in zip(gens, latents):
         for _ in range(per_prompt):
-            ts.append(torch.randint(0, T, (1,), generator=g))
-            noises.append(torch.randn(z.shape, generator=g))
+            ts.append(torch.randint(0, T, (1,), generator=g, device=g.device))
+            noises.append(torch.randn(z.shape, generator=g, device=g.device))
     t = torch.cat(ts).to(latents.device)
     noise = torch.stack(noises).to(latents.device, latents.dtype)
     z0 = latents.repeat_interleave(per_prompt, dim=0)

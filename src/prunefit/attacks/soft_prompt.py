@@ -132,8 +132,9 @@ def init_prefix(components, k: int, init: Optional[str] = None,
         ids = [ids[i % len(ids)] for i in range(k)]
     else:
         allowed = valid_token_ids(components)
-        pick = torch.randint(len(allowed), (k,), generator=generator)
-        ids = allowed[pick].tolist()
+        draw_on = generator.device if generator is not None else None
+        pick = torch.randint(len(allowed), (k,), generator=generator, device=draw_on)
+        ids = allowed[pick.cpu()].tolist()
     return token_embeddings(components, ids)
 
 

@@ -73,22 +73,30 @@ class ClipEncoder:
                           antialias=True)
         top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
         x = x[..., top : top + self.size, left : left + self.size].clamp(0, 1)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (inputs are moved there)."""
+        return next(self.model.parameters()).device
 
     @torch.no_grad()
     def image_embeds(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images [N, 3, H, W] (any device) -> projected image embeddings [N, P] on the model's device."""
         m = self.model
-        pooled = m.vision_model(pixel_values=self.preprocess(images)).pooler_output
+        pooled = m.vision_model(pixel_values=self.preprocess(images.to(self.device))).pooler_output
         return m.visual_projection(pooled)
 
     @torch.no_grad()
     def text_embeds(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts -> projected text embeddings [N, P] on the model's device."""
         m = self.model
         tok = self.tokenizer(list(texts), padding=True, truncation=True,
                              max_length=m.config.text_config.max_position_embeddings, return_tensors="pt")
-        pooled = m.text_model(input_ids=tok.input_ids, attention_mask=tok.attention_mask).pooler_output
+        pooled = m.text_model(input_ids=tok.input_ids.to(self.device),
+                              attention_mask=tok.attention_mask.to(self.device)).pooler_output
         return m.text_projection(pooled)
 
 

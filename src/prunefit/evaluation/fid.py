@@ -28,10 +28,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".npy")
 
 
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2), via torchmetrics' implementation. [D], [D, D] x2."""
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2), via torchmetrics' implementation. [D], [D, D] x2, on the
+    first set's device (reference statistics read from a file are on the CPU)."""
     from torchmetrics.image.fid import _compute_fid
 
-    return float(_compute_fid(mu1.double(), sigma1.double(), mu2.double(), sigma2.double()))
+    dev = mu1.device
+    return float(_compute_fid(mu1.double(), sigma1.double(), mu2.to(dev).double(), sigma2.to(dev).double()))
 
 
 def feature_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

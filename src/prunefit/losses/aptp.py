@@ -3,13 +3,17 @@ Equal", ECCV 2024; hyper-parameters from the official code, see official-impleme
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 
 def gumbel_noise(shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    u = torch.rand(shape, generator=generator, device=device)
-    return -torch.log(-torch.log(u + 1e-20) + 1e-20)
+    """Standard Gumbel noise [shape] on ``device``, drawn on the generator's device and moved (a seed gives the
+    same noise whatever device the data is on; a CPU generator cannot draw on CUDA)."""
+    u = torch.rand(shape, generator=generator, device=generator.device if generator is not None else device)
+    return -torch.log(-torch.log(u.to(device) + 1e-20) + 1e-20)
 
 
 GUMBEL_MEDIAN = 0.36651292058166435
@@ -73,11 +77,11 @@ def sinkhorn_log_potentials(scores: torch.Tensor, epsilon: float = 0.05, iterati
     """
     logk = scores.double() / epsilon
     b, k = logk.shape
-    log_u = torch.zeros(b, dtype=torch.float64)
-    log_v = torch.zeros(k, dtype=torch.float64)
+    log_u = torch.zeros(b, dtype=torch.float64, device=logk.device)
+    log_v = torch.zeros(k, dtype=torch.float64, device=logk.device)
     for _ in range(iterations):
-        log_u = -torch.log(torch.tensor(float(b))) - torch.logsumexp(logk + log_v[None, :], dim=1)
-        log_v = -torch.log(torch.tensor(float(k))) - torch.logsumexp(logk + log_u[:, None], dim=0)
+        log_u = -math.log(b) - torch.logsumexp(logk + log_v[None, :], dim=1)
+        log_v = -math.log(k) - torch.logsumexp(logk + log_u[:, None], dim=0)
     return (log_v - log_v.max()).float()
 
 

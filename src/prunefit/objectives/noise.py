@@ -25,10 +25,15 @@ def posterior_draws(mean: torch.Tensor, std: torch.Tensor, generators: Sequence[
     """(latents, noise, timesteps) of B samples, sample i drawn from ``generators[i]`` alone (in that order: the
     VAE posterior's eps, the diffusion noise, then t), so a batch equals its pieces drawn one by one.
 
-    ``mean`` / ``std`` [B, C, h, w] are the VAE posterior's; latents = (mean + std * eps) * scaling_factor.
+    ``mean`` / ``std`` [B, C, h, w] are the VAE posterior's; latents = (mean + std * eps) * scaling_factor. Draws
+    happen on each generator's device (a seed gives the same numbers on any device); results are on ``mean``'s.
     """
     shape = mean.shape[1:]
-    eps = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(mean.device, mean.dtype)
-    noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(mean.device, mean.dtype)
-    t = torch.cat([torch.randint(0, num_train_timesteps, (1,), generator=g) for g in generators])
-    return (mean + std * eps) * scaling_factor, noise, t
+
+    def normal(g: torch.Generator) -> torch.Tensor:
+        return torch.randn(shape, generator=g, device=g.device)
+
+    eps = torch.stack([normal(g) for g in generators]).to(mean.device, mean.dtype)
+    noise = torch.stack([normal(g) for g in generators]).to(mean.device, mean.dtype)
+    t = torch.cat([torch.randint(0, num_train_timesteps, (1,), generator=g, device=g.device) for g in generators])
+    return (mean + std * eps) * scaling_factor, noise, t.to(mean.device)

@@ -38,7 +38,7 @@ def _channel_pre_hook(gate: torch.Tensor, per_gate: int, channel_dim: int):
 
     def hook(module, args):
         x = args[0]
-        m = _per_sample(expanded, x.shape[0]).to(x.dtype)
+        m = _per_sample(expanded, x.shape[0]).to(x.device, x.dtype)
         shape = [m.shape[0]] + [1] * (x.dim() - 1)
         shape[channel_dim] = m.shape[1]
         return (x * m.view(shape), *args[1:])
@@ -51,7 +51,7 @@ def _depth_hook(d: torch.Tensor, out_channels: int, kind: str):
         x = args[0] if args else kwargs["hidden_states"]
         x_id = DEPTH_KINDS[kind].identity(x, out_channels)
         y = output[0] if isinstance(output, tuple) else (output.sample if hasattr(output, "sample") else output)
-        dd = _per_sample(d, y.shape[0]).to(y.dtype).view(-1, *([1] * (y.dim() - 1)))
+        dd = _per_sample(d, y.shape[0]).to(y.device, y.dtype).view(-1, *([1] * (y.dim() - 1)))
         mixed = (1 - dd) * x_id + dd * y
         if isinstance(output, tuple):
             return (mixed, *output[1:])

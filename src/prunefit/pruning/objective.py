@@ -51,9 +51,9 @@ class RouterObjective:
             latents = encode_images(comps, images, gen)
             text = encode_prompts(comps, captions)
             z = self.encoder(captions).to(latents.device)
-            noise = torch.randn(latents.shape, generator=gen).to(latents.device)
+            noise = torch.randn(latents.shape, generator=gen, device=gen.device).to(latents.device)
             t = torch.randint(0, self.noise_sched.config.num_train_timesteps, (len(latents),),
-                              generator=gen).to(latents.device)
+                              generator=gen, device=gen.device).to(latents.device)
             noisy = add_noise(latents, noise, acp, t)
             with capture_features(unet) as feats_t:
                 out_t = unet(noisy, t, text).sample

@@ -116,7 +116,8 @@ class Router(nn.Module):
             scores = self.normalized(self.relax(logits, generator)) @ self.normalized(codes).T
             plan = sinkhorn(scores, self.cfg.sinkhorn_epsilon, self.cfg.sinkhorn_iterations, distributed)
             # equal codes (e.g. at initialization) give tied plans; break ties at random, not towards expert 0
-            plan = plan + 1e-6 * torch.rand(plan.shape, generator=generator).to(plan.device)
+            draw_on = generator.device if generator is not None else plan.device
+            plan = plan + 1e-6 * torch.rand(plan.shape, generator=generator, device=draw_on).to(plan.device)
             idx = plan.argmax(-1)
         return s, codes[idx], idx
 

@@ -144,7 +144,7 @@ class AdvUnlearnObjective:
         retain_prompt = self.esd.retain_prompt(start)
         retain = self.esd.retain_term(x, t, retain_prompt, self.encode([retain_prompt], None))
         total = unlearn + self.cfg.retain_weight * retain
-        norm = (prefix - self.origin[concept]).abs().max() if prefix is not None else torch.zeros(())
+        norm = (prefix - self.origin[concept]).abs().max() if prefix is not None else total.new_zeros(())
         return LossOutput(total, {"unlearn": unlearn, "retain": retain, "attack_norm": norm})
 
 

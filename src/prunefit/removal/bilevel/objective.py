@@ -50,5 +50,5 @@ class PenalizedObjective:
             if torch.is_tensor(surrogate):
                 total = total + (surrogate - surrogate.detach())
             parts["upper"] = up.total
-            parts["upper_weight"] = torch.tensor(float(self.f_every))
+            parts["upper_weight"] = torch.tensor(float(self.f_every), device=total.device)
         return LossOutput(total, parts)

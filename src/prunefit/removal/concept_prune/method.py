@@ -82,7 +82,8 @@ def _activation_norms(ctx: RemovalContext, prompts: list[str], cfg: ConceptPrune
 
     layers = ffn_outputs(ctx.unet)
     tau = cfg.tau
-    sq = [[torch.zeros(m.in_features, dtype=torch.float64) for _ in range(tau)] for _, m in layers]
+    sq = [[torch.zeros(m.in_features, dtype=torch.float64, device=m.weight.device) for _ in range(tau)]
+          for _, m in layers]
     state = {"step": 0}
     handles = []
     for li, (_, mod) in enumerate(layers):
@@ -91,7 +92,7 @@ def _activation_norms(ctx: RemovalContext, prompts: list[str], cfg: ConceptPrune
                 return
             x = args[0].detach().double().reshape(-1, args[0].shape[-1])
             x = torch.nn.functional.normalize(x, dim=-1)
-            sq[li][state["step"]] += x.pow(2).sum(0).cpu()
+            sq[li][state["step"]] += x.pow(2).sum(0)
         handles.append(mod.register_forward_pre_hook(hook))
 
     def on_step(pipe, i, t, kwargs):

@@ -89,7 +89,7 @@ class ESDConfig:
 def ddim_depth(generator: torch.Generator, ddim_steps: int) -> int:
     """How many DDIM steps of the edited model produce ESD's x_t: uniform over every index 0 .. ddim_steps - 1
     (train-esd.py; our first version never drew the first or the last)."""
-    return int(torch.randint(0, ddim_steps, (1,), generator=generator))
+    return int(torch.randint(0, ddim_steps, (1,), generator=generator, device=generator.device))
 
 
 @dataclass
@@ -120,7 +120,7 @@ class ESDObjective:
         """x_t from k DDIM steps of the edited model itself, k uniform in [0, ddim_steps) as in the reference
         (k = 0: pure noise at the first DDIM timestep); cond: (1 or n, L, D)."""
         shape = (4, self.ctx.native_latent(), self.ctx.native_latent())
-        x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.ctx.device)
+        x = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in gens]).to(self.ctx.device)
         k = ddim_depth(gens[0], self.cfg.ddim_steps)
         self.ddim.set_timesteps(self.cfg.ddim_steps)
         x = x * self.ddim.init_noise_sigma

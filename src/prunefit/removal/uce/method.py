@@ -49,7 +49,8 @@ def uce_closed_form(w: torch.Tensor, erase_c: torch.Tensor, erase_v: torch.Tenso
     w64, ce, ve, cp = w.double(), erase_c.double(), erase_v.double(), preserve_c.double()
     d = w.shape[1]
     lhs = lam * w64 + erase_scale * ve.T @ ce + preserve_scale * (w64 @ cp.T) @ cp
-    rhs = lam * torch.eye(d, dtype=torch.float64) + erase_scale * ce.T @ ce + preserve_scale * cp.T @ cp
+    eye = torch.eye(d, dtype=torch.float64, device=w.device)
+    rhs = lam * eye + erase_scale * ce.T @ ce + preserve_scale * cp.T @ cp
     return torch.linalg.solve(rhs, lhs.T).T.to(w.dtype)  # rhs is symmetric: X rhs = lhs  <=>  rhs X^T = lhs^T
 
 
