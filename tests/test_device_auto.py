@@ -118,3 +118,16 @@ def test_the_cli_refuses_a_gpu_this_machine_lacks_before_loading_anything(tmp_pa
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "no CUDA GPU is visible" in proc.stderr
     assert not out.exists()
+
+
+def test_bilevel_paper_refuses_fp16_naming_bf16(monkeypatch):
+    """The paper preset takes the upper gradient with autograd.grad inside its objective, out of the grad scaler's
+    reach, so fp16 is refused there (official, whose phases each step through their own scaler, accepts it)."""
+    from prunefit.config.schema import TrainConfig
+    from prunefit.removal.bilevel.config import BilevelConfig
+
+    _fake_gpus(monkeypatch, 1)
+    with pytest.raises(ConfigError, match="preset=paper .* use train.mixed_precision=bf16"):
+        BilevelConfig(preset="paper", concepts=["x"], train=TrainConfig(mixed_precision="fp16"))
+    assert BilevelConfig(preset="official", concepts=["x"],
+                         train=TrainConfig(mixed_precision="fp16")).train.mixed_precision == "fp16"

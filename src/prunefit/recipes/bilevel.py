@@ -18,7 +18,14 @@ from prunefit.removal.bilevel.config import BilevelConfig
 from prunefit.removal.bilevel.phases import BilevelPhases, build_phases
 from prunefit.removal.registry import get_method
 from prunefit.training.memory import check_training_memory
-from prunefit.training.runtime import fit, make_accelerator, report_effective_batch, resolve_resume
+from prunefit.training.runtime import (
+    fit,
+    make_accelerator,
+    report_effective_batch,
+    resolve_resume,
+    run_device,
+    run_settings,
+)
 from prunefit.training.students import apply_speedups, load_student, save_student
 
 
@@ -56,16 +63,17 @@ def _main(cfg: BilevelConfig) -> BilevelResult:
     resume = resolve_resume(out, cfg.resume)
     torch.manual_seed(cfg.seed)
     accelerator = make_accelerator(cfg.train, cfg.device)  # first: a launch it refuses fails before any loading
-    comps = load_components(cfg.model, device=cfg.device)
+    device = str(run_device(accelerator))  # one device for every component
+    comps = load_components(cfg.model, device=device)
     student, expert = load_student(cfg.student, comps)
     check_training_memory("bilevel", student, comps, cfg.train, cfg.data.resolution or comps.native_resolution,
-                          cfg.device, optimizers=cfg.spec.optimizers, vartheta=cfg.tracks_vartheta,
+                          device, optimizers=cfg.spec.optimizers, vartheta=cfg.tracks_vartheta,
                           extra_optimizer_params=_upper_params(cfg, student, comps), teacher_dtype_fixed=True)
-    student.to(cfg.device).train().requires_grad_(True)
+    student.to(device).train().requires_grad_(True)
     apply_speedups(student, comps.unet, cfg.train)
     cache = load_cache(cfg.cache_dir, comps.source) if cfg.cache_dir else None
     data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
-    built = build_phases(cfg, student, comps, data, cache, accelerator.device, accelerator.process_index,
+    built = build_phases(cfg, student, comps, data, cache, device, accelerator.process_index,
                          accelerator.num_processes)
     report_effective_batch(accelerator, cfg.train.micro_batch_size, cfg.train.grad_accum_steps)
     balance = cfg.balance()
@@ -82,7 +90,7 @@ def _main(cfg: BilevelConfig) -> BilevelResult:
             {"preset": cfg.preset, "upper_method": cfg.upper_method, "concepts": mcfg.concepts, "steps": steps,
              "upper_every": cfg.every, "upper_steps": steps // cfg.every, "upper_train_method": mcfg.train_method,
              "upper_xt_source": mcfg.xt_source, "upper_condition": mcfg.condition, "balance": balance,
-             "output": str(path)}, indent=1))
+             "output": str(path), "runtime": run_settings(accelerator, cfg.train)}, indent=1))
     return BilevelResult(out, path, steps, balance)
 
 

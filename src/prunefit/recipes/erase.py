@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,13 +14,14 @@ from safetensors.torch import save_file
 
 from prunefit.config.load import save_resolved_config
 from prunefit.errors import OutputError
+from prunefit.generation.ranks import current_ranks
 from prunefit.models.components import load_components
 from prunefit.recipes.preflight import check_inputs
 from prunefit.removal.config import EraseConfig
 from prunefit.removal.context import RemovalContext
 from prunefit.removal.registry import get_method
-from prunefit.training.runtime import fit, make_accelerator, resolve_resume
-from prunefit.training.students import load_student, save_student
+from prunefit.training.runtime import fit, make_accelerator, resolve_resume, run_device, run_settings
+from prunefit.training.students import apply_speedups, load_student, save_student
 from prunefit.utils.lock import output_lock
 
 
@@ -47,28 +49,41 @@ def main(cfg: EraseConfig) -> EraseResult:
 
 def _erase(cfg: EraseConfig, entry, mcfg, out: Path) -> EraseResult:
     torch.manual_seed(cfg.seed)
-    comps = load_components(cfg.model, device=cfg.device)
+    train_cfg = (cfg.train if entry.kind == "edit"
+                 else dataclasses.replace(cfg.train, max_steps=mcfg.iterations, lr=mcfg.lr, warmup_steps=0))
+    accelerator = make_accelerator(train_cfg, cfg.device)  # first: a launch it refuses fails before any loading
+    device = str(run_device(accelerator))  # one device for every component
+    comps = load_components(cfg.model, device=device)
     student, expert = load_student(cfg.student, comps)
-    student.to(cfg.device).eval()
+    student.to(device).eval()
     frozen = comps.unet if cfg.removal.reference == "teacher" else copy.deepcopy(student).requires_grad_(False)
-    ctx = RemovalContext(student, frozen, comps, cfg.seed, cfg.device)
-    save_resolved_config(cfg, out)
+    if entry.kind != "edit":  # the reference's targets stay float32 (as bilevel's)
+        apply_speedups(student, frozen, dataclasses.replace(train_cfg, teacher_dtype="float32"))
+    ctx = RemovalContext(student, frozen, comps, cfg.seed, device)
+    ranks = current_ranks(cfg.device)  # every rank computes the same edit / trains together; rank 0 writes the files
+    if ranks.main:
+        save_resolved_config(cfg, out)
     info: dict = {"method": entry.name, "kind": entry.kind, "concepts": mcfg.concepts, "reference": entry.reference}
     if entry.kind == "edit":
         result = entry.apply(ctx, mcfg)
-        for stem, tensors in result.tensors.items():
-            save_file(tensors, str(out / f"{stem}.safetensors"))
+        if ranks.main:
+            for stem, tensors in result.tensors.items():
+                save_file(tensors, str(out / f"{stem}.safetensors"))
         info.update(result.info)
     else:
         phase = entry.build_phase(ctx, mcfg)
-        train_cfg = dataclasses.replace(cfg.train, max_steps=mcfg.iterations, lr=mcfg.lr, warmup_steps=0)
-        accelerator = make_accelerator(train_cfg, cfg.device)
         steps = fit([phase], student, train_cfg, out, accelerator, resolve_resume(out, cfg.resume))
         info["steps"] = steps
+        info["runtime"] = run_settings(accelerator, train_cfg)
     text_trained = entry.trained_module(mcfg) == "text_encoder"
-    path = save_student(student.eval().requires_grad_(False), expert, comps, out,
-                        {"erased": mcfg.concepts, "erase_method": entry.name})
-    if text_trained and expert is not None:
-        comps.text_encoder.save_pretrained(out / "text_encoder")
-    (out / "erase_summary.json").write_text(json.dumps(info, indent=1, default=str))
+    student.eval().requires_grad_(False)
+    path = out / ("expert" if expert is not None else "pipeline")
+    if ranks.main:
+        path = save_student(student, expert, comps, out, {"erased": mcfg.concepts, "erase_method": entry.name})
+        if text_trained and expert is not None:
+            comps.text_encoder.save_pretrained(out / "text_encoder")
+        tmp = out / ".erase_summary.json.tmp"  # it marks the run finished: written whole or not at all
+        tmp.write_text(json.dumps(info, indent=1, default=str))
+        os.replace(tmp, out / "erase_summary.json")
+    ranks.barrier()  # every rank returns with the erased model on disk
     return EraseResult(out, path, info)

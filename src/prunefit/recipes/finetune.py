@@ -18,7 +18,16 @@ from prunefit.objectives.denoising import DenoisingObjective
 from prunefit.objectives.streams import Stream
 from prunefit.recipes.preflight import check_inputs
 from prunefit.training.memory import check_training_memory
-from prunefit.training.runtime import EMA, fit, make_accelerator, report_effective_batch, resolve_resume
+from prunefit.training.runtime import (
+    EMA,
+    fit,
+    make_accelerator,
+    prepare_model,
+    report_effective_batch,
+    resolve_resume,
+    run_device,
+    run_settings,
+)
 from prunefit.training.students import apply_speedups, denoising_phase, load_student, save_student
 from prunefit.utils.lock import output_lock
 
@@ -47,19 +56,19 @@ def _finetune(cfg: FinetuneConfig, out: Path) -> FinetuneResult:
     resume = resolve_resume(out, cfg.resume)
     torch.manual_seed(cfg.seed)
     accelerator = make_accelerator(cfg.train, cfg.device)  # first: a launch it refuses fails before any loading
-    comps = load_components(cfg.model, device=cfg.device)
+    device = str(run_device(accelerator))  # one device for every component: the one accelerate moves the student to
+    comps = load_components(cfg.model, device=device)
     teacher = comps.unet
     student, info = load_student(cfg.student, comps)
-    student.to(cfg.device).train().requires_grad_(True)
+    student.to(device).train().requires_grad_(True)
     check_training_memory("finetune", student, comps, cfg.train, cfg.data.resolution or comps.native_resolution,
-                          cfg.device)
+                          device)
     apply_speedups(student, teacher, cfg.train)
     cache = load_cache(cfg.cache_dir, comps.source) if cfg.cache_dir else None
     data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
     phase, objective = denoising_phase("lower", student=student, teacher=teacher, comps=comps, data=data, cfg=cfg,
-                                       seed=cfg.seed, stream=Stream.LOWER, cache=cache, device=accelerator.device)
-    phase.model, phase.optimizer = accelerator.prepare(student, phase.optimizer)
-    objective.student = phase.model
+                                       seed=cfg.seed, stream=Stream.LOWER, cache=cache, device=device)
+    objective.student = prepare_model(accelerator, phase, student)  # the optimizer stays ours (fp16: our scaler)
     effective = report_effective_batch(accelerator, cfg.train.micro_batch_size, cfg.train.grad_accum_steps)
     if accelerator.is_main_process:
         save_resolved_config(cfg, out)
@@ -75,7 +84,8 @@ def _finetune(cfg: FinetuneConfig, out: Path) -> FinetuneResult:
                             {"finetuned_steps": steps, "finetune_model": comps.source})
         (out / "finetune_summary.json").write_text(json.dumps(
             {"steps": steps, "effective_batch": effective, "student": cfg.student, "output": str(path),
-             "data_skipped_images": getattr(data, "skipped", 0)}, indent=1))
+             "data_skipped_images": getattr(data, "skipped", 0), "runtime": run_settings(accelerator, cfg.train)},
+            indent=1))
     return FinetuneResult(out, path, steps, effective)
 
 

@@ -22,10 +22,17 @@ from prunefit.pruning.macs import MacModel, mac_model
 from prunefit.pruning.materialize import materialize
 from prunefit.pruning.objective import RouterObjective
 from prunefit.pruning.router import Router
-from prunefit.pruning.spec import GateSpec, gate_spec
+from prunefit.pruning.spec import GateSpec, gate_spec, round_widths
 from prunefit.recipes.preflight import check_inputs
 from prunefit.training.loop import Phase
-from prunefit.training.runtime import fit, make_accelerator, report_effective_batch, resolve_resume
+from prunefit.training.runtime import (
+    fit,
+    make_accelerator,
+    report_effective_batch,
+    resolve_resume,
+    run_device,
+    run_settings,
+)
 from prunefit.utils.lock import output_lock
 from prunefit.utils.optim import warmup_cosine
 
@@ -47,7 +54,7 @@ class PruneResult:
 def router_train_config(cfg: PruneConfig) -> TrainConfig:
     """The shared runtime's settings for router training (checkpoints, logging, resume)."""
     return TrainConfig(max_steps=cfg.steps, micro_batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=0,
-                       checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+                       checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every, mixed_precision="no")
 
 
 def train_router(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacModel, log, accelerator,
@@ -57,8 +64,9 @@ def train_router(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacM
     from prunefit.pruning.encoder import SentenceEncoder
 
     torch.manual_seed(cfg.seed)
-    encoder = SentenceEncoder(cfg.router.encoder, cfg.device)
-    router = Router(spec, encoder.dim, cfg.router, num_experts=cfg.num_experts).to(accelerator.device)
+    device = run_device(accelerator)
+    encoder = SentenceEncoder(cfg.router.encoder, str(device))
+    router = Router(spec, encoder.dim, cfg.router, num_experts=cfg.num_experts).to(device)
     opt = torch.optim.AdamW(router.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
     data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
     objective = RouterObjective(cfg, comps, spec, macs, router, encoder, data,
@@ -72,7 +80,7 @@ def train_router(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacM
     router.eval()
     if accelerator.is_main_process:
         calib_caps = data.captions(10**8, 1024)  # held-out training captions
-        loads = router.calibrate(encoder(calib_caps).to(accelerator.device))
+        loads = router.calibrate(encoder(calib_caps).to(device))
         log(f"router calibrated on {len(calib_caps)} training captions: loads {loads.tolist()}")
     router.encoder_name = encoder.name
     router._encoder = encoder
@@ -81,7 +89,7 @@ def train_router(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacM
 
 def baseline_codes(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacModel) -> torch.Tensor:
     scores = magnitude_scores(comps.unet, spec) if cfg.method == "magnitude" else random_scores(spec, cfg.seed)
-    return prune_to_target(spec, macs, scores, cfg.target).unsqueeze(0)
+    return prune_to_target(spec, macs, scores, cfg.target, cfg.width_multiple).unsqueeze(0)
 
 
 def export_experts(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacModel, codes: torch.Tensor,
@@ -92,7 +100,7 @@ def export_experts(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: Ma
         kept = materialize(unet, spec, arch)
         ratio = float(macs.ratio(arch.unsqueeze(0)))
         info = expert_info(comps.unet, spec, arch, comps.source, kept, ratio, mac_protocol, expert_id=k,
-                           extra={"method": cfg.method, "target": cfg.target})
+                           extra={"method": cfg.method, "target": cfg.target}, width_multiple=cfg.width_multiple)
         paths.append(save_expert(unet, info, Path(cfg.output_dir) / "experts" / f"expert-{k}"))
         ratios.append(ratio)
     return paths, ratios
@@ -146,7 +154,7 @@ def _prune(cfg: PruneConfig, out: Path, log) -> Optional[PruneResult]:
     if accelerator.is_main_process:
         save_resolved_config(cfg, out)
     t0 = time.time()
-    comps = load_components(cfg.model, device=cfg.device)
+    comps = load_components(cfg.model, device=str(run_device(accelerator)))  # one device for every component
     spec = gate_spec(comps.unet, cfg.router.ffn_groups)
     res = cfg.data.resolution or comps.native_resolution
     text_len = cfg.mac_text_length or comps.tokenizer.model_max_length
@@ -159,7 +167,7 @@ def _prune(cfg: PruneConfig, out: Path, log) -> Optional[PruneResult]:
     if not accelerator.is_main_process:  # other processes only helped train the router
         return None
     if router is not None:
-        codes = router.expert_codes()
+        codes = round_widths(spec, router.expert_codes(), router.codebook, cfg.width_multiple)  # extras: top logits
         router.save(out / "router", {"encoder": router.encoder_name, "source_model": comps.source,
                                      "spec_dim": spec.dim, "ffn_groups": cfg.router.ffn_groups})
         summary["routing_toy_val"] = route_toyval(router) if comps.source == "toyworld" else None
@@ -170,5 +178,6 @@ def _prune(cfg: PruneConfig, out: Path, log) -> Optional[PruneResult]:
     summary["mean_mac_ratio"] = sum(ratios) / len(ratios)
     summary["judge_toy_val"] = _toyworld_eval(cfg, comps, experts)
     summary["seconds"] = round(time.time() - t0, 1)
+    summary["runtime"] = run_settings(accelerator, router_train_config(cfg))
     (out / "prune_summary.json").write_text(json.dumps(summary, indent=1))
     return PruneResult(out, experts, ratios, summary)

@@ -1,10 +1,12 @@
 """Training checkpoints: atomic folders holding the model, every optimizer, EMA, step counters and RNG.
 
-``step-<N>/``: model.safetensors, optimizer-<phase>.pt (loaded with weights_only=True), ema.safetensors,
-rng.safetensors and state.json (global step, each phase's step; LR schedules are pure functions of the
-phase step, and data positions are derived from it, so nothing else is needed to continue exactly).
+``step-<N>/``: model.safetensors, optimizer-<phase>.pt (loaded with weights_only=True), scaler-<phase>.pt
+(fp16 loss scalers), ema.safetensors, rng.safetensors and state.json (global step, each phase's step; LR
+schedules are pure functions of the phase step, and data positions are derived from it, so nothing else is
+needed to continue exactly).
 A folder is written under a temporary name and renamed when complete: a run killed mid-write leaves
-the previous checkpoint as the latest. The last ``keep`` checkpoints are kept.
+the previous checkpoint as the latest. The last ``keep`` checkpoints are kept. Everything is read onto
+the CPU first and then copied to where the run holds it, so a run resumes on other devices or ranks.
 """
 
 from __future__ import annotations
@@ -52,15 +54,20 @@ def _fault_injection_pause() -> None:
 
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, phases, ema: Optional[dict] = None,
-                    keep: int = 2, extra: Optional[dict] = None) -> Path:
+                    keep: int = 2, extra: Optional[dict] = None, model_state: Optional[dict] = None) -> Path:
+    """Write ``step-<step>/`` atomically; ``model_state`` is the model's full state dict where the caller gathered
+    it (every rank takes part in that under sharding), else ``model.state_dict()``."""
     final = Path(root) / "checkpoints" / f"{PREFIX}{step:08d}"
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    state_dict = model.state_dict() if model_state is None else model_state
+    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / "model.safetensors"))
     _fault_injection_pause()
     for ph in phases:
         torch.save(ph.optimizer.state_dict(), tmp / f"optimizer-{ph.name}.pt")
+        if getattr(ph, "scaler", None) is not None:
+            torch.save(ph.scaler.state_dict(), tmp / f"scaler-{ph.name}.pt")
     if ema is not None:
         save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
@@ -80,7 +87,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, phases, ema: Optional[di
     """Restore ``model``, optimizers, phase steps and EMA from ``path``; returns state.json."""
     try:
         state = json.loads((path / "state.json").read_text())
-        weights = load_file(str(path / "model.safetensors"))
+        weights = load_file(str(path / "model.safetensors"), device="cpu")
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable ({str(exc).splitlines()[0][:120]})") from None
     try:
@@ -93,12 +100,18 @@ def load_checkpoint(path: Path, model: torch.nn.Module, phases, ema: Optional[di
         if not f.is_file():
             raise CheckpointError(f"checkpoint {path} has no optimizer state for phase {ph.name!r}")
         try:
-            ph.optimizer.load_state_dict(torch.load(f, weights_only=True))
+            # on the CPU first: load_state_dict moves each state tensor to its parameter's device
+            ph.optimizer.load_state_dict(torch.load(f, map_location="cpu", weights_only=True))
+            scaler = path / f"scaler-{ph.name}.pt"
+            if getattr(ph, "scaler", None) is not None and scaler.is_file():
+                ph.scaler.load_state_dict(torch.load(scaler, map_location="cpu", weights_only=True))
         except Exception as exc:  # weights_only refuses pickled code objects; anything else is corruption
             raise CheckpointError(f"refusing to load {f}: not a plain tensor file ({type(exc).__name__}); "
                                   "only checkpoints written by prunefit are accepted") from None
         ph.step = int(state["phase_steps"][ph.name])
     if ema is not None and (path / "ema.safetensors").is_file():
-        ema.update(load_file(str(path / "ema.safetensors")))
-    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch"])
+        where = {k: p.device for k, p in model.named_parameters()}  # the shadow lives beside its parameter
+        ema.update({k: v.to(where.get(k, v.device)) for k, v in load_file(str(path / "ema.safetensors"),
+                                                                           device="cpu").items()})
+    torch.set_rng_state(load_file(str(path / "rng.safetensors"), device="cpu")["torch"])
     return state

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from prunefit.errors import PrunefitError
-from prunefit.objectives.base import LossOutput
+from prunefit.objectives.base import LossOutput, gradients_only_to
 from prunefit.utils.faults import fault_pause
 
 
@@ -42,6 +42,8 @@ class Phase:
     max_grad_norm: Optional[float] = None
     model: Optional[torch.nn.Module] = None
     """The (possibly DDP-wrapped) module, for no_sync during accumulation."""
+    scaler: Optional[torch.amp.GradScaler] = None
+    """fp16: this phase's own loss scaler (scaled backward, unscale before clipping, overflow steps skipped)."""
     step: int = 0
     last: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -82,15 +84,21 @@ def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
 
     if not params:
         return
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-    dist.all_reduce(has)
-    dist.all_reduce(flat)
-    flat /= world
+    local = [p.grad is not None for p in params]
+    grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+    dtype, device = grads[0].dtype, grads[0].device
+    # presence marks (a fill kernel, not a host-to-device copy, in the common all-present case)
+    marks = (torch.ones(len(params), dtype=dtype, device=device) if all(local)
+             else torch.tensor(local, dtype=dtype, device=device))
+    flat = torch.cat(grads + [marks])
+    dist.all_reduce(flat)  # one collective on every rank; the presence counts ride at the end
+    # every gradient present here means present everywhere: no device-to-host read (the common case)
+    seen = [True] * len(params) if all(local) else (flat[-len(params):] > 0).tolist()
+    flat = flat[: -len(params)] / world
     offset = 0
-    for p, seen in zip(params, has.tolist()):
+    for p, s in zip(params, seen):
         n = p.numel()
-        p.grad = flat[offset: offset + n].view_as(p).clone() if seen else None
+        p.grad = flat[offset: offset + n].view_as(p).clone() if s else None
         offset += n
 
 
@@ -104,6 +112,19 @@ def _call_objective(phase: Phase, start: int) -> LossOutput:
     return phase.objective(start, phase.micro_batch)
 
 
+def own_gradients(phase: Phase):
+    """Inside the block only the phase's own parameters of its model record gradients (an upper phase training
+    a subset of a shared student does not compute, then drop, gradients for the rest); a no-op when the phase
+    trains every trainable parameter of its model (a DDP-wrapped model always does)."""
+    model = getattr(phase.model, "module", phase.model)
+    if model is None:
+        return nullcontext()
+    own = {id(p) for p in phase.params}
+    if all(id(p) in own for p in model.parameters() if p.requires_grad):
+        return nullcontext()
+    return gradients_only_to(model, phase.params)
+
+
 def run_phase(phase: Phase, global_step: int, backward: Callable, rank: int = 0, world: int = 1,
               autocast=nullcontext, check_finite: bool = True) -> None:
     """One optimizer step of ``phase`` (``accum`` micro-batches)."""
@@ -111,23 +132,31 @@ def run_phase(phase: Phase, global_step: int, backward: Callable, rank: int = 0,
     for g in phase.optimizer.param_groups:
         g["lr"] = phase.lr * phase.lr_factor(phase.step)
     sums: dict[str, torch.Tensor] = {}
-    for m in range(phase.accum):
-        sync = nullcontext()
-        if world > 1 and phase.model is not None and m < phase.accum - 1 and hasattr(phase.model, "no_sync"):
-            sync = phase.model.no_sync()
-        with sync, autocast():
-            out = _call_objective(phase, phase.sample_start(m, rank, world))
-            if check_finite:
-                _check_finite(phase, out, global_step)
-            backward(out.total / phase.accum)
-        for k, v in {"total": out.total, **out.parts}.items():
-            sums[k] = sums.get(k, 0) + v.detach() / phase.accum
+    with own_gradients(phase):  # forward and backward: gradient checkpointing recomputes under the same flags
+        for m in range(phase.accum):
+            sync = nullcontext()
+            if world > 1 and phase.model is not None and m < phase.accum - 1 and hasattr(phase.model, "no_sync"):
+                sync = phase.model.no_sync()
+            with sync, autocast():
+                out = _call_objective(phase, phase.sample_start(m, rank, world))
+                if check_finite:
+                    _check_finite(phase, out, global_step)
+                loss = out.total / phase.accum
+                backward(phase.scaler.scale(loss) if phase.scaler is not None else loss)
+            for k, v in {"total": out.total, **out.parts}.items():
+                sums[k] = sums.get(k, 0) + v.detach() / phase.accum
     if _distributed(world) and not _is_ddp(phase.model):
         average_gradients(phase.params, world)
+    if phase.scaler is not None:
+        phase.scaler.unscale_(phase.optimizer)  # clipping and the step see the true gradients
     if phase.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(phase.params, phase.max_grad_norm)
     fault_pause("STEP", global_step)  # kill tests: gradients computed, weights not yet updated
-    phase.optimizer.step()
+    if phase.scaler is not None:
+        phase.scaler.step(phase.optimizer)  # skipped (weights unchanged) when a gradient overflowed
+        phase.scaler.update()
+    else:
+        phase.optimizer.step()
     _clear_grads(phase)
     phase.step += 1
     phase.last = sums

@@ -4,6 +4,7 @@ progress, EMA, checkpoints and exact resume. The only place (with recipes) that 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,19 +14,29 @@ import torch
 from tqdm.auto import tqdm
 
 from prunefit.config.schema import TrainConfig
+from prunefit.data.loader import close_all
 from prunefit.errors import ConfigError, OutputError, PrunefitError
 from prunefit.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from prunefit.training.loop import Phase, train
+from prunefit.utils.device import launched_rank, resolve_mixed_precision
 
 
 def make_accelerator(cfg: TrainConfig, device: str):
-    """The run's Accelerator; refuses an FSDP launch that accelerate would silently run as plain data parallel."""
+    """The run's Accelerator on ``device`` (a resolved device string: its device is the one every component is then
+    loaded on, see ``run_device``); refuses any FSDP launch and an explicit GPU other than a launched rank's own."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
+    dev = torch.device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    check_launch_device(device, world, launched_rank(), torch.cuda.device_count() if dev.type == "cuda" else 0)
+    if dev.type == "cuda" and dev.index is not None and world == 1:
+        torch.cuda.set_device(dev.index)  # accelerate's single-process device is the current GPU
+    set_backend_flags(cfg, dev.type)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=False, gradient_as_bucket_view=True)
     try:
-        accelerator = Accelerator(cpu=device == "cpu", mixed_precision=cfg.mixed_precision,
-                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
+        accelerator = Accelerator(cpu=dev.type == "cpu", kwargs_handlers=[ddp],
+                                  mixed_precision=resolve_mixed_precision(cfg.mixed_precision, device))
     except RuntimeError as exc:  # FSDP1's plugin on a machine without GPUs: "no available devices found ..."
         if not _fsdp_requested():
             raise
@@ -34,7 +45,72 @@ def make_accelerator(cfg: TrainConfig, device: str):
     if _fsdp_requested() and got != "FSDP":  # FSDP2 on CPUs: accelerate silently keeps full replicas
         raise _fsdp_refused(f"runs it as {'one unsharded process' if got == 'NO' else got + ' (full replicas)'} on "
                             f"{accelerator.device.type}")
+    if got == "FSDP":  # sharded checkpoints, EMA and per-phase parameter lists are not verified on a GPU run yet
+        raise ConfigError("an FSDP launch was requested but prunefit does not support FSDP yet (not verified on a "
+                          "GPU run); drop the FSDP config to train data-parallel (`accelerate launch` / `torchrun "
+                          "--nproc_per_node N -m prunefit ...`)")
     return accelerator
+
+
+def check_launch_device(device: str, world: int, local_rank: Optional[int], gpus: int) -> None:
+    """Under a multi-process launch each rank trains on its own GPU (cuda:<LOCAL_RANK>); refuse an explicit other."""
+    dev = torch.device(device)
+    if world <= 1 or dev.type != "cuda" or dev.index is None or local_rank is None or gpus < 1:
+        return
+    if dev.index != local_rank % gpus:
+        raise ConfigError(f"device={device} but process {local_rank} of this {world}-process launch runs on "
+                          f"cuda:{local_rank % gpus}; use device=auto under accelerate launch")
+
+
+def set_backend_flags(cfg: TrainConfig, device_type: str) -> None:
+    """TF32 matmuls / cuDNN convolutions and cuDNN autotuning as ``cfg`` asks, on CUDA (no-ops elsewhere)."""
+    if device_type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = cfg.allow_tf32
+    torch.backends.cudnn.allow_tf32 = cfg.allow_tf32
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+
+
+def run_device(accelerator) -> torch.device:
+    """The device this process trains on, with its index (accelerate's single-GPU device is plain ``cuda``): every
+    component is loaded here, so the student accelerate moves and the frozen models share one device."""
+    dev = torch.device(accelerator.device)
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def run_settings(accelerator, cfg: TrainConfig) -> dict:
+    """The effective device and speed settings of this run (recorded once in log.jsonl and the run's summary)."""
+    dev = run_device(accelerator)
+    cuda = dev.type == "cuda"
+    return {"device": str(dev), "mixed_precision": str(accelerator.mixed_precision),
+            "grad_scaler": str(accelerator.mixed_precision) == "fp16",
+            "allow_tf32": bool(cuda and torch.backends.cuda.matmul.allow_tf32),
+            "cudnn_benchmark": bool(cuda and torch.backends.cudnn.benchmark),
+            "channels_last": cfg.channels_last, "compile": cfg.compile, "world_size": accelerator.num_processes}
+
+
+def prepare_model(accelerator, phase: Phase, model: torch.nn.Module) -> torch.nn.Module:
+    """Wrap ``model`` for data parallelism (DDP) as ``phase.model``; refuses a wrapper that replaced the parameters
+    the phase's optimizer and clipping hold (they would update stale tensors)."""
+    wrapped = accelerator.prepare(model)
+    live = {id(p) for p in wrapped.parameters()}
+    if not all(id(p) in live for p in phase.params):
+        raise ConfigError(f"accelerate's {accelerator.distributed_type} wrapper replaced the parameters of phase "
+                          f"{phase.name!r}; train data-parallel (DDP) instead")
+    phase.model = wrapped
+    return wrapped
+
+
+def attach_grad_scalers(phases: list[Phase], accelerator) -> bool:
+    """fp16: one loss scaler per phase (each optimizer skips its own overflow steps); returns whether any is used."""
+    if str(accelerator.mixed_precision) != "fp16":
+        return False
+    for ph in phases:
+        if ph.scaler is None:
+            ph.scaler = torch.amp.GradScaler(run_device(accelerator).type)
+    return True
 
 
 def _fsdp_requested() -> bool:
@@ -78,6 +154,12 @@ class RunLogger:
         if self.writer is not None:
             for k, v in values.items():
                 self.writer.add_scalar(k, v, step)
+
+    def record(self, entry: dict) -> None:
+        """One JSON line that is not a scalar series (the run's settings)."""
+        if self.enabled:
+            self.file.write(json.dumps({"time": round(time.time(), 3), **entry}) + "\n")
+            self.file.flush()
 
     def close(self) -> None:
         if self.file:
@@ -171,11 +253,16 @@ def fit(phases: list[Phase], model: torch.nn.Module, cfg: TrainConfig, out: Path
     """Train ``phases`` to cfg.max_steps with logging, checkpoints (main process) and resume."""
     main = accelerator.is_main_process
     sharded = "FSDP" in str(getattr(accelerator, "distributed_type", ""))  # FSDP ranks hold different shards
+    scaled = attach_grad_scalers(phases, accelerator)  # before resuming: checkpoints hold the scalers' state
     start = 0
     if resume is not None:
         state = load_checkpoint(resume, model, phases, ema.shadow if ema else None)
         start = int(state["step"])
     logger = RunLogger(out, main)
+    settings = run_settings(accelerator, cfg)
+    logger.record({"step": start, "settings": settings})
+    if main:
+        print("run: " + ", ".join(f"{k} {v}" for k, v in settings.items()))
     bar = tqdm(total=cfg.max_steps, initial=start, desc="train", unit="step", disable=not main, mininterval=2)
     t_last, s_last = time.time(), start
 
@@ -200,16 +287,21 @@ def fit(phases: list[Phase], model: torch.nn.Module, cfg: TrainConfig, out: Path
             sample(step)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
             accelerator.wait_for_everyone()
+            weights = accelerator.get_state_dict(model)  # on every rank: a collective gather where ranks hold shards
             if main:
-                save_checkpoint(out, step, model, phs, ema.shadow if ema else None, keep=cfg.keep_checkpoints)
+                save_checkpoint(out, step, model, phs, ema.shadow if ema else None, keep=cfg.keep_checkpoints,
+                                model_state=weights)
             accelerator.wait_for_everyone()
 
     try:
-        final = train(phases, cfg.max_steps, start, backward=accelerator.backward,
+        # fp16: each phase scales its own loss (accelerate's one scaler would scale it a second time)
+        backward = (lambda loss: loss.backward()) if scaled else accelerator.backward
+        final = train(phases, cfg.max_steps, start, backward=backward,
                       rank=accelerator.process_index, world=accelerator.num_processes,
                       autocast=accelerator.autocast, check_finite_every=1 if accelerator.device.type == "cpu"
                       else cfg.log_every, on_step_end=on_step_end, progress=lambda s: bar.update(1))
     finally:
         bar.close()
         logger.close()
+        close_all()  # the data workers of this run's prefetchers (validation may start them again)
     return final

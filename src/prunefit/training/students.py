@@ -14,6 +14,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from prunefit.models.components import Components
+from prunefit.models.features import drop_feature_hooks, keep_feature_hooks
 from prunefit.objectives.denoising import DenoisingObjective
 from prunefit.objectives.inputs import InputBuilder
 from prunefit.objectives.streams import Stream
@@ -53,8 +54,27 @@ def apply_speedups(student, teacher, t) -> None:
         student.to(memory_format=torch.channels_last)
         teacher.to(memory_format=torch.channels_last)
     if t.compile:
-        student.forward = torch.compile(student.forward)
-        teacher.forward = torch.compile(teacher.forward)
+        compile_forward(student)
+        compile_forward(teacher)
+
+
+def compile_forward(unet) -> None:
+    """torch.compile ``unet.forward``, with the feature-distillation hooks registered for good first (a compiled
+    forward does not notice hooks added or removed around it; see ``keep_feature_hooks``)."""
+    keep_feature_hooks(unet)
+    unet.forward = torch.compile(unet.forward)
+
+
+def copy_student(student, t):
+    """A trainable deep copy of ``student`` (bilevel's vartheta twin) with its own compiled forward and feature
+    hooks: a plain deep copy would share the original's (its forward would run the original's weights)."""
+    twin = copy.deepcopy(student)
+    if "forward" in twin.__dict__:
+        del twin.forward
+    drop_feature_hooks(twin)
+    if t.compile:
+        compile_forward(twin)
+    return twin.requires_grad_(True)
 
 
 def denoising_phase(name: str, *, student, teacher, comps: Components, data, cfg, seed: int,
@@ -63,7 +83,8 @@ def denoising_phase(name: str, *, student, teacher, comps: Components, data, cfg
     (``cfg`` is any config with ``loss`` and ``train`` sections: finetune or bilevel)."""
     sched = DDPMScheduler.from_config(comps.scheduler.config)
     builder = InputBuilder(components=comps, data=data, seed=seed, num_train_timesteps=sched.config.num_train_timesteps,
-                           stream=stream, cache=cache, device=device)
+                           stream=stream, cache=cache, device=device, num_workers=cfg.data.num_workers,
+                           pin_memory=cfg.data.pin_memory)
     objective = DenoisingObjective(student=student, teacher=teacher, inputs=builder,
                                    alphas_cumprod=sched.alphas_cumprod, prediction_type=comps.prediction_type,
                                    w_ddpm=cfg.loss.ddpm, w_output=cfg.loss.output_kd, w_feature=cfg.loss.feature_kd,

@@ -117,6 +117,9 @@ class BilevelConfig:
         self.train.mixed_precision = resolve_mixed_precision(self.train.mixed_precision, self.device)
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown bilevel preset {self.preset!r}; available: {sorted(PRESETS)}")
+        if self.preset == "paper" and self.train.mixed_precision == "fp16":
+            raise ConfigError("preset=paper takes the upper gradient inside its objective, where fp16 loss scaling "
+                              "cannot reach it (small gradients underflow); use train.mixed_precision=bf16")
         methods = [m.name for m in list_methods("train")]
         if self.upper_method not in methods:
             raise ConfigError(f"bilevel upper_method must be a train method {methods}, got {self.upper_method!r}")

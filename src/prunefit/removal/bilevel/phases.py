@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Optional
 
@@ -15,7 +14,7 @@ from prunefit.removal.bilevel.objective import PenalizedObjective
 from prunefit.removal.context import RemovalContext
 from prunefit.removal.registry import get_method
 from prunefit.training.loop import Phase, constant_with_warmup
-from prunefit.training.students import denoising_phase
+from prunefit.training.students import copy_student, denoising_phase
 
 """RNG stream of the nested reading's theta-step lower batches (vartheta and the other phases use stream 0)."""
 
@@ -46,7 +45,7 @@ def build_phases(cfg: BilevelConfig, student, comps, data, cache, device, rank: 
     upper.lr_factor = constant_with_warmup(cfg.upper_warmup_steps)
     twin = twin_phase = twin_obj = None
     if cfg.tracks_vartheta:
-        twin = copy.deepcopy(student).requires_grad_(True)
+        twin = copy_student(student, cfg.train)
         twin_phase, twin_obj = lower_phase("vartheta", twin, Stream.LOWER)
     if cfg.spec.optimizers == 2:
         lower, lower_obj = lower_phase("lower", student, Stream.LOWER)
