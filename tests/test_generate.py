@@ -61,7 +61,7 @@ def test_manifest_contents_and_grid(tiny, tmp_path):
     r = rows[1]
     assert r["prompt"] == PROMPTS[1] and r["seed"] == prompt_seed(5, "00001") and r["model"] == "tiny"
     assert r["settings"] == {"scheduler": "pndm", "steps": 3, "guidance_scale": 7.5, "height": None,
-                             "width": None, "negative_prompt": ""}
+                             "width": None, "negative_prompt": "", "device": "cpu", "dtype": "float32"}
     assert res.grid is not None and Image.open(res.grid).size[0] > 32
 
 

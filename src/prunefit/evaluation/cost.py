@@ -36,11 +36,20 @@ def count_macs(unet, latent_size: int, text_length: int, batch: int = 1) -> int:
     return int(counter.get_total_flops() // 2)
 
 
+def device_name(device: torch.device) -> str:
+    """``device`` as a results file records it: ``cpu``, or ``cuda:0 (NVIDIA H100 80GB HBM3)``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def measure_latency(unet, latent_size: int, text_length: int, batch: int, runs: int = 20, warmup: int = 3) -> dict:
-    """Median / min / max wall seconds of a UNet forward at ``batch`` (``warmup`` untimed runs first)."""
+    """Median / min / max wall seconds of a UNet forward at ``batch`` on the UNet's device (``warmup`` untimed runs
+    first; on CUDA each timing is bracketed by a synchronize of that device, so it measures the kernels, not their
+    launch)."""
     p = next(unet.parameters())
     sample, t, text = unet_inputs(unet, batch, latent_size, text_length, p.dtype, p.device)
-    sync = torch.cuda.synchronize if p.device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(p.device)) if p.device.type == "cuda" else (lambda: None)
     times = []
     with torch.inference_mode():
         for i in range(warmup + runs):

@@ -197,7 +197,7 @@ def artist_metric(ctx: EvalContext, cfg: ArtistMetricConfig) -> MetricResult:
     clip = load_clip(cfg.model)
     img = clip.image_embeds(ctx.images())
     lab = clip.text_embeds([cfg.template.format(x) for x in labels])
-    acc = zero_shot_accuracy(img, lab, torch.tensor([labels.index(t) for t in targets]))
+    acc = zero_shot_accuracy(img, lab, torch.tensor([labels.index(t) for t in targets], device=img.device))
     sims = clip_score(img, clip.text_embeds(ctx.prompts), scale=1.0)
     values = {"zero_shot_accuracy": acc, "avg_similarity": sims.mean().item()}
     protocol = {"model": cfg.model, "labels": labels, "template": cfg.template, "n": len(targets)}
@@ -216,10 +216,10 @@ def artist_metric(ctx: EvalContext, cfg: ArtistMetricConfig) -> MetricResult:
 
 # ---------------------------------------------------------------- cost
 
-def _cost_model(ctx: EvalContext, cfg: CostConfig):
+def _cost_model(ctx: EvalContext, cfg: CostConfig, device: str = "cpu"):
     from prunefit.models.components import load_components
 
-    comps = load_components(cfg.model or ctx.model())
+    comps = load_components(cfg.model or ctx.model(), device=device)
     native = comps.native_resolution
     res = cfg.resolution or native
     if res % comps.vae_scale_factor:
@@ -240,15 +240,16 @@ def macs_metric(ctx: EvalContext, cfg: CostConfig) -> MetricResult:
 
 
 def latency_metric(ctx: EvalContext, cfg: CostConfig) -> MetricResult:
-    from prunefit.evaluation.cost import measure_latency
+    from prunefit.evaluation.cost import device_name, measure_latency
 
-    comps, res, lat, text_len = _cost_model(ctx, cfg)
+    comps, res, lat, text_len = _cost_model(ctx, cfg, ctx.device)  # timed where the run's model would run
     values = {}
     for b in cfg.batch_sizes:
         values[f"unet_ms/b{b}"] = 1000 * measure_latency(comps.unet, lat, text_len, b, cfg.runs, cfg.warmup)["median_s"]
+    device = next(comps.unet.parameters()).device
     return MetricResult(values, {"model": comps.source, "resolution": res, "text_length": text_len,
                                  "statistic": f"median of {cfg.runs} after {cfg.warmup} warm-up",
-                                 "device": str(next(comps.unet.parameters()).device),
+                                 "device": device_name(device), "dtype": str(comps.unet.dtype).removeprefix("torch."),
                                  "threads": torch.get_num_threads()})
 
 

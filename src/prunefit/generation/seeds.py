@@ -1,4 +1,5 @@
-"""Derive a seed per prompt from the run seed and the prompt id (independent of batching and order)."""
+"""Derive a seed per prompt from the run seed and the prompt id (independent of batching and order), and the
+CPU generators every sampling path hands the pipeline for its initial noise."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ def prompt_seed(run_seed: int, prompt_id: str, fixed: Optional[int] = None) -> i
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
-def generators(seeds: list[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
-    """One generator per prompt, so a prompt's noise never depends on its batch neighbours."""
-    return [torch.Generator(device=device).manual_seed(s) for s in seeds]
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    """One CPU generator per prompt, so a prompt's noise never depends on its batch neighbours nor on the device.
+
+    Always on the CPU (diffusers' advice): ``randn_tensor`` draws on a generator's device and then moves the noise
+    to the pipeline's, so a seed gives the same initial latents on CPU and every GPU, in every sampling path."""
+    return [torch.Generator().manual_seed(s) for s in seeds]

@@ -10,6 +10,10 @@ Output folder: protocol.json (what was run; a re-run with another protocol is re
 attack.jsonl (one line per finished prompt: a re-run resumes after the last finished prompt), images/
 (``<id>-pre``, ``<id>-ref`` (targets), ``<id>-adv``, ``<id>-soft``), soft/<id>.safetensors, manifest.jsonl,
 grid.png and results.json (``prunefit report`` reads it: metric ``attack``).
+
+Under `accelerate launch` / torchrun the prompts are shared across processes (``generation.ranks``): each rank
+renders, judges and attacks its share into per-rank parts of the JSONL files, rank 0 merges them after a barrier,
+computes the ASR over all prompts and writes protocol.json, results.json and grid.png.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from prunefit.attacks.soft_prompt import encode_with_prefix
 from prunefit.attacks.unlearndiff.attack import UnlearnDiffConfig
 from prunefit.config.schema import SamplerConfig
 from prunefit.errors import ConfigError, DataError, OutputError
+from prunefit.generation.ranks import Ranks, current_ranks, merge_parts
 from prunefit.utils.device import resolve_device
 
 ASR_DEFINITION = ("UnlearnDiffAtk: (prompts whose plain-prompt image already shows the concept + attacked prompts "
@@ -149,8 +154,9 @@ def make_protocol(cfg: AttackConfig, entry: AttackEntry, detector, prompts: list
             "sampler": sampling_settings(sampler), "soft_prompts": entry.soft}
 
 
-def claim_output(out: Path, protocol: dict) -> None:
-    """Create ``out`` for this protocol, or accept it when it holds the same protocol (a resumed run)."""
+def claim_output(out: Path, protocol: dict, write: bool = True) -> None:
+    """Create ``out`` for this protocol, or accept it when it holds the same protocol (a resumed run); only the
+    writing process (rank 0) records protocol.json, atomically."""
     path = out / "protocol.json"
     if path.is_file():
         if json.loads(path.read_text()) != protocol:
@@ -162,11 +168,14 @@ def claim_output(out: Path, protocol: dict) -> None:
         (out / "soft").mkdir(exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write to {out} ({exc.strerror or exc}); choose a writable output folder") from None
-    path.write_text(json.dumps(protocol, indent=1))
+    if write:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(protocol, indent=1))
+        os.replace(tmp, path)
 
 
 def _save_png(img: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # ranks may render the same reference image
     img.save(tmp, format="PNG")
     os.replace(tmp, path)
 
@@ -207,7 +216,7 @@ def sample_soft(components, prompts: list[str], prefixes: torch.Tensor, sampler:
         neg = encode_prompts(components, [sampler.negative_prompt] * len(prompts))
         return pipe(prompt_embeds=cond, negative_prompt_embeds=neg, num_inference_steps=sampler.steps,
                     guidance_scale=sampler.guidance_scale, height=sampler.height, width=sampler.width,
-                    generator=generators(seeds), output_type="pil").images
+                    generator=generators(seeds), output_type="pil").images  # CPU: the text path's noise
 
 
 def cumulative_asr(before: list[bool], after: list[bool]) -> float:
@@ -221,10 +230,21 @@ def cumulative_asr(before: list[bool], after: list[bool]) -> float:
 class AttackRun:
     """One attack run over an output folder: reference images, pre-attack judging, attack chunks, results."""
 
-    def __init__(self, cfg: AttackConfig, entry: AttackEntry, detector, target, reference, out: Path) -> None:
+    def __init__(self, cfg: AttackConfig, entry: AttackEntry, detector, target, reference, out: Path,
+                 ranks: Optional[Ranks] = None) -> None:
         self.cfg, self.entry, self.detector, self.out = cfg, entry, detector, out
         self.target, self.reference = target, reference
         self.sampler = cfg.sampler
+        self.ranks = ranks or current_ranks(cfg.device)
+
+    def _merge(self, path: Path, order: Optional[list[str]] = None) -> dict[str, dict]:
+        """Every rank's rows of ``path`` (and of manifest.jsonl), merged by rank 0 between two barriers."""
+        self.ranks.barrier()
+        if self.ranks.main:
+            merge_parts(path, order)
+            merge_parts(self.out / "manifest.jsonl")
+        self.ranks.barrier()
+        return read_rows(path)
 
     # ---------------------------------------------------------------- rendering
     def _text_images(self, comps, prompts: list[AttackPrompt], texts: list[str]) -> list[Image.Image]:
@@ -234,8 +254,7 @@ class AttackRun:
         images, bs = [], self.sampler.batch_size
         for i in range(0, len(prompts), bs):
             recs = [PromptRecord(p.id, t) for p, t in zip(prompts[i : i + bs], texts[i : i + bs])]
-            images += sample_images(comps, recs, self.sampler, [p.seed for p in prompts[i : i + bs]],
-                                    self.cfg.device)
+            images += sample_images(comps, recs, self.sampler, [p.seed for p in prompts[i : i + bs]])
         return images
 
     def _soft_images(self, prompts: list[AttackPrompt], prefixes: torch.Tensor) -> list[Image.Image]:
@@ -253,7 +272,7 @@ class AttackRun:
             _save_png(img, self.out / "images" / f"{p.id}-{kind}.png")
             rows.append({"id": f"{p.id}-{kind}", "prompt": texts[j] if texts else p.prompt, "seed": p.seed,
                          "model": model or self.cfg.model, "kind": kind, "source_id": p.id})
-        _append(self.out / "manifest.jsonl", rows)
+        _append(self.ranks.part(self.out / "manifest.jsonl"), rows)
 
     def reference_images(self, prompts: list[AttackPrompt]) -> list[Image.Image]:
         """The unerased model's images of ``prompts`` (the attack's targets), cached in images/<id>-ref.png."""
@@ -268,10 +287,11 @@ class AttackRun:
     def pre_attack(self, prompts: list[AttackPrompt]) -> dict[str, dict]:
         """Judge the attacked model on the plain prompts (and, with a prompt threshold, select the prompts)."""
         path = self.out / "pre.jsonl"
-        done = read_rows(path)
+        done = self._merge(path)  # parts of a killed multi-process run
         todo = [p for p in prompts if p.id not in done]
-        for i in range(0, len(todo), self.cfg.chunk_size):
-            chunk = todo[i : i + self.cfg.chunk_size]
+        mine = self.ranks.share(todo)
+        for i in range(0, len(mine), self.cfg.chunk_size):
+            chunk = mine[i : i + self.cfg.chunk_size]
             imgs = self._text_images(self.target, chunk, [p.prompt for p in chunk])
             self._record_images(chunk, imgs, "pre")
             scores, flags = self.detector.scores(imgs), self.detector.flags(imgs)
@@ -281,9 +301,8 @@ class AttackRun:
                 ref_scores = self.detector.scores(self.reference_images(chunk))
                 for row, s in zip(rows, ref_scores):
                     row.update(reference_score=s, selected=s >= self.cfg.detector.prompt_threshold)
-            _append(path, rows)
-            done.update({r["id"]: r for r in rows})
-        return done
+            _append(self.ranks.part(path), rows)
+        return self._merge(path, [p.id for p in todo])
 
     def attack_chunk(self, chunk: list[AttackPrompt], everything: list[AttackPrompt]) -> list[dict]:
         ctx = AttackContext(self.target, self.reference, self.cfg.concept, self.cfg.seed, self.cfg.device,
@@ -306,19 +325,18 @@ class AttackRun:
 
     def attack(self, prompts: list[AttackPrompt], pre: dict[str, dict]) -> dict[str, dict]:
         path = self.out / "attack.jsonl"
-        done = read_rows(path)
+        done = self._merge(path)  # parts of a killed multi-process run
         skip = [p for p in prompts if p.id not in done and pre[p.id]["success"] and not self.cfg.attack_all]
-        if skip:
+        if skip and self.ranks.main:
             rows = [{"id": p.id, "prompt": p.prompt, "seed": p.seed, "attacked": False, "adversarial_prompt": p.prompt,
                      "success": True, **({"success_soft": True} if self.entry.soft else {})} for p in skip]
-            _append(path, rows)
-            done.update({r["id"]: r for r in rows})
-        todo = [p for p in prompts if p.id not in done]
-        for i in range(0, len(todo), self.cfg.chunk_size):
-            rows = self.attack_chunk(todo[i : i + self.cfg.chunk_size], prompts)
-            _append(path, rows)
-            done.update({r["id"]: r for r in rows})
-        return done
+            _append(self.ranks.part(path), rows)
+        skipped = {p.id for p in skip}
+        mine = self.ranks.share([p for p in prompts if p.id not in done and p.id not in skipped])
+        for i in range(0, len(mine), self.cfg.chunk_size):
+            rows = self.attack_chunk(mine[i : i + self.cfg.chunk_size], prompts)
+            _append(self.ranks.part(path), rows)
+        return self._merge(path, [p.id for p in prompts])
 
     # ---------------------------------------------------------------- results
     def grid(self, rows: list[dict], n: int = 16) -> Optional[Path]:
@@ -346,8 +364,12 @@ class AttackRun:
         doc = {"run_dir": str(self.out), "model": self.cfg.model, "n": N, "attack": self.entry.name,
                "metrics": {"attack": {"values": values, "protocol": protocol}},
                "prompts": [rows[i] for i in ids]}
-        (self.out / "results.json").write_text(json.dumps(doc, indent=1))
-        self.grid([rows[i] for i in ids])
+        if self.ranks.main:
+            tmp = self.out / ".results.json.tmp"
+            tmp.write_text(json.dumps(doc, indent=1))
+            os.replace(tmp, self.out / "results.json")
+            self.grid([rows[i] for i in ids])
+        self.ranks.barrier()  # every rank returns with results.json on disk
         return AttackResult(self.out, self.entry.name, N, attacked, values["pre_asr"], values["asr"],
                             values.get("asr_soft"), protocol, self.cfg.concept)
 
@@ -363,8 +385,9 @@ def main(cfg: AttackConfig) -> AttackResult:
     cfg.sampler = resolve_sampler(cfg.sampler, target)
     out = Path(cfg.output_dir)
     protocol = make_protocol(cfg, entry, detector, prompts, cfg.sampler)
-    claim_output(out, protocol)
-    run = AttackRun(cfg, entry, detector, target, reference, out)
+    ranks = current_ranks(cfg.device)
+    claim_output(out, protocol, write=ranks.main)
+    run = AttackRun(cfg, entry, detector, target, reference, out, ranks)
     pre = run.pre_attack(prompts)
     if cfg.detector.prompt_threshold is not None:
         prompts = [p for p in prompts if pre[p.id].get("selected")]

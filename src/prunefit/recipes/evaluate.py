@@ -1,8 +1,14 @@
 """``prunefit evaluate``: run registered metrics over a generation run and merge them into results.json;
-``prunefit evaluate fid-ref``: compute and cache FID reference statistics for an image folder."""
+``prunefit evaluate fid-ref``: compute and cache FID reference statistics for an image folder.
+
+Under `accelerate launch` / torchrun the metrics run on rank 0 only, which writes results.json; the other ranks
+check the run, wait for it and return the same document. (A metric's per-image work could be shared with
+``generation.ranks.Ranks.map``, but none of the built-in metrics is split yet: evaluation is seconds to minutes
+next to generation's hours, and a split FID must gather features before its statistics.)"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +23,7 @@ from prunefit.evaluation.context import EvalContext
 from prunefit.evaluation.metrics import _feature_network
 from prunefit.evaluation.registry import get_metric, metric_sections
 from prunefit.evaluation.results import check_results_target, merge_results
+from prunefit.generation.ranks import current_ranks
 from prunefit.utils.device import resolve_device
 
 
@@ -81,10 +88,16 @@ def main(cfg: EvaluateConfig) -> EvaluateResult:
     check_results_target(out, header)  # a corrupt file or another run's results fail before any work
     if any(e.kind == "images" for e in entries):
         ctx.images()  # every listed image must exist and decode before any model is loaded
+    ranks = current_ranks(cfg.device)
+    if not ranks.main:  # rank 0 measures and writes; this rank returns its document
+        ranks.barrier()
+        return EvaluateResult(out, json.loads(out.read_text()), [e.name for e in entries])
     results = {}
     for entry in tqdm(entries, desc="metrics", unit="metric", disable=len(entries) < 2):
         results[entry.name] = entry.fn(ctx, cfg.section(entry))
-    return EvaluateResult(out, merge_results(out, header, results), list(results))
+    doc = merge_results(out, header, results)
+    ranks.barrier()
+    return EvaluateResult(out, doc, list(results))
 
 
 def fid_reference(images: str, cfg: FidConfig, output: str | None = None) -> Path:

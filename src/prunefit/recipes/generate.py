@@ -1,4 +1,7 @@
-"""``prunefit generate``: load a model, read prompts, write images, manifest, grid and resolved config."""
+"""``prunefit generate``: load a model, read prompts, write images, manifest, grid and resolved config.
+
+Under `accelerate launch` / torchrun every process loads the model and makes its share of the prompts; rank 0
+writes the shared files (resolved config, merged manifest, grid) and the folder equals a one-process run's."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from prunefit.config.load import save_resolved_config
 from prunefit.config.schema import GenerateConfig
 from prunefit.data.prompts import inline_prompts, read_prompt_file
 from prunefit.errors import ConfigError, OutputError
+from prunefit.generation.ranks import current_ranks
 from prunefit.generation.sample import GenerationResult, generate_run, prepare_output_dir, sampling_settings
 from prunefit.models.components import load_components
 from prunefit.recipes.preflight import check_inputs
@@ -63,7 +67,8 @@ def _generate(cfg: GenerateConfig, records, out: Path) -> GenerationResult:
         unet, info = load_expert(cfg.expert, components.unet.config, components.unet.dtype)
         components = components.with_unet(unet.to(cfg.device), f"{components.source}+expert:{Path(cfg.expert).name}")
         expert_id = info.expert_id
-    save_resolved_config(cfg, out)
+    if current_ranks(cfg.device).main:
+        save_resolved_config(cfg, out)
     return generate_run(components, records, cfg.sampler, cfg.seed, out, device=cfg.device,
                         grid_max_images=cfg.grid_max_images, expert=expert_id)
 
@@ -74,14 +79,15 @@ def _generate_routed(cfg: GenerateConfig, records, out: Path) -> GenerationResul
     from prunefit.recipes.route import assign, load_routing
 
     prune_dir = Path(cfg.experts)
-    components, router, encoder, _ = load_routing(prune_dir, cfg.device)
-    ids = assign(router, encoder, records)
-    save_resolved_config(cfg, out)
+    components, router, encoder, _ = load_routing(prune_dir, cfg.device, cfg.dtype)
+    ids = assign(router, encoder, records)  # CPU embeddings and router: every rank routes alike
+    if current_ranks(cfg.device).main:
+        save_resolved_config(cfg, out)
     generated = skipped = 0
     result = None
     for k in sorted(set(ids)):
         mine = [r for r, e in zip(records, ids) if e == k]
-        unet, _ = load_expert(prune_dir / "experts" / f"expert-{k}", components.unet.config)
+        unet, _ = load_expert(prune_dir / "experts" / f"expert-{k}", components.unet.config, components.unet.dtype)
         comps_k = components.with_unet(unet.to(cfg.device), f"{components.source}+routed:{prune_dir.name}#{k}")
         result = generate_run(comps_k, mine, cfg.sampler, cfg.seed, out, device=cfg.device,
                               grid_max_images=cfg.grid_max_images, expert=k)

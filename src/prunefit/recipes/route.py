@@ -13,8 +13,8 @@ from prunefit.errors import ModelLoadError
 from prunefit.models.components import load_components
 
 
-def load_routing(prune_dir: Path, device: str = "cpu"):
-    """(components of the source model, router, encoder, meta) for a `prunefit prune` output folder."""
+def load_routing(prune_dir: Path, device: str = "cpu", dtype: str = "float32"):
+    """(components of the source model in ``dtype``, router, encoder, meta) for a `prunefit prune` output folder."""
     from prunefit.pruning.encoder import SentenceEncoder
     from prunefit.pruning.router import load_router
 
@@ -22,7 +22,7 @@ def load_routing(prune_dir: Path, device: str = "cpu"):
     if not meta_file.is_file():
         raise ModelLoadError(f"{prune_dir} has no router/ (was it pruned with method=aptp?)")
     meta = json.loads(meta_file.read_text())
-    comps = load_components(meta["source_model"], device=device)
+    comps = load_components(meta["source_model"], dtype, device)
     router, meta = load_router(prune_dir / "router", comps.unet)
     return comps, router, SentenceEncoder(meta["encoder"], device), meta
 
