@@ -2,6 +2,7 @@
 
 For every expert of a `prunefit prune` run (or magnitude-pruned experts at several targets when none is
 given): UNet forward at batch 1 and 8, median of 20 after 3 warm-ups, teacher measured in the same process.
+Magnitude experts keep widths on multiples of ``--width-multiple`` (default: the prune config's, 8; 1 = off).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import report  # noqa: E402
 
+from prunefit.config.schema import PruneConfig  # noqa: E402
 from prunefit.evaluation.cost import count_macs, measure_latency  # noqa: E402
 from prunefit.models.components import load_components  # noqa: E402
 from prunefit.pruning.baselines import magnitude_scores, prune_to_target  # noqa: E402
@@ -29,6 +31,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prune-dir", help="a `prunefit prune` output folder (default: magnitude experts 0.5-0.9)")
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--width-multiple", type=int, default=PruneConfig.width_multiple,
+                    help="round the magnitude experts' kept widths to multiples of this (1 = off; default %(default)s)")
     args = ap.parse_args()
     comps = load_components("toyworld")
     lat = comps.native_resolution // comps.vae_scale_factor
@@ -42,7 +46,8 @@ def main() -> None:
         macs = mac_model(comps.unet, spec, lat, text)
         for target in (0.9, 0.8, 0.65, 0.5):
             e = copy.deepcopy(comps.unet)
-            materialize(e, spec, prune_to_target(spec, macs, magnitude_scores(comps.unet, spec), target))
+            materialize(e, spec, prune_to_target(spec, macs, magnitude_scores(comps.unet, spec), target,
+                                                 args.width_multiple))
             experts.append((f"magnitude-{target}", e))
     teacher_macs = count_macs(comps.unet, lat, text)
     rows = []
@@ -56,7 +61,8 @@ def main() -> None:
                          "expert_ms": 1000 * t})
     report("expert_latency", rows, {"target": "latency_ratio <= 1.1 x mac_ratio (performance issue; pruning issue: "
                                                   "1.15x)",
-                                    "threads": torch.get_num_threads()})
+                                    "threads": torch.get_num_threads(),
+                                    "width_multiple": None if args.prune_dir else args.width_multiple})
 
 
 if __name__ == "__main__":

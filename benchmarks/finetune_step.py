@@ -18,6 +18,7 @@ from diffusers import DDPMScheduler
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from common import median_time, report  # noqa: E402
 
+from prunefit.config.schema import PruneConfig  # noqa: E402
 from prunefit.data.cache import build_cache, load_cache  # noqa: E402
 from prunefit.data.datasets import ToyWorldData  # noqa: E402
 from prunefit.models.components import encode_images, encode_prompts, load_components  # noqa: E402
@@ -33,7 +34,7 @@ def expert_of(comps, target=0.8):
     spec = gate_spec(comps.unet, 32)
     lat = comps.native_resolution // comps.vae_scale_factor
     macs = mac_model(comps.unet, spec, lat, comps.tokenizer.model_max_length)
-    arch = prune_to_target(spec, macs, magnitude_scores(comps.unet, spec), target)
+    arch = prune_to_target(spec, macs, magnitude_scores(comps.unet, spec), target, PruneConfig.width_multiple)
     student = copy.deepcopy(comps.unet)
     materialize(student, spec, arch)
     return student.train().requires_grad_(True)

@@ -3,6 +3,7 @@
 1. Expert latency vs MAC ratio at 0.9 / 0.8 / 0.65 / 0.5 MACs, magnitude experts and APTP-layout experts (depth
    gates dropped in APTP's importance order, the rest scattered width gates); target latency ratio <= 1.1 x MAC
    ratio. A row that misses names the ops that account for the excess (torch.profiler, one forward each).
+   Kept widths are rounded to multiples of ``--width-multiple`` (default: the prune config's, 8; 1 = off).
 2. Our distillation step with cached latents + text embeddings (teacher forward + output/feature KD + student
    forward/backward + AdamW) vs a plain diffusers-style uncached DDPM step (VAE encode + text encode + student
    forward/backward + AdamW) of the same 0.8-MAC expert; target <= 1.0x. Each stage is timed too.
@@ -28,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_time  # noqa: E402
 
+from prunefit.config.schema import PruneConfig  # noqa: E402
 from prunefit.evaluation.cost import count_macs, measure_latency  # noqa: E402
 from prunefit.models.inputs import unet_inputs  # noqa: E402
 from prunefit.pruning.baselines import magnitude_scores, prune_to_target, random_scores  # noqa: E402
@@ -40,9 +42,10 @@ ARCH = "sd21-base"
 TARGETS = (0.9, 0.8, 0.65, 0.5)
 
 
-def aptp_layout(spec, macs, target: float, seed: int = 0) -> torch.Tensor:
+def aptp_layout(spec, macs, target: float, width_multiple: int, seed: int = 0) -> torch.Tensor:
     """An APTP-shaped architecture at ``target``: depth gates dropped least-protected first while they take
-    at most half of the MAC cut, then width gates by random scores (a router's choices are not magnitude's)."""
+    at most half of the MAC cut, then width gates by random scores (a router's choices are not magnitude's),
+    widths rounded to ``width_multiple``."""
     arch = torch.ones(spec.dim)
     order = importance_order(spec)
     for j in reversed(order):
@@ -51,10 +54,12 @@ def aptp_layout(spec, macs, target: float, seed: int = 0) -> torch.Tensor:
         if 1 - float(macs.ratio(trial.unsqueeze(0))) > (1 - target) / 2:
             break
         arch = trial
-    width = prune_to_target(spec, macs, random_scores(spec, seed), target / float(macs.ratio(arch.unsqueeze(0))))
+    width = prune_to_target(spec, macs, random_scores(spec, seed), target / float(macs.ratio(arch.unsqueeze(0))),
+                            width_multiple)
     arch[: spec.width_dim] = width[: spec.width_dim]
     while float(macs.ratio(arch.unsqueeze(0))) > target + 0.01:  # width pruning ignores the dropped depth
-        width = prune_to_target(spec, macs, random_scores(spec, seed), float(macs.ratio(width.unsqueeze(0))) - 0.02)
+        width = prune_to_target(spec, macs, random_scores(spec, seed), float(macs.ratio(width.unsqueeze(0))) - 0.02,
+                                width_multiple)
         arch[: spec.width_dim] = width[: spec.width_dim]
     return arch
 
@@ -81,7 +86,7 @@ def op_excess(teacher, student, lat: int, text: int, mac_ratio: float, top: int 
     return "; ".join(f"{k} +{v / 1e3:.0f} ms" for v, k in excess[:top]) + f" (total excess {total / 1e3:.0f} ms)"
 
 
-def latency_rows(teacher, lat: int, text: int, runs: int, limit: float = 1.1) -> list[dict]:
+def latency_rows(teacher, lat: int, text: int, runs: int, width_multiple: int, limit: float = 1.1) -> list[dict]:
     spec = gate_spec(teacher, 32)
     macs = mac_model(teacher, spec, lat, text)
     scores = magnitude_scores(teacher, spec)
@@ -90,8 +95,8 @@ def latency_rows(teacher, lat: int, text: int, runs: int, limit: float = 1.1) ->
     rows = []
     for target in TARGETS:
         for kind in ("magnitude", "aptp-layout"):
-            arch = prune_to_target(spec, macs, scores, target) if kind == "magnitude" else aptp_layout(spec, macs,
-                                                                                                         target)
+            arch = (prune_to_target(spec, macs, scores, target, width_multiple) if kind == "magnitude"
+                    else aptp_layout(spec, macs, target, width_multiple))
             e = expert(teacher, spec, arch)
             mac_ratio = count_macs(e, lat, text) / teacher_macs
             t = measure_latency(e, lat, text, 1, runs, warmup=1)["median_s"]
@@ -242,18 +247,24 @@ def main() -> None:
     ap.add_argument("--model", default="runs/skeletons/sd21", help="the pipeline that prune folder came from")
     ap.add_argument("--gen-steps", type=int, default=3)
     ap.add_argument("--skip", action="append", default=[], choices=["latency", "step", "routed"])
+    ap.add_argument("--width-multiple", type=int, default=PruneConfig.width_multiple,
+                    help="round the experts' kept widths to multiples of this (1 = off; default %(default)s)")
     args = ap.parse_args()
+    if args.width_multiple < 1:
+        ap.error(f"--width-multiple must be >= 1, got {args.width_multiple}")
     torch.set_num_threads(args.threads)
     lat, text = args.resolution // 8, 77
     extra = {"arch": ARCH, "resolution": args.resolution, "batch": 1, "threads": torch.get_num_threads(),
-             "runs": args.runs, "weights": "random (seed 0)"}
+             "runs": args.runs, "weights": "random (seed 0)", "width_multiple": args.width_multiple}
     rows = []
     comps = components(ARCH)
     if "latency" not in args.skip:
-        rows += [{"section": "expert latency", **r} for r in latency_rows(comps.unet, lat, text, args.runs)]
+        rows += [{"section": "expert latency", **r}
+                 for r in latency_rows(comps.unet, lat, text, args.runs, args.width_multiple)]
     if "step" not in args.skip:
         spec = gate_spec(comps.unet, 32)
-        arch = prune_to_target(spec, mac_model(comps.unet, spec, lat, text), magnitude_scores(comps.unet, spec), 0.8)
+        arch = prune_to_target(spec, mac_model(comps.unet, spec, lat, text), magnitude_scores(comps.unet, spec), 0.8,
+                               args.width_multiple)
         teacher = comps.unet
         rows += [{"section": "distillation step", **r} for r in step_rows(
             comps, lambda: expert(teacher, spec, arch).train().requires_grad_(True), args.resolution, args.runs)]
@@ -285,7 +296,7 @@ def write(rows: list[dict], extra: dict) -> Path:
             print("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "sd_scale.json"
-    same = ("arch", "resolution", "threads", "runs")
+    same = ("arch", "resolution", "threads", "runs", "width_multiple")
     if path.is_file():  # sections this run skipped keep their rows from an earlier run of the same settings
         old = json.loads(path.read_text())
         ran = {r["section"] for r in rows}

@@ -1,4 +1,4 @@
-"""Experts on disk: ``expert.json`` (keep-masks, widths, source model, MAC ratio) + ``unet.safetensors``.
+"""Experts on disk: ``expert.json`` (keep-masks, widths, width multiple, source, MAC ratio) + ``unet.safetensors``.
 
 ``load_expert(path)`` rebuilds the UNet from the base config stored in ``expert.json``, applies the
 keep-masks by slicing (no gating code involved), then loads the pruned weights strictly, so a file
@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from prunefit.errors import ModelLoadError
 from prunefit.pruning.materialize import materialize
-from prunefit.pruning.spec import GateSpec, gate_spec
+from prunefit.pruning.spec import GateSpec, gate_spec, unrounded_widths
 
 FORMAT = "prunefit-expert/1"
 
@@ -38,6 +38,9 @@ class ExpertInfo:
     mac_protocol: dict[str, Any]
     expert_id: Optional[int] = None
     extra: Optional[dict[str, Any]] = None
+    width_multiple: int = 1
+    """Kept widths are multiples of this wherever the full width is (1: not rounded, as every expert written
+    before the setting existed)."""
 
     def to_json(self) -> dict:
         return {"format": FORMAT, **self.__dict__}
@@ -137,11 +140,17 @@ def load_expert(path: str | Path, expected_base: Optional[dict] = None, dtype: t
 
 
 def expert_info(unet_base, spec: GateSpec, arch: torch.Tensor, source: str, kept: dict, mac_ratio: float,
-                mac_protocol: dict, expert_id: Optional[int] = None, extra: Optional[dict] = None) -> ExpertInfo:
+                mac_protocol: dict, expert_id: Optional[int] = None, extra: Optional[dict] = None,
+                width_multiple: int = 1) -> ExpertInfo:
+    """The expert.json record of hard ``arch`` [dim]; refuses a ``width_multiple`` its widths do not keep."""
+    off = unrounded_widths(spec, arch, width_multiple)
+    if off:
+        raise ValueError(f"{len(off)} width groups are not rounded to width_multiple={width_multiple} "
+                         f"(first: {off[0]}); round the architecture with spec.round_widths before exporting")
     return ExpertInfo(source_model=source, base_config=_clean_config(unet_base.config),
                       arch=[float(x) for x in arch.reshape(-1).tolist()], ffn_groups=_ffn_groups(spec),
                       kept=kept, mac_ratio=float(mac_ratio), mac_protocol=mac_protocol, expert_id=expert_id,
-                      extra=extra)
+                      extra=extra, width_multiple=width_multiple)
 
 
 def _ffn_groups(spec: GateSpec) -> int:

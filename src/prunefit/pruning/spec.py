@@ -8,11 +8,13 @@ of every down and up block (the mid block has none).
 Order (identical to the official code, so architecture vectors line up): down blocks, mid, up blocks;
 inside a block all resnets, then all attentions; inside a transformer block [attn1 heads, attn2 heads,
 ffn]. On the SD 2.1 UNet this gives 70 width groups with 1,606 entries and 14 depth gates (1,620).
-A flat architecture vector is [width entries in order | depth entries].
+A flat architecture vector is [width entries in order | depth entries]. ``round_widths`` rounds a hard
+vector's keep counts so every kept width is a multiple of ``width_multiple`` (GPU tensor-core tiles).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -146,3 +148,47 @@ def gate_spec(unet, ffn_groups: int = 32) -> GateSpec:
         widths += w
         depths += d
     return GateSpec(tuple(widths), tuple(depths))
+
+
+def width_steps(spec: GateSpec, multiple: int) -> list[int]:
+    """Per width group, the fewest gates whose channels are a multiple of ``multiple`` (the keep-count step).
+
+    A group of ``per_gate`` channels per gate steps by ``multiple / gcd(per_gate, multiple)`` gates (SD's
+    320-channel resnets, 10 channels per GroupNorm group, step by 4 groups = 40 channels at 8). A group whose full
+    width is not itself a multiple cannot be rounded and steps by 1 (left as selected)."""
+    if multiple < 1:
+        raise ValueError(f"width_multiple must be >= 1, got {multiple}")
+    return [1 if (g.size * g.per_gate) % multiple else multiple // math.gcd(g.per_gate, multiple) for g in spec.width]
+
+
+def round_widths(spec: GateSpec, arch: torch.Tensor, scores: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Round every width group's keep count to the nearest multiple of its step (``width_steps``; half-way and a
+    count below one step round up, so rounding never removes a unit): hard [..., dim] 0/1 and scores [..., dim] ->
+    hard [..., dim]. Gates added are the dropped ones of highest score (e.g. APTP code logits), gates removed the
+    kept ones of lowest score, ties to the lower index. Depth entries and groups already on a step are unchanged.
+    Nearest, not up: rounding up moved APTP experts' MAC ratio above the target on average (0.845 for 0.8 on the
+    tiny test model, against 0.825 unrounded)."""
+    out = (arch.detach().float().cpu() >= 0.5).float().reshape(-1, spec.dim)
+    s = scores.detach().float().cpu().expand(arch.shape).reshape(-1, spec.dim)
+    offset = 0
+    for g, step in zip(spec.width, width_steps(spec, multiple)):
+        for b in range(out.shape[0]):
+            w = out[b, offset : offset + g.size]
+            kept = int(w.sum().item())
+            down = kept // step * step
+            target = down if kept == down or (down and 2 * (kept - down) < step) else down + step
+            if target > kept:
+                dropped = sorted((j for j in range(g.size) if w[j] == 0), key=lambda j: (-float(s[b, offset + j]), j))
+                w[dropped[: target - kept]] = 1.0
+            elif target < kept:
+                held = sorted((j for j in range(g.size) if w[j] == 1), key=lambda j: (float(s[b, offset + j]), j))
+                w[held[: kept - target]] = 0.0
+        offset += g.size
+    return out.reshape(arch.shape).to(dtype=arch.dtype, device=arch.device)
+
+
+def unrounded_widths(spec: GateSpec, arch: torch.Tensor, multiple: int) -> list[str]:
+    """Names of the width groups whose kept channels in hard ``arch`` [dim] are not on their step (want [])."""
+    widths, _ = spec.split(arch.detach().cpu().reshape(1, -1))
+    return [g.name for g, w, step in zip(spec.width, widths, width_steps(spec, multiple))
+            if int((w[0] >= 0.5).sum().item()) % step]
