@@ -160,10 +160,16 @@ class DataConfig:
     """toyworld: artists the data never shows (a scene drawn in their style is shown without an artist), so
     their share is 0 while the other artists keep theirs."""
     """toyworld: fraction of scenes in an artist's style (0.5 = the teacher's training mix)."""
+    num_workers: int = 2
+    """Worker processes that decode and resize images ahead of the step (0 = in the step); each sample stays a
+    function of its index, so results do not depend on it."""
+    pin_memory: bool = True
+    """Load batches into page-locked memory for faster copies to the GPU (only matters on CUDA)."""
 
     def __post_init__(self) -> None:
         require(0 <= self.toy_p_unsafe <= 1 and 0 <= self.toy_p_artist <= 1,
                "data.toy_p_unsafe and data.toy_p_artist must be in [0, 1]")
+        require(self.num_workers >= 0, f"data.num_workers must be >= 0 (0 = load in the step), got {self.num_workers}")
         require(self.source in ("toyworld", "folder", "coco"),
                f"data.source must be toyworld, folder or coco, got {self.source!r}")
         require(self.source != "folder" or bool(self.path), "data.source=folder needs data.path")
@@ -237,6 +243,10 @@ class PruneConfig:
     """'latest' or a checkpoint folder of the router's training."""
     checkpoint_every: int = 100
     log_every: int = 10
+    width_multiple: int = 8
+    """Every expert's kept widths (resnet channels, attention inner dim, FFN inner dim) are rounded up, in whole
+    gate groups, to a multiple of this, so GPU tensor cores get full tiles; 1 = off. A width whose full size is
+    not a multiple is left as selected."""
     data: DataConfig = field(default_factory=DataConfig)
     router: RouterSection = field(default_factory=RouterSection)
     loss: PruneLossWeights = field(default_factory=PruneLossWeights)
@@ -253,6 +263,7 @@ class PruneConfig:
         require(self.lr > 0, f"lr must be > 0, got {self.lr}")
         require(self.resource_loss in ("log", "mae", "mse"), "resource_loss must be log, mae or mse")
         require(self.checkpoint_every >= 1 and self.log_every >= 1, "checkpoint_every and log_every must be >= 1")
+        require(self.width_multiple >= 1, f"width_multiple must be >= 1, got {self.width_multiple}")
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 
 from prunefit.data.cache import LatentCache
+from prunefit.data.loader import prefetching
 from prunefit.models.components import Components, encode_prompts
 from prunefit.objectives.noise import posterior_draws
 from prunefit.objectives.streams import Stream
@@ -47,6 +48,17 @@ class InputBuilder:
     stream: int = Stream.LOWER
     cache: Optional[LatentCache] = None
     device: str | torch.device = "cpu"
+    num_workers: int = 0
+    """Processes that load image batches ahead of the step (``data.num_workers``); 0 = in the step. Same batches."""
+    pin_memory: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cache is None:
+            self.data = prefetching(self.data, self.num_workers, self.pin_memory)
+
+    def close(self) -> None:
+        """Stop the data workers, if any (a later batch starts them again)."""
+        getattr(self.data, "close", lambda: None)()
 
     @torch.no_grad()
     def __call__(self, start: int, n: int) -> DiffusionBatch:

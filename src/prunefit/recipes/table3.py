@@ -305,9 +305,14 @@ def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists:
 
 
 ADDED_SETTINGS = {"esd": {"retain_weight": 0.0, "retain_prompts": [], "retain_xt": "concept"},
-                  "train": {"allow_tf32": True, "cudnn_benchmark": True}}
+                  "train": {"allow_tf32": True, "cudnn_benchmark": True},
+                  "data": {"num_workers": 2, "pin_memory": True}}
 """Settings added to a section after stages were archived (docs/results/pareto_cells): at these values, which leave
 the method as it was, they stay out of a stage's key, so the archived stages keep their folders."""
+
+UNKEYED_SETTINGS = {"data": ("num_workers", "pin_memory")}
+"""Settings that never change a stage's result (the data loader's workers give bit-identical batches: test_data_loader)
+and so stay out of its key at any value."""
 
 
 def _keyed(spec: Any) -> Any:
@@ -318,7 +323,8 @@ def _keyed(spec: Any) -> Any:
     for k, v in spec.items():
         v = _keyed(v)
         if k in ADDED_SETTINGS and isinstance(v, dict):
-            v = {kk: vv for kk, vv in v.items() if ADDED_SETTINGS[k].get(kk, object()) != vv}
+            v = {kk: vv for kk, vv in v.items() if ADDED_SETTINGS[k].get(kk, object()) != vv
+                 and kk not in UNKEYED_SETTINGS.get(k, ())}
         out[k] = v
     return out
 
