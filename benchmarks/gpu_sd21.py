@@ -7,8 +7,9 @@ batch 8, bf16, random weights from the published configs, plus each training ste
    forward/backward + AdamW) vs a plain diffusers-style uncached DDPM step (VAE encode + text encode + student
    forward/backward + AdamW) of the 0.8-MAC expert; target <= 1.0x; peak memory of each (target: fits 40 GB),
    next to the prediction of prunefit.training.memory.
-3. Routed generation vs the teacher: ``--gen-steps`` CFG denoising steps for ``batch`` prompts, the dense
-   teacher on all of them vs two 0.8-MAC experts on half each (what the router does with two experts).
+   On a GPU the cached step also runs compiled, as `finetune train.compile=true` (student and teacher forward).
+3. Generation: ``--gen-steps`` CFG denoising steps for ``batch`` prompts, images/s of the dense teacher on all of
+   them, one 0.8-MAC expert on all of them, and two 0.8-MAC experts on half each (what the router does).
 Writes benchmarks/results/gpu_sd21.json (or gpu_sd21_rehearsal.json).
 
     python benchmarks/gpu_sd21.py              # on the GPU
@@ -27,13 +28,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "src"))  # a bare GPU machine has no editable install
 from common import RESULTS, machine, median_time  # noqa: E402
 from sd_scale import TARGETS, SyntheticImages, aptp_layout, components, expert  # noqa: E402
 
+from prunefit.config.schema import PruneConfig  # noqa: E402
 from prunefit.evaluation.cost import count_macs  # noqa: E402
 from prunefit.pruning.baselines import magnitude_scores, prune_to_target  # noqa: E402
 from prunefit.pruning.macs import mac_model  # noqa: E402
 from prunefit.pruning.spec import gate_spec  # noqa: E402
+
+WIDTH_MULTIPLE = PruneConfig.width_multiple  # experts as `prunefit prune` cuts them (tensor-core tiles)
 
 
 class Bench:
@@ -81,8 +86,8 @@ def latency(b: Bench, teacher, spec, macs) -> list[dict]:
     rows = []
     for target in TARGETS:
         for kind in ("magnitude", "aptp-layout"):
-            arch = prune_to_target(spec, macs, scores, target) if kind == "magnitude" else aptp_layout(spec, macs,
-                                                                                                         target)
+            arch = (prune_to_target(spec, macs, scores, target, WIDTH_MULTIPLE) if kind == "magnitude"
+                    else aptp_layout(spec, macs, target, WIDTH_MULTIPLE))
             e = expert(teacher, spec, arch)
             mac_ratio = count_macs(e, b.lat, text) / teacher_macs
             ratio = fwd(e) / t_teacher
@@ -103,16 +108,23 @@ def steps(b: Bench, comps, student_of) -> list[dict]:
 
     from prunefit.data.cache import build_cache, load_cache
     from prunefit.models.components import encode_images, encode_prompts
+    from prunefit.models.features import drop_feature_hooks
     from prunefit.objectives.denoising import DenoisingObjective
     from prunefit.objectives.inputs import InputBuilder
+    from prunefit.training.students import compile_forward
 
     data = SyntheticImages(b.res)
     sched = DDPMScheduler.from_config(comps.scheduler.config)
     cache = load_cache(build_cache(comps, data, b.batch * 2, Path(tempfile.mkdtemp()) / "cache", batch_size=b.batch))
     cache.mean, cache.std, cache.text = (v.to(b.dev, b.dt) for v in (cache.mean, cache.std, cache.text))
     rows, base, i = [], None, [0]
-    for name in ("plain DDPM step (uncached)", "ours: teacher + KD (cached)"):
+    for name in ("plain DDPM step (uncached)", "ours: teacher + KD (cached)", "ours: cached, compiled"):
+        if name.endswith("compiled") and not b.compile:
+            continue
         student = student_of()
+        if name.endswith("compiled"):
+            compile_forward(student)  # as `finetune train.compile=true`: feature hooks registered before compiling
+            compile_forward(comps.unet)
         opt = torch.optim.AdamW(student.parameters(), lr=1e-6, fused=b.cuda or None)
         if name.startswith("plain"):
             def step(student=student, opt=opt):
@@ -146,6 +158,9 @@ def steps(b: Bench, comps, student_of) -> list[dict]:
         rows.append({"section": "distillation step", "what": name, "batch": b.batch, "ms": 1000 * s,
                      "ratio": s / base, "peak_gb": b.peak_gb()})
         print(rows[-1], flush=True)
+        if name.endswith("compiled"):  # the teacher runs eager again in the generation rows
+            del comps.unet.forward
+            drop_feature_hooks(comps.unet)
         student = opt = step = None
         gc.collect()
     return rows
@@ -186,17 +201,22 @@ def routed(b: Bench, teacher, experts) -> list[dict]:
     t_teacher = median_time(lambda: loop([(teacher, 0, b.batch)]), b.runs, b.warmup)
     parts = [(e, k * share, min(b.batch, (k + 1) * share)) for k, e in enumerate(experts)]
     t_routed = median_time(lambda: loop([p for p in parts if p[1] < p[2]]), b.runs, b.warmup)
-    return [{"section": "routed generation", "what": f"{len(experts)} experts vs teacher, {b.gen_steps} steps",
-             "batch": b.batch, "ms": 1000 * t_routed, "teacher_ms": 1000 * t_teacher,
-             "throughput_ratio": t_teacher / t_routed}]
+    t_one = median_time(lambda: loop([(experts[0], 0, b.batch)]), b.runs, b.warmup)
+    per_s = lambda t: b.batch / t  # noqa: E731 - images per second through the UNet loop (no VAE decode)
+    return [{"section": "generation", "what": f"{what}, {b.gen_steps} CFG steps", "batch": b.batch, "ms": 1000 * t,
+             "images_per_s": per_s(t), "vs_teacher": t_teacher / t}
+            for what, t in (("teacher", t_teacher), ("one 0.8-MAC expert", t_one),
+                            (f"{len(experts)} routed experts", t_routed))]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rehearse", action="store_true", help="CPU rehearsal: batch 1, 64 px, fp32, one run")
     ap.add_argument("--gen-steps", type=int, default=10)
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled distillation step")
     args = ap.parse_args()
     b = Bench(args.rehearse, args.gen_steps)
+    b.compile = b.cuda and not args.no_compile
     if not b.cuda:
         torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -205,11 +225,11 @@ def main() -> None:
     spec = gate_spec(teacher, 32)
     macs = mac_model(teacher, spec, b.lat, 77)
     rows = latency(b, teacher, spec, macs)
-    arch = prune_to_target(spec, macs, magnitude_scores(teacher, spec), 0.8)
+    arch = prune_to_target(spec, macs, magnitude_scores(teacher, spec), 0.8, WIDTH_MULTIPLE)
     # fp32 master weights + bf16 autocast, as `prunefit finetune train.mixed_precision=bf16`
     rows += steps(b, comps, lambda: expert(teacher, spec, arch).float().train().requires_grad_(True))
     rows.append(predicted(b, comps, expert(teacher, spec, arch).float()))
-    experts = [expert(teacher, spec, arch), expert(teacher, spec, aptp_layout(spec, macs, 0.8))]
+    experts = [expert(teacher, spec, arch), expert(teacher, spec, aptp_layout(spec, macs, 0.8, WIDTH_MULTIPLE))]
     rows += routed(b, teacher, experts)
     wall = time.perf_counter() - t0
     for r in rows:
