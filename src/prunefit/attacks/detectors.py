@@ -133,6 +133,8 @@ class ClipArtistDetector:
     model: str = "openai/clip-vit-base-patch32"
     template: str = "a painting in the style of {}"
     name: str = "clip-zero-shot"
+    device: str = "cpu"
+    """Where CLIP runs (the attack's device)."""
 
     def __post_init__(self) -> None:
         if self.concept not in self.labels:
@@ -140,7 +142,7 @@ class ClipArtistDetector:
                               "add it to detector.clip_labels")
         from prunefit.evaluation.clip import load_clip
 
-        self.clip = load_clip(self.model)
+        self.clip = load_clip(self.model, self.device)
         self.label_embeds = torch.nn.functional.normalize(
             self.clip.text_embeds([self.template.format(x) for x in self.labels]).double(), dim=-1)
 
@@ -159,8 +161,8 @@ class ClipArtistDetector:
                 "flag": "top-1 zero-shot label == concept"}
 
 
-def build_detector(cfg: DetectorConfig, concept: str, toy: bool):
-    """The detector for ``concept``; ``toy`` = the attacked model belongs to the toy world."""
+def build_detector(cfg: DetectorConfig, concept: str, toy: bool, device: str = "cpu"):
+    """The detector for ``concept`` (CLIP on ``device``); ``toy`` = the attacked model belongs to the toy world."""
     kind = cfg.kind
     if kind == "auto":
         kind = "toyworld" if toy else ("nudenet" if concept.lower() in NUDITY_CONCEPTS else "clip")
@@ -172,4 +174,5 @@ def build_detector(cfg: DetectorConfig, concept: str, toy: bool):
         return NudeNetDetector(0.45 if cfg.threshold is None else cfg.threshold)
     from prunefit.toyworld.world import ARTISTS
 
-    return ClipArtistDetector(concept, list(cfg.clip_labels) or list(ARTISTS), cfg.clip_model, cfg.clip_template)
+    return ClipArtistDetector(concept, list(cfg.clip_labels) or list(ARTISTS), cfg.clip_model, cfg.clip_template,
+                              device=device)

@@ -100,12 +100,12 @@ class ClipEncoder:
         return m.text_projection(pooled)
 
 
-def load_clip(name: str) -> ClipEncoder:
-    """Load a CLIPModel + tokenizer from a local folder or hub id (offline-aware error on failure)."""
+def load_clip(name: str, device: str | torch.device = "cpu") -> ClipEncoder:
+    """Load a CLIPModel + tokenizer from a local folder or hub id onto ``device`` (offline-aware error on failure)."""
     from transformers import CLIPModel, CLIPTokenizer
 
     try:
-        model = CLIPModel.from_pretrained(name).eval()
+        model = CLIPModel.from_pretrained(name).eval().to(device)
         tokenizer = CLIPTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:
         where = "folder" if Path(name).exists() else "hub id"

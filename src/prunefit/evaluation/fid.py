@@ -127,16 +127,18 @@ def judge_features(judge_dir: str | None = None) -> tuple[FeatureFn, int, str]:
     return (lambda x: judge.features(to_judge_input(x)).double()), 32, "toyworld-judge"
 
 
-def clip_features(model: str) -> tuple[FeatureFn, int, str]:
-    """(feature fn, 224, name) from a CLIP vision tower's projected image embedding."""
+def clip_features(model: str, device: str | torch.device = "cpu") -> tuple[FeatureFn, int, str]:
+    """(feature fn, 224, name) from a CLIP vision tower's projected image embedding, computed on ``device``
+    (features come back to the CPU in float64: statistics as before, whatever the device)."""
     from prunefit.evaluation.clip import load_clip
 
-    clip = load_clip(model)
-    return (lambda x: clip.image_embeds(x).double()), 224, f"clip:{model}"
+    clip = load_clip(model, device)
+    return (lambda x: clip.image_embeds(x).double().cpu()), 224, f"clip:{model}"
 
 
-def inception_features(weights: str | None) -> tuple[FeatureFn, int, str]:
-    """(feature fn, 299, name): the FID Inception-v3 pool3 features via torch-fidelity (optional extra)."""
+def inception_features(weights: str | None, device: str | torch.device = "cpu") -> tuple[FeatureFn, int, str]:
+    """(feature fn, 299, name): the FID Inception-v3 pool3 features via torch-fidelity (optional extra), computed
+    on ``device`` and returned on the CPU in float64."""
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except Exception:
@@ -145,4 +147,6 @@ def inception_features(weights: str | None) -> tuple[FeatureFn, int, str]:
     if weights is not None and not Path(weights).is_file():
         raise ModelLoadError(f"Inception weights not found: {weights}")
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights).eval()
-    return (lambda x: net(x.to(torch.uint8))[0].double()), 299, "inception-v3-compat(torch-fidelity)"
+    net.to(device)
+    return ((lambda x: net(x.to(device, torch.uint8))[0].double().cpu()), 299,
+            "inception-v3-compat(torch-fidelity)")

@@ -72,12 +72,13 @@ def toyworld_metric(ctx: EvalContext, cfg: ToyworldMetricConfig) -> MetricResult
 
 # ---------------------------------------------------------------- FID
 
-def _feature_network(cfg: FidConfig):
+def _feature_network(cfg: FidConfig, device: str = "cpu"):
+    """The FID feature network on ``device`` (the toy judge stays on the CPU: it is a few hundred kB)."""
     if cfg.features == "judge":
         return fidlib.judge_features()
     if cfg.features == "clip":
-        return fidlib.clip_features(cfg.clip_model)
-    return fidlib.inception_features(cfg.inception_weights)
+        return fidlib.clip_features(cfg.clip_model, device)
+    return fidlib.inception_features(cfg.inception_weights, device)
 
 
 def reference_stats(cfg: FidConfig, feature_fn, size: int, name: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -106,7 +107,7 @@ def fid_metric(ctx: EvalContext, cfg: FidConfig) -> MetricResult:
     if not (cfg.reference_images or cfg.reference_stats):
         raise ConfigError("fid needs fid.reference_images or fid.reference_stats (toy-world runs: use the toyworld "
                           "metric's FJD, which renders the captions' scenes)")
-    feature_fn, size, name = _feature_network(cfg)
+    feature_fn, size, name = _feature_network(cfg, ctx.device)
     mu_r, sigma_r, meta = reference_stats(cfg, feature_fn, size, name)
     paths = [ctx.image_path(i) for i in ctx.ids]
     missing = [p for p in paths if not p.is_file()]
@@ -125,7 +126,7 @@ def fid_metric(ctx: EvalContext, cfg: FidConfig) -> MetricResult:
 def clip_score_metric(ctx: EvalContext, cfg: ClipScoreConfig) -> MetricResult:
     from prunefit.evaluation.clip import clip_score, load_clip, mean_clip_score
 
-    clip = load_clip(cfg.model)
+    clip = load_clip(cfg.model, ctx.device)
     images = ctx.images()
     scores = []
     for i in range(0, len(images), cfg.batch_size):
@@ -194,7 +195,7 @@ def artist_metric(ctx: EvalContext, cfg: ArtistMetricConfig) -> MetricResult:
     unknown = sorted({t for t in targets if t not in labels})
     if unknown:
         raise ConfigError(f"artist targets {unknown} are not in artist.labels {labels}")
-    clip = load_clip(cfg.model)
+    clip = load_clip(cfg.model, ctx.device)
     img = clip.image_embeds(ctx.images())
     lab = clip.text_embeds([cfg.template.format(x) for x in labels])
     acc = zero_shot_accuracy(img, lab, torch.tensor([labels.index(t) for t in targets], device=img.device))

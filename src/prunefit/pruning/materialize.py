@@ -27,8 +27,9 @@ def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
 
 @torch.no_grad()
 def materialize(unet, spec: GateSpec, arch: torch.Tensor) -> dict:
-    """Prune ``unet`` in place to the hard architecture ``arch`` [dim] (0/1); returns {group name: kept}."""
-    arch = arch.reshape(-1)
+    """Prune ``unet`` in place to the hard architecture ``arch`` [dim] (0/1, any device: kept indices are taken on
+    the host and slice weights wherever they live); returns {group name: kept}."""
+    arch = arch.detach().reshape(-1).cpu()
     widths, depth = spec.split(arch.unsqueeze(0))
     modules = dict(unet.named_modules())
     dropped = {dg.module for dg, d in zip(spec.depth, depth[0]) if d < 0.5}

@@ -379,7 +379,7 @@ def main(cfg: AttackConfig) -> AttackResult:
 
     entry = get_attack(cfg.attack)
     prompts = read_attack_prompts(cfg)
-    detector = build_detector(cfg.detector, cfg.concept, cfg.base_model == "toyworld")
+    detector = build_detector(cfg.detector, cfg.concept, cfg.base_model == "toyworld", cfg.device)
     target = load_model(cfg.model, cfg.base_model, cfg.device)
     reference = target if cfg.model == cfg.base_model else load_model(cfg.base_model, cfg.base_model, cfg.device)
     cfg.sampler = resolve_sampler(cfg.sampler, target)
