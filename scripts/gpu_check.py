@@ -219,7 +219,8 @@ def device_tests(check: Check) -> str:
                            *files], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=max(30, min(150, check.left())))
     print(proc.stdout[-4000:], proc.stderr[-2000:], flush=True)
-    last = (proc.stdout.strip().splitlines() or ["no output"])[-1]
+    lines = proc.stdout.strip().splitlines() or ["no output"]
+    last = next((ln for ln in reversed(lines) if " passed" in ln or " failed" in ln or " error" in ln), lines[-1])
     if proc.returncode:
         raise RuntimeError(f"pytest exit {proc.returncode}: {last}")
     return last
@@ -238,15 +239,15 @@ def commands(check: Check, model: str, work: Path, res: int, steps: int, clip: s
     expert = work / "prune" / "experts" / "expert-0"
     dtype = "dtype=bfloat16" if check.cuda else "dtype=float32"
 
-    check.cli("generate (bf16)", "generate", "--prompt-file", str(prompts), "-o", str(work / "gen"), m, dtype,
+    check.cli("generate (bf16 on a GPU)", "generate", "--prompt-file", str(prompts), "-o", str(work / "gen"), m, dtype,
               *size, "sampler.batch_size=4")
     check.cli("prune aptp (4 experts)", "prune", m, f"output_dir={work / 'prune'}", "num_experts=4", "steps=2",
               "batch_size=4", "hypernet_pretrain_steps=1", "lr=3.0", "eval_prompts=0", "log_every=1",
               f"router.encoder={encoder}", *dat)
     check.cli("route", "route", "--experts", str(work / "prune"), "--prompt-file", str(prompts), "-o",
               str(work / "routes.jsonl"))
-    check.cli("generate routed (bf16)", "generate", "--experts", str(work / "prune"), "--prompt-file", str(prompts),
-              "-o", str(work / "gen-routed"), m, dtype, *size)
+    check.cli("generate routed (bf16 on a GPU)", "generate", "--experts", str(work / "prune"), "--prompt-file",
+              str(prompts), "-o", str(work / "gen-routed"), m, dtype, *size)
     check.cli("finetune", "finetune", m, f"student={expert}", f"output_dir={work / 'ft'}", *dat, *train)
     check.cli("cache", "cache", m, f"output_dir={work / 'cache'}", "samples=8", "batch_size=4", *dat)
     check.cli("finetune cached", "finetune", m, f"student={expert}", f"output_dir={work / 'ft-cache'}",
