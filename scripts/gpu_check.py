@@ -36,8 +36,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(1, str(ROOT / "scripts"))
 
 import torch  # noqa: E402
+from smoke_sd import clip_vit_l, image_folder  # noqa: E402  (the smoke's inputs: same builders)
 
 PROMPTS = ["a photo of a cat", "a painting of a house in the style of Van Gogh", "a photo of a person on a beach",
            "a bowl of fruit on a table"]
@@ -141,48 +143,6 @@ def environment() -> dict:
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def image_folder(folder: Path, captions: list[str], resolution: int) -> Path:
-    """An image-caption folder (metadata.jsonl) of smooth random images, one per caption."""
-    import numpy as np
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i, text in enumerate(captions):
-        small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((resolution, resolution), Image.BICUBIC).save(folder / f"{i:04d}.png")
-        rows.append(json.dumps({"file_name": f"{i:04d}.png", "text": text}))
-    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
-    return folder
-
-
-def random_clip(folder: Path, large: bool) -> Path:
-    """A random-weight CLIP folder with the real tokenizer: ViT-L/14's shapes (``large``) or a small one."""
-    from transformers import CLIPConfig, CLIPModel
-
-    from prunefit.models.skeleton import clip_tokenizer, text_encoder_config
-
-    text = {k: v for k, v in text_encoder_config("sd15").items() if k != "projection_dim"}
-    if large:
-        vision = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
-                  "image_size": 224, "patch_size": 14, "hidden_act": "quick_gelu"}
-        proj = 768
-    else:
-        text.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
-        vision = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-                  "image_size": 224, "patch_size": 32, "hidden_act": "quick_gelu"}
-        proj = 32
-    torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=proj))
-    model.save_pretrained(folder)
-    clip_tokenizer().save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "crop_size": {"height": 224, "width": 224}, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711]}))
-    return folder
-
-
 def router_encoder(folder: Path) -> str:
     """The router's sentence encoder: the default wheel when installed, else a random 2-layer BERT sentence encoder
     written here (the GPU machine gets no 88 MB encoder wheel; the router's code path is the same)."""
@@ -215,7 +175,7 @@ def device_tests(check: Check) -> str:
     files = [f for f in ("tests/test_device_meta.py", "tests/test_gpu_training.py") if (ROOT / f).is_file()]
     env = dict(os.environ, PRUNEFIT_TEST_DEVICE="cuda" if check.cuda else "meta",
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist",
                            *files], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=max(30, min(150, check.left())))
     print(proc.stdout[-4000:], proc.stderr[-2000:], flush=True)
@@ -230,7 +190,7 @@ def commands(check: Check, model: str, work: Path, res: int, steps: int, clip: s
     """Every command, a few steps each, on ``model`` (device and precision at their defaults)."""
     m = f"model={model}"
     size = [f"sampler.height={res}", f"sampler.width={res}", f"sampler.steps={steps}"]
-    data = str(image_folder(work / "data", PROMPTS * 2, res))
+    data = str(image_folder(work / "data", PROMPTS * 2, res, seed=0))
     dat = ["data.source=folder", f"data.path={data}", f"data.resolution={res}"]
     train = ["train.max_steps=2", "train.micro_batch_size=2", "train.warmup_steps=0", "train.log_every=1",
              "train.checkpoint_every=100"]
@@ -328,7 +288,7 @@ def main() -> int:
             if not (skel / "model_index.json").is_file():
                 build("sd21-base", skel)
             holder.update(model=str(skel), res="512", steps="4")
-        holder["clip"] = str(random_clip(work / "clip", large=not args.rehearse))
+        holder["clip"] = str(clip_vit_l(work / "clip", small=args.rehearse))
         holder["encoder"] = router_encoder(work / "encoder")
         return f"model {holder['model']}, {holder['res']} px, router encoder {holder['encoder']}"
 

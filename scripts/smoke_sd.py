@@ -142,8 +142,9 @@ def image_folder(folder: Path, captions: list[str], resolution: int, seed: int) 
     return folder
 
 
-def clip_vit_l(folder: Path) -> Path:
-    """A random-weight CLIP ViT-L/14 (openai/clip-vit-large-patch14's config) with the real tokenizer."""
+def clip_vit_l(folder: Path, small: bool = False) -> Path:
+    """A random-weight CLIP ViT-L/14 (openai/clip-vit-large-patch14's config) with the real tokenizer; ``small``: a
+    2-layer, 64-wide CLIP with the same tokenizer and preprocessing (the same code paths, for CPU rehearsals)."""
     if (folder / "config.json").is_file():
         return folder
     import torch
@@ -154,8 +155,12 @@ def clip_vit_l(folder: Path) -> Path:
     text = {k: v for k, v in text_encoder_config("sd15").items() if k != "projection_dim"}
     vision = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
               "image_size": 224, "patch_size": 14, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+    if small:
+        tiny = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
+        text.update(tiny)
+        vision.update(tiny, patch_size=32)
     torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=768))
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=32 if small else 768))
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp)
     clip_tokenizer().save_pretrained(tmp)
