@@ -24,7 +24,7 @@ import json, sys
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from prunefit.recipes.pareto import Judged
+from prunefit.experiments.common.judging import Judged
 out = Path(sys.argv[1]); j = Judged("toyworld", "skull", 200); rows = []
 for d in sorted(out.glob("*-*")):
     f = d / "judged.json"

@@ -98,10 +98,11 @@ def erase(method: str, concept: str, out: Path, extra: list[str] = ()) -> tuple[
 def _check_same_settings(out: Path, method: str, overrides: list[str]) -> None:
     """Refuse to reuse an edit made with other settings (e.g. before a default changed): its folder name only
     records the candidate overrides, not the model's defaults."""
-    from prunefit.removal.defaults import load_erase_config
+    from prunefit.config.load import load_config
+    from prunefit.removal.config import EraseConfig
 
     def section(files: list, ov: list) -> dict:
-        d = dataclasses.asdict(getattr(load_erase_config(files, ov), method))
+        d = dataclasses.asdict(getattr(load_config(EraseConfig, files, ov), method))
         d.pop("concepts", None)
         return d
 

@@ -319,8 +319,9 @@ def test_a_rerun_with_another_protocol_is_refused(tmp_path, capsys):
 def test_unlearndiff_breaks_uce_where_the_fixed_prompts_do_not(tmp_path):
     """UCE erases skull on its plain prompts (pre-attack 0/4); UnlearnDiffAtk's soft prompt brings it back (slow:
     a UCE edit and a 20-step attack, ~30 s)."""
-    from prunefit.recipes.attack import attack_asr
-    from prunefit.recipes.table3 import EraseKnobs, run_erase
+    from prunefit.experiments.common.attacks import attack_asr
+    from prunefit.experiments.common.protocol import EraseKnobs
+    from prunefit.experiments.common.stages import run_erase
 
     model = run_erase("uce", "skull", "toyworld", None, tmp_path / "uce", EraseKnobs(1, 1e-4, 20, 1, 10))
     res = attack_asr(model, "toyworld", "skull", "unlearndiff", {"iterations": 20}, n_prompts=4,

@@ -141,7 +141,7 @@ def test_archived_stage_keys_do_not_move_with_the_new_data_settings():
     """An archived stage's spec hashes to its folder's suffix with the loader settings at any value (they never
     change a batch), and ``train.allow_tf32`` / ``cudnn_benchmark`` at their defaults; a non-default tf32 (which
     changes GPU numerics) gives a new stage."""
-    from prunefit.recipes.table3 import stage_key
+    from prunefit.experiments.common.stages import stage_key
 
     specs = sorted(Path("docs/results/pareto_cells").rglob("spec.json"))
     assert specs

@@ -69,13 +69,13 @@ def test_fp16_on_a_cpu_is_refused_naming_bf16():
 
 def _command_configs() -> list[type]:
     from prunefit.config.schema import FinetuneConfig, GenerateConfig, PruneConfig
+    from prunefit.experiments.distillation.config import DistillationConfig
+    from prunefit.experiments.erasure.config import ErasureConfig
+    from prunefit.experiments.figures.config import FiguresConfig
+    from prunefit.experiments.table3.config import ExperimentConfig
     from prunefit.recipes.attack import AttackConfig
     from prunefit.recipes.cache import CacheConfig
-    from prunefit.recipes.distillation import DistillationConfig
-    from prunefit.recipes.erasure_matrix import ErasureConfig
     from prunefit.recipes.evaluate import EvaluateConfig
-    from prunefit.recipes.figures import FiguresConfig
-    from prunefit.recipes.table3 import ExperimentConfig
     from prunefit.removal.bilevel.config import BilevelConfig
     from prunefit.removal.config import EraseConfig
 
@@ -92,7 +92,7 @@ def test_every_command_defaults_to_auto_and_holds_the_resolved_device(schema, mo
     if schema.__name__ == "EvaluateConfig":
         kwargs = {"run_dir": "x"}
     if schema.__name__ == "FiguresConfig":
-        from prunefit.recipes.figures import FigureModel
+        from prunefit.experiments.figures.config import FigureModel
 
         kwargs = {"models": [FigureModel("T", "toyworld")], "prompt_file": "p.csv"}
     cfg = schema(**kwargs)

@@ -24,7 +24,8 @@ def toy_expert(tmp_path_factory):
 
 @pytest.mark.slow
 def test_ablation_curves_resume_and_report(toy_expert, tmp_path):
-    from prunefit.recipes.distillation import DistillationConfig, main
+    from prunefit.experiments.distillation.config import DistillationConfig
+    from prunefit.experiments.distillation.run import main
 
     cfg = DistillationConfig(expert=str(toy_expert), output_dir=str(tmp_path / "abl"), seeds=[0],
                              variants=["ddpm", "all"], steps=2, eval_every=1, eval_prompts=4, n_boot=20,
@@ -45,7 +46,7 @@ def test_ablation_curves_resume_and_report(toy_expert, tmp_path):
 
 
 def test_unknown_variants_and_empty_seeds_are_refused():
-    from prunefit.recipes.distillation import DistillationConfig
+    from prunefit.experiments.distillation.config import DistillationConfig
 
     with pytest.raises(ConfigError, match="unknown distillation variants"):
         DistillationConfig(variants=["ddpm", "kd_everything"])

@@ -8,9 +8,10 @@ import pytest
 
 from prunefit.config.load import load_config
 from prunefit.errors import ConfigError
-from prunefit.recipes import erasure_matrix as erasure
-from prunefit.recipes.erasure_matrix import ErasureConfig, targets
-from prunefit.recipes.table3 import uce_guide, uce_preserve
+from prunefit.experiments.common.protocol import uce_guide, uce_preserve
+from prunefit.experiments.erasure import config as erasure
+from prunefit.experiments.erasure.config import ErasureConfig
+from prunefit.experiments.erasure.report import targets
 
 
 @pytest.mark.slow

@@ -76,7 +76,7 @@ def test_erase_refuses_a_retain_weight_without_prompts_before_making_the_output(
 def test_archived_stage_keys_do_not_move_with_the_new_esd_settings():
     """An archived Pareto stage's spec hashes to its folder's suffix, with or without ESD's retain settings at
     their neutral values (which today's code writes); a non-neutral value gives a new stage."""
-    from prunefit.recipes.table3 import stage_key
+    from prunefit.experiments.common.stages import stage_key
 
     specs = sorted(Path("docs/results/pareto_cells").rglob("spec.json"))
     bilevel = [s for s in specs if "bilevel" in json.loads(s.read_text())]

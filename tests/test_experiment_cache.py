@@ -10,7 +10,9 @@ import pytest
 
 from prunefit.config.load import load_config
 from prunefit.errors import ConfigError
-from prunefit.recipes.table3 import ExperimentConfig, Table3, stage_dir
+from prunefit.experiments.common.stages import stage_dir
+from prunefit.experiments.table3.config import ExperimentConfig
+from prunefit.experiments.table3.run import Table3
 
 
 def _t3(tmp_path, *ov):
@@ -59,7 +61,7 @@ def test_the_bilevel_row_config_carries_every_knob(tmp_path):
 
 @pytest.mark.slow
 def test_pareto_resumes_and_extends_a_grid_without_recomputing(tmp_path, monkeypatch):
-    from prunefit.recipes import pareto
+    from prunefit.experiments.pareto import run as pareto
 
     common = [f"output_dir={tmp_path / 'p'}", "lower_steps=2", "eval_prompts=2", "seeds=[0]", "official_r_grid=[]",
               "paper_lam_grid=[]", "paper_r_grid=[]", "purity_points=[]", "esd_ddim_steps=3",
@@ -90,7 +92,8 @@ def test_pareto_resumes_and_extends_a_grid_without_recomputing(tmp_path, monkeyp
 
 
 def test_pareto_runs_the_core_points_first_in_their_listed_order():
-    from prunefit.recipes.pareto import ParetoConfig, grid, run_order
+    from prunefit.experiments.pareto.config import ParetoConfig
+    from prunefit.experiments.pareto.run import grid, run_order
 
     cfg = ParetoConfig(seeds=[0, 1], esd_grid=[0, 100], official_r_grid=[0.25], paper_lam_grid=[1.0],
                        paper_r_grid=[0.25], purity_points=["official:0.25"],
@@ -104,7 +107,7 @@ def test_pareto_runs_the_core_points_first_in_their_listed_order():
 
 
 def test_the_verdict_judges_the_finished_points_on_every_seed_and_names_the_rest():
-    from prunefit.recipes.pareto import Point, verdict_cells
+    from prunefit.experiments.pareto.run import Point, verdict_cells
 
     def cells(*seeds):
         return [{"seed": s} for s in seeds]
@@ -123,7 +126,7 @@ def test_the_verdict_judges_the_finished_points_on_every_seed_and_names_the_rest
 
 
 def test_table3_attacks_a_finished_row_once_without_retraining_it(tmp_path, monkeypatch):
-    from prunefit.recipes import attack
+    from prunefit.experiments.common import attacks as attack
 
     t3 = _t3(tmp_path, "eval_prompts=10", "attacks=[none]", "attack_prompts=2")
     croot = tmp_path / "skull"

@@ -13,16 +13,10 @@ from PIL import Image
 
 from prunefit.config.schema import SamplerConfig
 from prunefit.errors import ConfigError, DataError, OutputError
+from prunefit.experiments.figures.config import FigureModel, FiguresConfig, model_slug
+from prunefit.experiments.figures.run import is_erased, read_figure_prompts, render_figure
 from prunefit.generation.grid import GridStyle, label_font, labelled_grid, wrap_text
-from prunefit.recipes.figures import (
-    FigureModel,
-    FiguresConfig,
-    is_erased,
-    model_slug,
-    read_figure_prompts,
-    render_figure,
-    toy_figure_prompts,
-)
+from prunefit.toyworld.figure_prompts import toy_figure_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = ROOT / "configs" / "toyworld" / "prompts"

@@ -116,7 +116,7 @@ def test_adding_images_made_on_another_device_or_dtype_is_refused(tiny, tmp_path
 # ---------------------------------------------------------------- routed dtype, latency device
 
 def test_load_routing_loads_the_base_in_the_given_dtype(tmp_path, monkeypatch):
-    from prunefit.recipes import route
+    from prunefit.pruning import routing as route
 
     (tmp_path / "router").mkdir()
     (tmp_path / "router" / "router.json").write_text(json.dumps({"source_model": "tiny"}))
@@ -135,8 +135,10 @@ def test_load_routing_loads_the_base_in_the_given_dtype(tmp_path, monkeypatch):
 def test_routed_generation_loads_every_expert_in_the_config_dtype(tmp_path, monkeypatch):
     import prunefit.pruning.expert as expert_mod
     from prunefit.config.schema import GenerateConfig
+    from prunefit.generation import routed
     from prunefit.generation.sample import GenerationResult
-    from prunefit.recipes import generate, route
+    from prunefit.pruning import routing as route
+    from prunefit.recipes import generate
 
     unet = SimpleNamespace(config={"x": 1}, dtype=torch.bfloat16)
     comps = SimpleNamespace(unet=unet, source="tiny", with_unet=lambda u, source: SimpleNamespace(unet=u))
@@ -153,7 +155,7 @@ def test_routed_generation_loads_every_expert_in_the_config_dtype(tmp_path, monk
     monkeypatch.setattr(route, "load_routing", load_routing)
     monkeypatch.setattr(route, "assign", lambda router, encoder, records: [0, 1])
     monkeypatch.setattr(expert_mod, "load_expert", load_expert)
-    monkeypatch.setattr(generate, "generate_run", lambda *a, **k: GenerationResult(tmp_path, 1, 0, tmp_path, None))
+    monkeypatch.setattr(routed, "generate_run", lambda *a, **k: GenerationResult(tmp_path, 1, 0, tmp_path, None))
     cfg = GenerateConfig(model="tiny", experts=str(tmp_path), prompts=["a", "b"], dtype="bfloat16", device="cpu",
                          output_dir=str(tmp_path / "out"))
     (tmp_path / "out").mkdir()

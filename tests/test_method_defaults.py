@@ -7,7 +7,18 @@ import json
 
 import pytest
 
-from prunefit.removal.defaults import explicit_keys, load_erase_config, resolve_defaults
+from prunefit.config.load import _dotted_keys, load_config
+from prunefit.removal.bilevel.config import BilevelConfig
+from prunefit.removal.config import EraseConfig
+from prunefit.removal.defaults import resolve_defaults
+
+
+def load_erase_config(files, overrides):
+    return load_config(EraseConfig, files, overrides)
+
+
+def load_bilevel_config(files, overrides):
+    return load_config(BilevelConfig, files, overrides)
 
 
 def test_the_shipped_sidecar_is_what_the_build_writes():
@@ -35,8 +46,6 @@ def test_toy_world_erase_gets_the_toy_settings():
 
 
 def test_bilevel_reads_the_models_defaults_for_its_upper_method():
-    from prunefit.removal.defaults import load_bilevel_config
-
     cfg = load_bilevel_config([], ["concepts=[skull]"])
     assert (cfg.esd.train_method, cfg.esd.ddim_steps, cfg.esd.lr) == ("noxattn", 20, 1e-4)  # ESD-u for the unsafe one
     artist = load_bilevel_config([], ["concepts=[Claude Dots]", "esd.ddim_steps=30"])
@@ -55,7 +64,15 @@ def test_the_user_wins_on_the_command_line_and_in_yaml(tmp_path):
     f.write_text("removal: {method: uce, concepts: [Piet Grid]}\nuce:\n  guides: [square]\n")
     cfg = load_erase_config([f], [])
     assert cfg.uce.guides == ["square"] and cfg.uce.preserve  # guides from the file, preserve from the model
-    assert explicit_keys([f], ["esd.lr=1"]) >= {"uce", "uce.guides", "removal.method", "esd", "esd.lr"}
+    assert _dotted_keys({"uce": {"guides": ["square"]}, "esd": {"lr": 1}}) == {"uce", "uce.guides", "esd", "esd.lr"}
+
+
+def test_load_config_itself_applies_the_models_defaults_so_cli_and_api_agree():
+    """The defaults are a layer of ``load_config`` (no separate loader): a plain ``load_config(EraseConfig, ...)``
+    (what the CLI, the API and a script all call) gets the toy settings, validated once."""
+    cfg = load_config(EraseConfig, [], ["removal.method=esd", "removal.concepts=[Claude Dots]"])
+    assert (cfg.esd.lr, cfg.esd.iterations, cfg.esd.ddim_steps) == (1e-4, 200, 20)
+    assert load_config(BilevelConfig, [], ["concepts=[skull]"]).esd.train_method == "noxattn"
 
 
 def test_sd_and_tiny_keep_the_papers_values():

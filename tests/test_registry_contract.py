@@ -106,8 +106,9 @@ def test_the_sections_leave_with_the_registration(tmp_path):
 
 
 def test_experiments_accept_the_registered_method(plugins, tiny, tmp_path):
-    from prunefit.recipes.erasure_matrix import ErasureConfig, variant_method
-    from prunefit.recipes.table3 import EraseKnobs, run_erase
+    from prunefit.experiments.common.protocol import EraseKnobs
+    from prunefit.experiments.common.stages import run_erase
+    from prunefit.experiments.erasure.config import ErasureConfig, variant_method
 
     assert variant_method("dummy_scale") == ("dummy_scale", None)
     ErasureConfig(variants=["esd-u", "dummy_scale"])  # validates against the registry
@@ -121,10 +122,12 @@ def test_experiments_accept_the_registered_method(plugins, tiny, tmp_path):
 def test_bilevel_takes_its_upper_sections_from_the_registry(plugins):
     from prunefit.removal.bilevel.config import BilevelConfig
 
-    cfg = load_config(BilevelConfig, [], ["upper_method=dummy_esd", "dummy_esd.lr=3e-4", "concepts=[skull]",
+    cfg = load_config(BilevelConfig, [], ["upper_method=dummy_esd", "dummy_esd.eta=0.5", "concepts=[skull]",
                                           "preset=paper"])
     upper = cfg.upper_config()
-    assert isinstance(upper, ShoutConfig) and upper.lr == 3e-4 and upper.concepts == ["skull"]
+    assert isinstance(upper, ShoutConfig) and upper.eta == 0.5 and upper.concepts == ["skull"]
+    with pytest.raises(ConfigError, match="dummy_esd.lr=0.0003 is not read by bilevel"):  # bilevel sets the lr
+        load_config(BilevelConfig, [], ["upper_method=dummy_esd", "dummy_esd.lr=3e-4", "concepts=[skull]"])
     with pytest.raises(ConfigError, match="must be a train method"):
         load_config(BilevelConfig, [], ["upper_method=dummy_scale"])  # an edit method cannot be the upper level
 

@@ -107,12 +107,13 @@ def test_model_card_and_quality_file_agree(assets):
 
 def test_card_writer_reproduces_the_shipped_card(assets, tmp_path):
     """MODEL_CARD.md is a function of quality.json and the teacher's sizes (the build machine's line aside)."""
-    from prunefit.recipes.toyworld_build import TEACHER_SIZES
+    from prunefit.models.tiny import toy_teacher_config
     from prunefit.recipes.toyworld_card import write_model_card
 
     shipped = (assets / "MODEL_CARD.md").read_text()
     (tmp_path / "MODEL_CARD.md").write_text(shipped)  # its hand-kept build history is carried over
-    written = write_model_card(tmp_path, json.loads((assets / "quality.json").read_text()), TEACHER_SIZES).read_text()
+    info = json.loads((assets / "quality.json").read_text())
+    written = write_model_card(tmp_path, info, toy_teacher_config()).read_text()
     same = lambda text: [x for x in text.splitlines() if not x.startswith("- Built on:")]  # noqa: E731
     assert same(written) == same(shipped) and len(same(shipped)) > 40
 

@@ -22,13 +22,12 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override config keys, e.g. sampler.steps=10 output_dir=runs/x")
 
 
-def _load(schema, args: argparse.Namespace, extra: Sequence[str] = (), loader: Optional[Callable] = None):
+def _load(schema, args: argparse.Namespace, extra: Sequence[str] = ()):
+    """``schema`` from --config files, option spellings and overrides (a model's carried defaults included), or
+    None after printing it (--print-config)."""
     from prunefit.config.load import load_config, to_yaml
 
-    if loader is not None:  # a schema-specific loader, e.g. one that adds the model's method defaults
-        cfg = loader(args.config, [*extra, *args.overrides])
-    else:
-        cfg = load_config(schema, args.config, [*extra, *args.overrides])
+    cfg = load_config(schema, args.config, [*extra, *args.overrides])
     if args.print_config:
         print(to_yaml(cfg), end="")
         return None
@@ -124,12 +123,11 @@ def _cmd_data_coco(args: argparse.Namespace) -> int:
 
 @dataclass(frozen=True)
 class _Command:
-    """A config-driven subcommand: its schema and recipe (``module:name``), an optional loader, and the options
+    """A config-driven subcommand: its schema and recipe (``module:name``), and the options
     that are spellings of config keys (``dest -> key``; a list-valued key takes the option's list)."""
 
     schema: str
     recipe: str
-    loader: Optional[str] = None
     options: tuple[tuple[str, str], ...] = ()
     positional: Optional[tuple[str, str]] = None
     """(dest, key) of a positional argument; one holding ``=`` is read as an override instead."""
@@ -143,9 +141,8 @@ _COMMANDS = {
     "finetune": _Command("prunefit.config.schema:FinetuneConfig", "prunefit.recipes.finetune:main"),
     "cache": _Command("prunefit.recipes.cache:CacheConfig", "prunefit.recipes.cache:main"),
     "erase": _Command("prunefit.removal.config:EraseConfig", "prunefit.recipes.erase:main",
-                      loader="prunefit.removal.defaults:load_erase_config", options=(("method", "removal.method"),)),
-    "bilevel": _Command("prunefit.removal.bilevel:BilevelConfig", "prunefit.recipes.bilevel:main",
-                        loader="prunefit.removal.defaults:load_bilevel_config"),
+                      options=(("method", "removal.method"),)),
+    "bilevel": _Command("prunefit.removal.bilevel:BilevelConfig", "prunefit.recipes.bilevel:main"),
     "attack": _Command("prunefit.recipes.attack:AttackConfig", "prunefit.recipes.attack:main",
                        options=(("attack", "attack"), ("concept", "concept"), ("prompts", "prompts"),
                                 ("output", "output_dir")), positional=("model", "model")),
@@ -178,8 +175,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     """Every config-driven command: load its config (files, options, overrides), run its recipe, print the result's
     own summary lines (a recipe returns None on the non-main processes of a multi-process run)."""
     spec = _COMMANDS[args.command]
-    loader = _named(spec.loader) if spec.loader else None
-    cfg = _load(_named(spec.schema), args, _option_overrides(spec, args), loader=loader)
+    cfg = _load(_named(spec.schema), args, _option_overrides(spec, args))
     if cfg is None:
         return 0
     res = _named(spec.recipe)(cfg)
@@ -201,11 +197,11 @@ class _Experiment:
 
 
 _EXPERIMENTS = {
-    "table3": _Experiment("table3", "ExperimentConfig", per_concept=True),
-    "erasure": _Experiment("erasure_matrix", "ErasureConfig"),
-    "figures": _Experiment("figures", "FiguresConfig"),
-    "pareto": _Experiment("pareto", "ParetoConfig", per_concept=True, extras=("plot:pareto.png",)),
-    "distillation": _Experiment("distillation", "DistillationConfig", extras=("curves:curves.png",)),
+    "table3": _Experiment("table3.run", "ExperimentConfig", per_concept=True),
+    "erasure": _Experiment("erasure.run", "ErasureConfig"),
+    "figures": _Experiment("figures.run", "FiguresConfig"),
+    "pareto": _Experiment("pareto.run", "ParetoConfig", per_concept=True, extras=("plot:pareto.png",)),
+    "distillation": _Experiment("distillation.run", "DistillationConfig", extras=("curves:curves.png",)),
 }
 
 
@@ -222,7 +218,7 @@ def command_schema(name: str) -> type:
     if spec is None:
         raise ConfigError(f"unknown schema {name!r}; commands: {sorted(_COMMANDS)} + evaluate, "
                           f"experiments: {sorted(_EXPERIMENTS)}")
-    return getattr(importlib.import_module(f"prunefit.recipes.{spec.recipe}"), spec.config)
+    return getattr(importlib.import_module(f"prunefit.experiments.{spec.recipe}"), spec.config)
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
@@ -230,7 +226,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     spec = _EXPERIMENTS[args.name]
-    recipe = importlib.import_module(f"prunefit.recipes.{spec.recipe}")
+    recipe = importlib.import_module(f"prunefit.experiments.{spec.recipe}")
     cfg = _load(getattr(recipe, spec.config), args)
     if cfg is None:
         return 0
@@ -239,7 +235,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         return 0
     results = recipe.main(cfg, log=lambda m: print(m, flush=True))
     if spec.per_concept:
-        from prunefit.recipes.table3 import concept_slug
+        from prunefit.experiments.common.stages import concept_slug
 
         folders = [Path(cfg.output_dir) / concept_slug(concept) for concept in results]
     else:

@@ -99,3 +99,24 @@ def noisy_latents(components: Components, latents: torch.Tensor, gens: list[torc
     noise = torch.stack(noises).to(latents.device, latents.dtype)
     z0 = latents.repeat_interleave(per_prompt, dim=0)
     return sched.add_noise(z0, noise, t), t, noise
+
+
+KINDS = ("white-box", "black-box", "fixed")
+
+
+@dataclass(frozen=True)
+class AttackEntry:
+    name: str
+    kind: str
+    """white-box (gradients through the attacked model), black-box (text encoder of the reference only) or
+    fixed (the prompt set as given)."""
+    config_cls: type
+    summary: str
+    reference: str
+    run: Callable[..., list]
+    soft: bool = False
+    """True if the attack also yields soft (continuous) prompts, judged beside their discrete projection."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"attack kind must be one of {KINDS}, got {self.kind!r}")

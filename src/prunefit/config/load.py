@@ -102,21 +102,39 @@ def _rename_override(override: str, renamed: dict[str, str]) -> str:
 def load_config(schema: type[T], files: Sequence[str | os.PathLike] = (), overrides: Sequence[str] = ()) -> T:
     """Return an instance of ``schema`` from defaults + YAML ``files`` + ``key=value`` ``overrides``. Keys the
     schema lists in its ``renamed_keys`` (old dotted key -> new) are read under their old spelling too, with a
-    one-line warning."""
+    one-line warning.
+
+    A schema whose defaults depend on the model it names (a model's ``prunefit.json`` carries method defaults)
+    declares ``carried_defaults(merged: dict, explicit: set[str]) -> dict``: given the user's merged settings and
+    the dotted keys the user set, it returns a layer that goes between the schema's defaults and the user's files,
+    so every caller (CLI, Python API, experiments) gets the same settings and the object is validated once. A
+    schema may also declare ``check_explicit(cfg, explicit)``, which refuses a key the user set that the resolved
+    config does not read (one line, naming the key that does)."""
     renamed: dict[str, str] = getattr(schema, "renamed_keys", {})
-    cfg = OmegaConf.structured(concrete_schema(schema))
+    layers: list[tuple[Any, str]] = []
     for f in files:
         path = Path(f)
-        cfg = _merge_one(cfg, OmegaConf.create(_rename_yaml(_read_yaml(path), renamed, str(path))), str(path))
+        layers.append((OmegaConf.create(_rename_yaml(_read_yaml(path), renamed, str(path))), str(path)))
     overrides = [_rename_override(o, renamed) for o in overrides]
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
     try:
-        layer = OmegaConf.from_dotlist(list(overrides))
+        layers.append((OmegaConf.from_dotlist(list(overrides)), "command-line overrides"))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot parse overrides {list(overrides)}: {_first_line(exc)}") from None
-    cfg = _merge_one(cfg, layer, "command-line overrides")
+    base = OmegaConf.structured(concrete_schema(schema))
+    cfg = base
+    for layer, source in layers:
+        cfg = _merge_one(cfg, layer, source)
+    explicit = set().union(*(_dotted_keys(OmegaConf.to_container(layer)) for layer, _ in layers))
+    carried = getattr(schema, "carried_defaults", None)
+    if carried is not None:
+        extra = carried(OmegaConf.to_container(cfg, resolve=True), explicit)
+        if extra:
+            cfg = _merge_one(base, OmegaConf.create(extra), "the model's prunefit.json")
+            for layer, source in layers:
+                cfg = _merge_one(cfg, layer, source)
     try:
         obj = OmegaConf.to_object(cfg)
     except PrunefitError:
@@ -126,7 +144,20 @@ def load_config(schema: type[T], files: Sequence[str | os.PathLike] = (), overri
         if isinstance(cause, PrunefitError):
             raise cause from None
         raise ConfigError(f"invalid config: {_first_line(exc)}") from None
+    check = getattr(schema, "check_explicit", None)
+    if check is not None:  # settings the user set that the resolved config would not read are refused
+        check(obj, explicit)
     return obj  # type: ignore[return-value]
+
+
+def _dotted_keys(data: Any, prefix: str = "") -> set[str]:
+    """Every dotted key of a nested mapping, parents included (``{"a": {"b": 1}}`` -> {"a", "a.b"})."""
+    keys: set[str] = set()
+    if isinstance(data, dict):
+        for k, v in data.items():
+            keys.add(prefix + str(k))
+            keys |= _dotted_keys(v, f"{prefix}{k}.")
+    return keys
 
 
 def to_yaml(cfg: Any) -> str:

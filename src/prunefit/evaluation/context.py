@@ -14,6 +14,16 @@ from prunefit.evaluation.fid import load_image
 from prunefit.generation.manifest import MANIFEST, read_manifest
 
 
+@dataclass
+class MetricResult:
+    """Named values of one metric and the protocol that produced them (recorded in results.json)."""
+
+    values: dict[str, float]
+    protocol: dict[str, Any] = field(default_factory=dict)
+    per_image: dict[str, Any] = field(default_factory=dict)
+    """Optional per-id details (e.g. which prompts were flagged)."""
+
+
 def read_manifest_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Manifest rows in file order (last row of an id wins), with a teaching error when absent, torn or empty."""
     path = run_dir / MANIFEST

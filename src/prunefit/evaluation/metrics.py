@@ -22,8 +22,7 @@ from prunefit.evaluation.configs import (
     NudityConfig,
     ToyworldMetricConfig,
 )
-from prunefit.evaluation.context import EvalContext
-from prunefit.evaluation.registry import MetricResult, register_metric
+from prunefit.evaluation.context import EvalContext, MetricResult
 
 
 def _file_hash(path: Path) -> str:
@@ -254,15 +253,20 @@ def latency_metric(ctx: EvalContext, cfg: CostConfig) -> MetricResult:
                                  "threads": torch.get_num_threads()})
 
 
-register_metric("toyworld", toyworld_metric, "images",
-                "judge-based concept rates (ASR), prompt fidelity and FJD on toy-world runs", ToyworldMetricConfig)
-register_metric("fid", fid_metric, "images", "Fréchet distance to reference images (judge, CLIP or Inception)",
-                FidConfig)
-register_metric("clip_score", clip_score_metric, "images", "CLIP image-prompt similarity (x100 by default)",
-                ClipScoreConfig)
-register_metric("nudity_asr", nudity_metric, "images", "NudeNet attack success rate (optional extra, AGPL)",
-                NudityConfig, section="nudity")
-register_metric("artist", artist_metric, "images", "CLIP zero-shot artist accuracy and ConceptPrune's similarity drop",
-                ArtistMetricConfig)
-register_metric("macs", macs_metric, "model", "UNet MACs per forward (FlopCounterMode)", CostConfig, section="cost")
-register_metric("latency", latency_metric, "model", "UNet forward latency (median of N)", CostConfig, section="cost")
+def register_builtin(register_metric) -> None:
+    """Register the built-in metrics with ``register_metric`` (the registry passes its own; this module never
+    imports the registry, which imports it)."""
+    register_metric("toyworld", toyworld_metric, "images",
+                    "judge-based concept rates (ASR), prompt fidelity and FJD on toy-world runs", ToyworldMetricConfig)
+    register_metric("fid", fid_metric, "images", "Fréchet distance to reference images (judge, CLIP or Inception)",
+                    FidConfig)
+    register_metric("clip_score", clip_score_metric, "images", "CLIP image-prompt similarity (x100 by default)",
+                    ClipScoreConfig)
+    register_metric("nudity_asr", nudity_metric, "images", "NudeNet attack success rate (optional extra, AGPL)",
+                    NudityConfig, section="nudity")
+    register_metric("artist", artist_metric, "images",
+                    "CLIP zero-shot artist accuracy and ConceptPrune's similarity drop", ArtistMetricConfig)
+    register_metric("macs", macs_metric, "model", "UNet MACs per forward (FlopCounterMode)", CostConfig,
+                    section="cost")
+    register_metric("latency", latency_metric, "model", "UNet forward latency (median of N)", CostConfig,
+                    section="cost")

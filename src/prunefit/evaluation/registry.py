@@ -11,20 +11,11 @@ take them as arguments, so it is unit-tested with fakes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
+from prunefit.evaluation.context import MetricResult  # noqa: F401  (re-exported)
 from prunefit.utils.registry import Registry
-
-
-@dataclass
-class MetricResult:
-    """Named values of one metric and the protocol that produced them (recorded in results.json)."""
-
-    values: dict[str, float]
-    protocol: dict[str, Any] = field(default_factory=dict)
-    per_image: dict[str, Any] = field(default_factory=dict)
-    """Optional per-id details (e.g. which prompts were flagged)."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +31,9 @@ class MetricEntry:
 
 
 def _load_builtin() -> None:
-    from prunefit.evaluation import metrics  # noqa: F401  (registers the built-in metrics)
+    from prunefit.evaluation import metrics
+
+    metrics.register_builtin(register_metric)
 
 
 _METRICS: Registry[MetricEntry] = Registry("metric", _load_builtin)

@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from prunefit.errors import ConfigError
-from prunefit.models.components import Components
+from prunefit.models.parts import Components
 from prunefit.models.schedulers import sd_training_scheduler_config
 from prunefit.models.tokenizer import byte_level_tokenizer
 
@@ -47,6 +47,13 @@ class TinySDConfig:
         for c in self.unet_channels + self.vae_channels:
             if c % self.norm_groups:
                 raise ConfigError(f"channel width {c} is not divisible by norm_groups={self.norm_groups}")
+
+
+def toy_teacher_config() -> TinySDConfig:
+    """The shipped toy teacher's sizes (``prunefit.toyworld.teacher.TEACHER_SIZES``)."""
+    from prunefit.toyworld.teacher import TEACHER_SIZES
+
+    return TinySDConfig(**TEACHER_SIZES)
 
 
 def build_unet(cfg: TinySDConfig) -> UNet2DConditionModel:

@@ -7,6 +7,7 @@ that does not match its description fails loudly.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prunefit.errors import ModelLoadError
+from prunefit.models.components import Components, save_pipeline
 from prunefit.pruning.materialize import materialize
 from prunefit.pruning.spec import GateSpec, gate_spec, unrounded_widths
 
@@ -137,6 +139,24 @@ def load_expert(path: str | Path, expected_base: Optional[dict] = None, dtype: t
     if dtype != torch.float32:
         unet = unet.to(dtype)
     return unet.eval().requires_grad_(False), info
+
+
+def load_student(cfg_student: Optional[str], comps: Components):
+    """(trainable student UNet, expert info or None): an expert folder, or a copy of the teacher UNet (the students
+    of ``finetune``, ``bilevel`` and ``erase``)."""
+    if cfg_student:
+        unet, info = load_expert(cfg_student, comps.unet.config)
+        return unet, info
+    return copy.deepcopy(comps.unet), None
+
+
+def save_student(unet, info, comps: Components, out: Path, extra: dict) -> Path:
+    """An expert folder (pruned students) or a standard diffusers pipeline folder (dense students)."""
+    if info is not None:
+        info = copy.deepcopy(info)
+        info.extra = {**(info.extra or {}), **extra}
+        return save_expert(unet, info, out / "expert")
+    return save_pipeline(comps.with_unet(unet), out / "pipeline")
 
 
 def expert_info(unet_base, spec: GateSpec, arch: torch.Tensor, source: str, kept: dict, mac_ratio: float,

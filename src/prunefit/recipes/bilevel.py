@@ -14,6 +14,7 @@ from prunefit.data.datasets import build_data
 from prunefit.errors import ConfigError, OutputError
 from prunefit.models.components import load_components
 from prunefit.objectives.inputs import held_out_batch
+from prunefit.pruning.expert import load_student, save_student
 from prunefit.removal.bilevel.config import BilevelConfig
 from prunefit.removal.bilevel.phases import BilevelPhases, build_phases
 from prunefit.removal.registry import get_method
@@ -26,7 +27,7 @@ from prunefit.training.runtime import (
     run_device,
     run_settings,
 )
-from prunefit.training.students import apply_speedups, load_student, save_student
+from prunefit.training.students import apply_speedups
 
 
 @dataclass
@@ -46,7 +47,7 @@ def main(cfg: BilevelConfig) -> BilevelResult:
     from prunefit.utils.lock import output_lock
 
     check_inputs(model=cfg.model, student=cfg.student, cache_dir=cfg.cache_dir)
-    get_method(cfg.upper_method).check(cfg.upper_config())
+    get_method(cfg.upper_method).check(cfg.resolved.upper)
     with output_lock(cfg.output_dir):
         return _main(cfg)
 
@@ -58,7 +59,7 @@ def _main(cfg: BilevelConfig) -> BilevelResult:
     if cfg.train.teacher_dtype != "float32":
         raise ConfigError("train.teacher_dtype must stay float32 for bilevel runs: the upper objective's "
                           "targets come from the same teacher")
-    mcfg = cfg.upper_config()
+    mcfg = cfg.resolved.upper
     out.mkdir(parents=True, exist_ok=True)
     resume = resolve_resume(out, cfg.resume)
     torch.manual_seed(cfg.seed)
@@ -121,7 +122,7 @@ def _upper_params(cfg: BilevelConfig, student: torch.nn.Module, comps) -> int:
     subset, or the whole text encoder for a method that trains that."""
     from prunefit.removal.context import param_subset
 
-    mcfg = cfg.upper_config()
+    mcfg = cfg.resolved.upper
     if get_method(cfg.upper_method).trained_module(mcfg) == "text_encoder":
         return sum(p.numel() for p in comps.text_encoder.parameters())
     return sum(p.numel() for _, p in param_subset(student, mcfg.train_method))

@@ -16,12 +16,13 @@ from prunefit.config.load import save_resolved_config
 from prunefit.errors import OutputError
 from prunefit.generation.ranks import current_ranks
 from prunefit.models.components import load_components
+from prunefit.pruning.expert import load_student, save_student
 from prunefit.recipes.preflight import check_inputs
 from prunefit.removal.config import EraseConfig
 from prunefit.removal.context import RemovalContext
 from prunefit.removal.registry import get_method
 from prunefit.training.runtime import fit, make_accelerator, resolve_resume, run_device, run_settings
-from prunefit.training.students import apply_speedups, load_student, save_student
+from prunefit.training.students import apply_speedups
 from prunefit.utils.lock import output_lock
 
 

@@ -16,6 +16,7 @@ from prunefit.errors import OutputError
 from prunefit.models.components import Components, load_components
 from prunefit.objectives.denoising import DenoisingObjective
 from prunefit.objectives.streams import Stream
+from prunefit.pruning.expert import load_student, save_student
 from prunefit.recipes.preflight import check_inputs
 from prunefit.training.memory import check_training_memory
 from prunefit.training.runtime import (
@@ -28,7 +29,7 @@ from prunefit.training.runtime import (
     run_device,
     run_settings,
 )
-from prunefit.training.students import apply_speedups, denoising_phase, load_student, save_student
+from prunefit.training.students import apply_speedups, denoising_phase
 from prunefit.utils.lock import output_lock
 
 

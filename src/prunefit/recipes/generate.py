@@ -15,8 +15,10 @@ from prunefit.config.schema import GenerateConfig
 from prunefit.data.prompts import inline_prompts, read_prompt_file
 from prunefit.errors import ConfigError, OutputError
 from prunefit.generation.ranks import current_ranks
+from prunefit.generation.routed import generate_routed
 from prunefit.generation.sample import GenerationResult, generate_run, prepare_output_dir, sampling_settings
 from prunefit.models.components import load_components
+from prunefit.pruning import routing
 from prunefit.recipes.preflight import check_inputs
 from prunefit.utils.lock import output_lock
 
@@ -75,24 +77,11 @@ def _generate(cfg: GenerateConfig, records, out: Path) -> GenerationResult:
 
 def _generate_routed(cfg: GenerateConfig, records, out: Path) -> GenerationResult:
     """Route prompts with the APTP router, then generate each expert's prompts in batches with that expert."""
-    from prunefit.pruning.expert import load_expert
-    from prunefit.recipes.route import assign, load_routing
-
     prune_dir = Path(cfg.experts)
-    components, router, encoder, _ = load_routing(prune_dir, cfg.device, cfg.dtype)
-    ids = assign(router, encoder, records)  # CPU embeddings and router: every rank routes alike
+    components, router, encoder, _ = routing.load_routing(prune_dir, cfg.device, cfg.dtype)
+    ids = routing.assign(router, encoder, records)  # CPU embeddings and router: every rank routes alike
     if current_ranks(cfg.device).main:
         save_resolved_config(cfg, out)
-    generated = skipped = 0
-    result = None
-    for k in sorted(set(ids)):
-        mine = [r for r, e in zip(records, ids) if e == k]
-        unet, _ = load_expert(prune_dir / "experts" / f"expert-{k}", components.unet.config, components.unet.dtype)
-        comps_k = components.with_unet(unet.to(cfg.device), f"{components.source}+routed:{prune_dir.name}#{k}")
-        result = generate_run(comps_k, mine, cfg.sampler, cfg.seed, out, device=cfg.device,
-                              grid_max_images=cfg.grid_max_images, expert=k)
-        generated += result.generated
-        skipped += result.skipped
-    assert result is not None
-    result.generated, result.skipped = generated, skipped
-    return result
+    return generate_routed(components, records, ids, lambda k: routing.expert_unet(prune_dir, k, components),
+                           cfg.sampler, cfg.seed, out, device=cfg.device, grid_max_images=cfg.grid_max_images,
+                           tag=prune_dir.name)

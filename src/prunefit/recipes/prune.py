@@ -24,7 +24,7 @@ from prunefit.pruning.objective import RouterObjective
 from prunefit.pruning.router import Router
 from prunefit.pruning.spec import GateSpec, gate_spec, round_widths
 from prunefit.recipes.preflight import check_inputs
-from prunefit.training.loop import Phase
+from prunefit.training.loop import adamw_phase
 from prunefit.training.runtime import (
     fit,
     make_accelerator,
@@ -67,14 +67,13 @@ def train_router(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacM
     device = run_device(accelerator)
     encoder = SentenceEncoder(cfg.router.encoder, str(device))
     router = Router(spec, encoder.dim, cfg.router, num_experts=cfg.num_experts).to(device)
-    opt = torch.optim.AdamW(router.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
     data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
     objective = RouterObjective(cfg, comps, spec, macs, router, encoder, data,
                                 distributed=accelerator.num_processes > 1)
     warm = max(1, cfg.steps // 20)
-    phase = Phase(name="router", objective=objective, optimizer=opt, params=list(router.parameters()), lr=cfg.lr,
-                  lr_factor=lambda step: warmup_cosine(step, cfg.steps, warm, floor=1.0), micro_batch=cfg.batch_size,
-                  model=router)
+    phase = adamw_phase("router", objective, list(router.parameters()), lr=cfg.lr, model=router,
+                        lr_factor=lambda step: warmup_cosine(step, cfg.steps, warm, floor=1.0),
+                        micro_batch=cfg.batch_size)
     report_effective_batch(accelerator, cfg.batch_size, 1, log)
     fit([phase], router, router_train_config(cfg), Path(cfg.output_dir), accelerator, resume)
     router.eval()

@@ -8,35 +8,12 @@ from pathlib import Path
 
 import torch
 
-from prunefit.data.prompts import PromptRecord, read_prompt_file
-from prunefit.errors import ModelLoadError
-from prunefit.models.components import load_components
-
-
-def load_routing(prune_dir: Path, device: str = "cpu", dtype: str = "float32"):
-    """(components of the source model in ``dtype``, router, encoder, meta) for a `prunefit prune` output folder."""
-    from prunefit.pruning.encoder import SentenceEncoder
-    from prunefit.pruning.router import load_router
-
-    meta_file = prune_dir / "router" / "router.json"
-    if not meta_file.is_file():
-        raise ModelLoadError(f"{prune_dir} has no router/ (was it pruned with method=aptp?)")
-    meta = json.loads(meta_file.read_text())
-    comps = load_components(meta["source_model"], dtype, device)
-    router, meta = load_router(prune_dir / "router", comps.unet)
-    return comps, router, SentenceEncoder(meta["encoder"], device), meta
-
-
-def assign(router, encoder, records: list[PromptRecord], batch_size: int = 256) -> list[int]:
-    """Expert id per prompt (deterministic: independent of batch size and position)."""
-    ids: list[int] = []
-    for i in range(0, len(records), batch_size):
-        z = encoder([r.prompt for r in records[i : i + batch_size]])
-        ids += router.route(z).tolist()
-    return ids
+from prunefit.data.prompts import read_prompt_file
+from prunefit.pruning.routing import assign, load_routing
 
 
 def route_file(prune_dir: Path, prompt_file: str, output: Path, fmt: str = "auto") -> tuple[Path, list[int]]:
+    """Route every prompt of ``prompt_file`` and write ``output`` (JSONL: id, prompt, expert); returns the loads."""
     records = read_prompt_file(prompt_file, fmt=fmt)
     _, router, encoder, _ = load_routing(prune_dir)
     ids = assign(router, encoder, records)

@@ -30,7 +30,7 @@ from prunefit.errors import ModelLoadError
 from prunefit.losses.diffusion import diffusion_target, min_snr_weights, snr, weighted_mse
 from prunefit.models.components import DEFAULT_GUIDANCE, read_sidecar, write_sidecar
 from prunefit.models.schedulers import sd_training_scheduler_config
-from prunefit.models.tiny import TinySDConfig, build_text_encoder, build_unet
+from prunefit.models.tiny import build_text_encoder, build_unet, toy_teacher_config
 from prunefit.models.tokenizer import trained_bpe_tokenizer
 from prunefit.objectives.noise import add_noise
 from prunefit.recipes.toyworld_card import write_model_card
@@ -38,20 +38,13 @@ from prunefit.recipes.toyworld_quality import measure_quality
 from prunefit.toyworld.judge import Judge, judge_accuracy, load_judge, train_judge
 from prunefit.toyworld.paths import assets_dir as default_assets_dir
 from prunefit.toyworld.prompts import write_prompt_sets
+from prunefit.toyworld.teacher import TOY_GUIDANCE
 from prunefit.toyworld.world import Scene, caption, render, sample_scene
 from prunefit.training.runtime import ema_update
 from prunefit.utils.optim import warmup_cosine, warmup_cosine_scheduler
 
-TEACHER_SIZES = TinySDConfig(
-    unet_channels=(32, 64, 64), attention_levels=(False, True, True), layers_per_block=2, attention_heads=4,
-    norm_groups=8, cross_attention_dim=64, latent_size=16, vae_channels=(32, 64), text_hidden=64, text_layers=2,
-    text_heads=4, max_text_length=32,
-)
-"""Sizes of the shipped teacher: SD 2.x blocks at toy width; 32x32 images, 16x16x4 latents (VAE factor 2).
-
-Cross-attention sits at the 8x8 and 4x4 levels (and the mid block) rather than at 16x16 as SD places it:
-self-attention over 256 tokens made a CPU training step 1.8x slower (0.47 vs 0.26 s at batch 32). A VAE of
-factor 4 (8x8 latents) was faster still but lost the artists' textures (dots, stripes) in reconstruction."""
+TEACHER = toy_teacher_config()
+"""The shipped teacher's sizes (``prunefit.toyworld.teacher.TEACHER_SIZES``)."""
 
 
 def _done(stage_dir: Path) -> Optional[dict]:
@@ -106,7 +99,7 @@ def build_tokenizer(cfg: ToyworldBuildConfig, out: Path) -> CLIPTokenizer:
         return tok
     rng = np.random.default_rng([cfg.seed, 1])
     corpus = [caption(sample_scene(rng, p_unsafe=0.3), rng) for _ in range(20000)]
-    tok = trained_bpe_tokenizer(corpus, cfg.vocab_size, model_max_length=TEACHER_SIZES.max_text_length)
+    tok = trained_bpe_tokenizer(corpus, cfg.vocab_size, model_max_length=TEACHER.max_text_length)
     tok.save_pretrained(out)
     _mark_done(out, {"vocab": len(tok)})
     return tok
@@ -124,7 +117,7 @@ def build_vae(cfg: ToyworldBuildConfig, out: Path) -> AutoencoderKL:
     torch.manual_seed(cfg.seed)
     from prunefit.models.tiny import build_vae as make_vae
 
-    vae = make_vae(TEACHER_SIZES)
+    vae = make_vae(TEACHER)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = warmup_cosine_scheduler(opt, cfg.vae_steps, max(1, cfg.vae_steps // 20))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -240,7 +233,7 @@ def train_teacher(cfg: ToyworldBuildConfig, out: Path, tok: CLIPTokenizer, vae: 
                   log: Callable[[str], None] = print) -> TeacherState:
     """Train UNet + text encoder jointly on fresh renders (EMA, min-SNR, caption dropout); resumable."""
     torch.manual_seed(cfg.seed)
-    unet, text_encoder = build_unet(TEACHER_SIZES), build_text_encoder(TEACHER_SIZES, tok)
+    unet, text_encoder = build_unet(TEACHER), build_text_encoder(TEACHER, tok)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.teacher_lr, betas=(0.9, 0.999), weight_decay=1e-2)
     state = TeacherState(unet, text_encoder, {}, opt, 0)
@@ -301,7 +294,7 @@ def teacher_pipeline(state: TeacherState, tok: CLIPTokenizer, vae: AutoencoderKL
     """The teacher as a stock StableDiffusionPipeline (EMA weights by default)."""
     from diffusers import StableDiffusionPipeline
 
-    unet, text_encoder = build_unet(TEACHER_SIZES), build_text_encoder(TEACHER_SIZES, tok)
+    unet, text_encoder = build_unet(TEACHER), build_text_encoder(TEACHER, tok)
     src = state.ema if use_ema else {k: v.detach() for k, v in _ema_params(state).items()}
     unet.load_state_dict({k[5:]: v for k, v in src.items() if k.startswith("unet.")})
     text_encoder.load_state_dict({k[5:]: v for k, v in src.items() if k.startswith("text.")}, strict=False)
@@ -309,13 +302,6 @@ def teacher_pipeline(state: TeacherState, tok: CLIPTokenizer, vae: AutoencoderKL
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tok, unet=unet.eval(),
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-
-
-TOY_GUIDANCE = 3.0
-"""The toy world's default classifier-free guidance. Its captions fix nearly the whole image (shape, colour,
-background, position, style), so conditional and unconditional predictions differ far more than SD's and
-guidance overshoots: the shipped teacher meets every quality target at 3.0 and fails colour, neutral-unsafe and
-one artist at 7.5 (MODEL_CARD.md has both tables). Recorded in teacher/prunefit.json."""
 
 
 def _save_teacher(pipe, folder: Path) -> None:
@@ -352,7 +338,7 @@ def run_build(cfg: ToyworldBuildConfig, log: Callable[[str], None] = print) -> P
             "judge_held_out": _done(root / "judge")["held_out_accuracy"], "quality": quality,
             "vae": _done(root / "vae"), "teacher_log": _log_summary(root / "teacher" / "log.jsonl")}
     (assets / "quality.json").write_text(json.dumps(info, indent=2))
-    write_model_card(assets, info, TEACHER_SIZES)
+    write_model_card(assets, info, TEACHER)
     log(f"model card: {assets / 'MODEL_CARD.md'}")
     return assets
 
@@ -380,7 +366,7 @@ def remeasure(assets: Optional[Path] = None, n: Optional[int] = None, log: Calla
     tmp.write_text(json.dumps(info, indent=2))
     tmp.replace(assets / "quality.json")
     log(f"quality re-measured on {n} prompts per set")
-    return write_model_card(assets, info, TEACHER_SIZES)
+    return write_model_card(assets, info, TEACHER)
 
 
 def _log_summary(path: Path) -> dict:

@@ -20,7 +20,8 @@ class RemovalSection:
     reference: str = "frozen"
     """Targets from a frozen copy of the edited model (ESD) or from the unpruned teacher ('teacher')."""
     model_defaults: list[str] = field(default_factory=list)
-    """Written by ``load_erase_config``: the method keys taken from the model's prunefit.json (a record)."""
+    """Written by ``load_config`` (``EraseConfig.carried_defaults``): the method keys taken from the model's
+    prunefit.json (a record)."""
 
     def __post_init__(self) -> None:
         if self.reference not in ("frozen", "teacher"):
@@ -52,6 +53,13 @@ class EraseConfig:
     @classmethod
     def registry_schema(cls) -> type:
         return with_sections(cls, method_sections())
+
+    @classmethod
+    def carried_defaults(cls, merged: dict, explicit: set[str]) -> dict:
+        """The model's method defaults for the keys the user left unset (``load_config`` merges them)."""
+        from prunefit.removal.defaults import erase_carried_defaults
+
+        return erase_carried_defaults(merged, explicit)
 
     def method_config(self):
         """The chosen method's section (its defaults where this config has none), with the concepts filled in."""

@@ -8,10 +8,7 @@ A model without a sidecar (SD, a hub id, ``tiny``) keeps the papers' values.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, Sequence
-
-import yaml
 
 from prunefit.errors import ConfigError
 
@@ -39,74 +36,42 @@ def method_defaults(components, method: str, concepts: Sequence[str] = ()) -> di
     return resolve_defaults(getattr(components, "method_defaults", {}) or {}, method, concepts)
 
 
-def explicit_keys(files: Sequence[str | Path], overrides: Sequence[str]) -> set[str]:
-    """Dotted keys the user set in YAML files or key=value overrides (their parents included)."""
-    keys: set[str] = set()
+def carried_section(model: str, method: str, concepts: Sequence[str], explicit: set[str]) -> dict[str, Any]:
+    """The keys of ``method``'s section that ``model``'s prunefit.json carries for ``concepts`` and the user did
+    not set (``explicit``: dotted keys), checked against the section's fields; {} without a sidecar."""
+    from prunefit.models.components import model_sidecar
+    from prunefit.removal.registry import get_method
 
-    def walk(d: dict, prefix: str) -> None:
-        for k, v in d.items():
-            keys.add(prefix + str(k))
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-
-    for f in files:
-        data = yaml.safe_load(Path(f).read_text()) if Path(f).is_file() else None
-        if isinstance(data, dict):
-            walk(data, "")
-    for o in overrides:
-        key = o.split("=", 1)[0].strip()
-        parts = key.split(".")
-        keys.update(".".join(parts[: i + 1]) for i in range(len(parts)))
-    return keys
-
-
-def apply_defaults(section: Any, name: str, values: dict[str, Any], explicit: set[str]) -> tuple[Any, list[str]]:
-    """``section`` with ``values`` for every key the user did not set (validated again); the keys applied."""
-    fields = {f.name for f in dataclasses.fields(section)}
+    carried = model_sidecar(model).get("method_defaults") or {}
+    values = resolve_defaults(carried, method, concepts) if carried else {}
+    if not values:
+        return {}
+    fields = {f.name for f in dataclasses.fields(get_method(method).config_cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
-        raise ConfigError(f"the model's prunefit.json sets unknown {name} keys {unknown}; valid: {sorted(fields)}")
-    chosen = {k: v for k, v in values.items() if f"{name}.{k}" not in explicit}
-    return (dataclasses.replace(section, **chosen) if chosen else section), sorted(chosen)
+        raise ConfigError(f"the model's prunefit.json sets unknown {method} keys {unknown}; valid: {sorted(fields)}")
+    return {k: v for k, v in values.items() if f"{method}.{k}" not in explicit}
 
 
-def apply_model_defaults(cfg: Any, section: str, concepts: Sequence[str], files: Sequence[str | Path],
-                         overrides: Sequence[str]) -> list[str]:
-    """Set ``cfg.<section>`` to the section with ``cfg.model``'s carried defaults for ``concepts`` on every key the
-    user did not set; the dotted keys applied ([] without a sidecar or without that section)."""
-    from prunefit.models.components import model_sidecar
-
-    carried = model_sidecar(cfg.model).get("method_defaults") or {}
-    current = getattr(cfg, section, None)
-    if not carried or current is None:
-        return []
-    values = resolve_defaults(carried, section, concepts)
-    new, applied = apply_defaults(current, section, values, explicit_keys(files, overrides))
-    setattr(cfg, section, new)
-    return [f"{section}.{k}" for k in applied]
+def erase_carried_defaults(merged: dict, explicit: set[str]) -> dict:
+    """``EraseConfig``'s layer of model defaults (see ``config.load.load_config``): the chosen method's carried
+    keys, and ``removal.model_defaults`` recording them."""
+    method = (merged.get("removal") or {}).get("method")
+    section = merged.get(method) if isinstance(method, str) else None
+    if not isinstance(section, dict):
+        return {}
+    concepts = list(section.get("concepts") or merged["removal"].get("concepts") or [])
+    values = carried_section(merged.get("model", ""), method, concepts, explicit)
+    return {method: values, "removal": {"model_defaults": [f"{method}.{k}" for k in sorted(values)]}} if values else {}
 
 
-def load_erase_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ()):
-    """``load_config(EraseConfig, files, overrides)``, then the model's method defaults for keys left unset."""
-    from prunefit.config.load import load_config
-    from prunefit.removal.config import EraseConfig
-
-    cfg = load_config(EraseConfig, files, overrides)
-    section = getattr(cfg, cfg.removal.method, None)
-    if section is not None:
-        concepts = list(section.concepts or cfg.removal.concepts)
-        cfg.removal.model_defaults = apply_model_defaults(cfg, cfg.removal.method, concepts, files, overrides)
-    return cfg
-
-
-def load_bilevel_config(files: Sequence[str | Path] = (), overrides: Sequence[str] = ()):
-    """``load_config(BilevelConfig, files, overrides)``, then the model's defaults for the upper method's section
-    (e.g. the toy world's 20-step ESD rollouts and ESD-u for the unsafe concept) on keys left unset."""
-    from prunefit.config.load import load_config
-    from prunefit.removal.bilevel.config import BilevelConfig
-
-    cfg = load_config(BilevelConfig, files, overrides)
-    section = getattr(cfg, cfg.upper_method, None)
-    if section is not None:
-        apply_model_defaults(cfg, cfg.upper_method, list(section.concepts or cfg.concepts), files, overrides)
-    return cfg
+def bilevel_carried_defaults(merged: dict, explicit: set[str]) -> dict:
+    """``BilevelConfig``'s layer of model defaults: the upper method's carried keys (e.g. the toy world's 20-step
+    ESD rollouts and ESD-u for the unsafe concept)."""
+    method = merged.get("upper_method")
+    section = merged.get(method) if isinstance(method, str) else None
+    if not isinstance(section, dict):
+        return {}
+    concepts = list(section.get("concepts") or merged.get("concepts") or [])
+    values = carried_section(merged.get("model", ""), method, concepts, explicit)
+    return {method: values} if values else {}

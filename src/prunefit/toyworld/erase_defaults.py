@@ -39,9 +39,16 @@ def neutral_captions(n: int = PRESERVE_CAPTIONS) -> list[str]:
     return [caption(sample_scene(rng, p_artist=0.0, p_unsafe=0.0), rng) for _ in range(n)]
 
 
+def uce_preserve_set(artists, concept: str | None = None, n_captions: int = PRESERVE_CAPTIONS) -> list[str]:
+    """UCE's toy preserve set: the shapes, ``artists`` and ``n_captions`` neutral captions, without ``concept``."""
+    from prunefit.toyworld.world import SHAPES
+
+    return [c for c in (*SHAPES, *artists, *neutral_captions(n_captions)) if c != concept]
+
+
 def toy_method_defaults() -> dict:
     """``{"methods": {section: {key: value}}, "concepts": {concept: {section: {key: value}}}}``."""
-    from prunefit.toyworld.world import ARTISTS, SHAPES, UCE_GUIDES, UNSAFE_PHRASES
+    from prunefit.toyworld.world import ARTISTS, UCE_GUIDES, UNSAFE_PHRASES
 
     loop = {"lr": 1e-4, "iterations": 200, "ddim_steps": 20}
     esd = {**loop, "retain_prompts": neutral_captions(), "retain_weight": 0.0}
@@ -50,5 +57,5 @@ def toy_method_defaults() -> dict:
               "concept_prune": {"target_template": "{thing} that is a {concept}"}}
     return {"methods": {"esd": esd, "advunlearn": dict(loop), "concept_prune": {"steps": 10},
                         "uce": {"guides": [UCE_GUIDES["artist"]],
-                                "preserve": [*SHAPES, *ARTISTS, *neutral_captions()]}},
+                                "preserve": uce_preserve_set(ARTISTS)}},
             "concepts": {phrase: unsafe for phrase in UNSAFE_PHRASES}}

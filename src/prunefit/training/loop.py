@@ -180,6 +180,20 @@ def train(phases: list[Phase], max_steps: int, start_step: int = 0, backward: Ca
     return max(step + 1, start_step) if max_steps > start_step else start_step
 
 
+def adamw_phase(name: str, objective: Callable, params: list[torch.nn.Parameter], *, lr: float,
+                model: Optional[torch.nn.Module] = None, every: int = 1,
+                lr_factor: Callable[[int], float] = lambda step: 1.0, micro_batch: int = 1, accum: int = 1,
+                max_grad_norm: Optional[float] = None, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                weight_decay: float = 0.0) -> Phase:
+    """The one Phase + optimizer builder: an AdamW over ``params`` (fused where they live on CUDA: one kernel for
+    the whole update) inside a Phase with its final objective, schedule and cadence (phases are not patched after
+    they are built)."""
+    fused = bool(params) and params[0].device.type == "cuda"
+    opt = torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused or None)
+    return Phase(name=name, objective=objective, optimizer=opt, params=params, lr=lr, lr_factor=lr_factor,
+                 every=every, micro_batch=micro_batch, accum=accum, max_grad_norm=max_grad_norm, model=model)
+
+
 def constant_with_warmup(warmup: int) -> Callable[[int], float]:
     """The paper's schedule: linear warm-up over ``warmup`` optimizer steps, then constant."""
     return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0

@@ -1,4 +1,5 @@
-"""Students of the training recipes: load / save an expert or dense UNet, speed-ups, the distillation phase.
+"""Students of the training recipes: speed-ups, a trainable twin, the distillation phase (an expert or dense
+student is loaded and saved by ``pruning.expert.load_student`` / ``save_student``).
 
 Shared by ``finetune``, ``bilevel`` and ``erase`` (they all train or edit a student against the unpruned
 teacher), so it sits in ``training/`` rather than inside one recipe.
@@ -7,8 +8,7 @@ teacher), so it sits in ``training/`` rather than inside one recipe.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from diffusers import DDPMScheduler
@@ -18,30 +18,7 @@ from prunefit.models.features import drop_feature_hooks, keep_feature_hooks
 from prunefit.objectives.denoising import DenoisingObjective
 from prunefit.objectives.inputs import InputBuilder
 from prunefit.objectives.streams import Stream
-from prunefit.training.loop import Phase, constant_with_warmup
-
-
-def load_student(cfg_student: Optional[str], comps: Components):
-    """(trainable student UNet, expert info or None): an expert folder, or a copy of the teacher UNet."""
-    if cfg_student:
-        from prunefit.pruning.expert import load_expert
-
-        unet, info = load_expert(cfg_student, comps.unet.config)
-        return unet, info
-    return copy.deepcopy(comps.unet), None
-
-
-def save_student(unet, info, comps: Components, out: Path, extra: dict) -> Path:
-    """An expert folder (pruned students) or a standard diffusers pipeline folder (dense students)."""
-    if info is not None:
-        from prunefit.pruning.expert import save_expert
-
-        info = copy.deepcopy(info)
-        info.extra = {**(info.extra or {}), **extra}
-        return save_expert(unet, info, out / "expert")
-    from prunefit.models.components import save_pipeline
-
-    return save_pipeline(comps.with_unet(unet), out / "pipeline")
+from prunefit.training.loop import Phase, adamw_phase, constant_with_warmup
 
 
 def apply_speedups(student, teacher, t) -> None:
@@ -78,9 +55,13 @@ def copy_student(student, t):
 
 
 def denoising_phase(name: str, *, student, teacher, comps: Components, data, cfg, seed: int,
-                    stream: int = Stream.LOWER, cache=None, device="cpu") -> tuple[Phase, DenoisingObjective]:
+                    stream: int = Stream.LOWER, cache=None, device="cpu", wrap: Optional[Callable] = None,
+                    every: int = 1, lr: Optional[float] = None,
+                    warmup: Optional[int] = None) -> tuple[Phase, DenoisingObjective]:
     """The lower level / fine-tuning phase: DDPM + output KD + feature KD against ``teacher`` at ``cfg.train.lr``
-    (``cfg`` is any config with ``loss`` and ``train`` sections: finetune or bilevel)."""
+    (``cfg`` is any config with ``loss`` and ``train`` sections: finetune or bilevel). ``wrap`` turns the denoising
+    objective into the phase's objective (bilevel's G_lambda); ``every``, ``lr`` and ``warmup`` (steps) replace
+    the train section's cadence, lr and warm-up. Returns the phase and the plain denoising objective."""
     sched = DDPMScheduler.from_config(comps.scheduler.config)
     builder = InputBuilder(components=comps, data=data, seed=seed, num_train_timesteps=sched.config.num_train_timesteps,
                            stream=stream, cache=cache, device=device, num_workers=cfg.data.num_workers,
@@ -91,10 +72,9 @@ def denoising_phase(name: str, *, student, teacher, comps: Components, data, cfg
                                    min_snr_gamma=cfg.loss.min_snr_gamma, min_snr_formula=cfg.loss.min_snr_formula)
     t = cfg.train
     params = [p for p in student.parameters() if p.requires_grad]
-    fused = torch.device(device).type == "cuda"  # one kernel for the whole AdamW update where available
-    opt = torch.optim.AdamW(params, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
-                            weight_decay=t.weight_decay, fused=fused or None)
-    phase = Phase(name=name, objective=objective, optimizer=opt, params=params, lr=t.lr,
-                  lr_factor=constant_with_warmup(t.warmup_steps), micro_batch=t.micro_batch_size,
-                  accum=t.grad_accum_steps, max_grad_norm=t.max_grad_norm, model=student)
+    phase = adamw_phase(name, wrap(objective) if wrap is not None else objective, params, lr=lr or t.lr,
+                        model=student, every=every,
+                        lr_factor=constant_with_warmup(t.warmup_steps if warmup is None else warmup),
+                        micro_batch=t.micro_batch_size, accum=t.grad_accum_steps, max_grad_norm=t.max_grad_norm,
+                        betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
     return phase, objective

@@ -31,7 +31,7 @@ from prunefit.objectives.inputs import sample_generator
 from prunefit.objectives.streams import Stream
 from prunefit.removal.context import RemovalContext, concept_from_index, param_subset
 from prunefit.removal.esd.method import ESDConfig, ESDObjective
-from prunefit.training.loop import Phase
+from prunefit.training.loop import Phase, adamw_phase
 
 REFERENCE = {"iterations": 1000, "attack_warmup": 200, "attack_steps": 30, "attack_lr": 1e-3}
 """The reference's budget (AdvUnlearn's released settings)."""
@@ -150,7 +150,7 @@ class AdvUnlearnObjective:
 
 def build_phase(ctx: RemovalContext, cfg: AdvUnlearnConfig, *, name: str = "advunlearn", every: int = 1,
                 lr: Optional[float] = None, student: Optional[torch.nn.Module] = None,
-                freeze_others: bool = True) -> Phase:
+                freeze_others: bool = True, lr_factor=None) -> Phase:
     """The method's phase. ``freeze_others=False`` leaves other parameters trainable (bilevel: the lower
     phase trains them); the phase's optimizer still updates only the method's parameter subset."""
     if not cfg.concepts:
@@ -166,8 +166,5 @@ def build_phase(ctx: RemovalContext, cfg: AdvUnlearnConfig, *, name: str = "advu
         params = list(te.parameters())
     for p in params:
         p.requires_grad_(True)
-    lr = lr or cfg.lr
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    return Phase(name=name, objective=AdvUnlearnObjective(ctx, model, cfg), optimizer=opt, params=params, lr=lr,
-                 every=every,
-                 micro_batch=cfg.batch_size, model=model)
+    return adamw_phase(name, AdvUnlearnObjective(ctx, model, cfg), params, lr=lr or cfg.lr, model=model,
+                       every=every, lr_factor=lr_factor or (lambda step: 1.0), micro_batch=cfg.batch_size)

@@ -25,8 +25,10 @@ An optional vartheta twin (``track_vartheta``) reports the constraint gap L_ft(t
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
-from typing import Optional
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
 
 from prunefit.config.schema import DataConfig, FinetuneLoss, TrainConfig
 from prunefit.config.sections import with_sections
@@ -112,6 +114,13 @@ class BilevelConfig:
         """One section per registered train method (``esd.*``, ``advunlearn.*``, a plugin's)."""
         return with_sections(cls, method_sections("train"))
 
+    @classmethod
+    def carried_defaults(cls, merged: dict, explicit: set[str]) -> dict:
+        """The model's defaults for the upper method's keys the user left unset (``load_config`` merges them)."""
+        from prunefit.removal.defaults import bilevel_carried_defaults
+
+        return bilevel_carried_defaults(merged, explicit)
+
     def __post_init__(self) -> None:
         self.device = resolve_device(self.device)
         self.train.mixed_precision = resolve_mixed_precision(self.train.mixed_precision, self.device)
@@ -135,35 +144,39 @@ class BilevelConfig:
         if self.upper_condition not in (None, "caption", "concept"):
             raise ConfigError(f"upper_condition must be caption or concept, got {self.upper_condition!r}")
 
-    # ------------------------------------------------------------------ resolved values (read once)
+    # ------------------------------------------------------------------ the preset, resolved once
+    @functools.cached_property
+    def resolved(self) -> "ResolvedBilevel":
+        """The preset read once into a frozen object (every consumer reads this; computed on first use)."""
+        return resolve(self)
+
+    @classmethod
+    def check_explicit(cls, cfg: "BilevelConfig", explicit: set[str]) -> None:
+        """Refuse, in one line, a key the user set that the preset does not read (``load_config`` calls this)."""
+        refuse_ignored(cfg, explicit)
+
     @property
     def spec(self) -> Preset:
         return PRESETS[self.preset]
 
     @property
     def every(self) -> int:
-        return self.upper_every or self.spec.upper_every
+        return self.resolved.every
 
     @property
     def nested(self) -> bool:
-        return self.spec.optimizers == 1 and self.double_loop == "nested"
+        return self.resolved.nested
 
     @property
     def tracks_vartheta(self) -> bool:
-        return self.track_vartheta or self.nested
+        return self.resolved.tracks_vartheta
 
     def resolved_upper_lr(self) -> Optional[float]:
         """The upper step's own learning rate; None where there is none (paper/interleaved: one optimizer)."""
-        if self.spec.optimizers == 1 and not self.nested:
-            return None
-        return self.upper_lr if self.upper_lr is not None else self.spec.upper_lr
+        return self.resolved.upper_lr
 
     def resolved_upper_batch(self) -> int:
-        if self.upper_batch_size is not None:
-            return self.upper_batch_size
-        if self.spec.upper_batch == "lower":
-            return self.train.micro_batch_size
-        return self.upper_section().batch_size
+        return self.resolved.upper_batch
 
     def upper_section(self):
         """The upper method's own section as configured (its defaults where this config has none)."""
@@ -172,31 +185,84 @@ class BilevelConfig:
 
     def balance_r(self) -> Optional[float]:
         """r = upper_lr / (upper_every * lower_lr): the step-size balance under Adam; None for one optimizer."""
-        lr = self.resolved_upper_lr()
-        return None if lr is None else lr / (self.every * self.train.lr)
+        return self.resolved.r
 
     def upper_config(self):
-        """The upper method's config with the concepts and the preset's choices filled in (a new object)."""
-        mcfg = self.upper_section()
-        missing = [k for k in UPPER_KEYS if not hasattr(mcfg, k)]
-        if missing:
-            raise ConfigError(f"{self.upper_method} cannot be the upper level: its config has no {missing} "
-                              f"(the presets set {list(UPPER_KEYS)})")
-        concepts = list(mcfg.concepts) or list(self.concepts)
-        if not concepts:
-            raise ConfigError("no concepts to suppress: set concepts (e.g. concepts='[skull]')")
-        p = self.spec
-        xt = self.upper_xt_source or p.xt_source
-        condition = self.upper_condition or (p.condition if xt == "images" else "concept")  # captions need images
-        return dataclasses.replace(
-            mcfg, concepts=concepts, xt_source=xt, train_method=self.upper_train_method or p.train_method
-            or mcfg.train_method, condition=condition, batch_size=self.resolved_upper_batch())
+        """The upper method's config with the concepts and the preset's choices filled in (resolved once)."""
+        return self.resolved.upper
 
     def balance(self) -> dict:
         """What sets the unlearning/distillation balance, for summaries and reports."""
-        one = self.spec.optimizers == 1
-        return {"preset": self.preset, "double_loop": self.double_loop if one else None,
-                "r": self.balance_r(), "lower_lr": self.train.lr, "upper_lr": self.resolved_upper_lr(),
-                "upper_every": self.every, "lam": self.lam if one else None,
-                "lower_batch": self.train.micro_batch_size * self.train.grad_accum_steps,
-                "upper_batch": self.resolved_upper_batch()}
+        return dict(self.resolved.balance)
+
+
+@dataclass(frozen=True)
+class ResolvedBilevel:
+    """A ``BilevelConfig`` with its preset applied: what the phases, the memory check, the summary and the reports
+    read (built once by ``resolve``; the config is not changed)."""
+
+    every: int
+    nested: bool
+    tracks_vartheta: bool
+    upper_lr: Optional[float]
+    """The upper step's own learning rate; None where there is none (paper/interleaved: one optimizer)."""
+    upper_batch: int
+    upper: Any
+    """The upper method's config with the concepts and the preset's xt_source, condition, parameters and batch."""
+    r: Optional[float]
+    balance: Mapping[str, Any]
+
+
+def resolve(cfg: "BilevelConfig") -> ResolvedBilevel:
+    """``cfg``'s preset applied once (see ``ResolvedBilevel``); refuses an upper method or concepts it cannot use."""
+    p = cfg.spec
+    every = cfg.upper_every or p.upper_every
+    nested = p.optimizers == 1 and cfg.double_loop == "nested"
+    upper_lr = None if p.optimizers == 1 and not nested else (cfg.upper_lr if cfg.upper_lr is not None
+                                                                else p.upper_lr)
+    mcfg = cfg.upper_section()
+    missing = [k for k in UPPER_KEYS if not hasattr(mcfg, k)]
+    if missing:
+        raise ConfigError(f"{cfg.upper_method} cannot be the upper level: its config has no {missing} "
+                          f"(the presets set {list(UPPER_KEYS)})")
+    concepts = list(mcfg.concepts) or list(cfg.concepts)
+    if not concepts:
+        raise ConfigError("no concepts to suppress: set concepts (e.g. concepts='[skull]')")
+    if cfg.upper_batch_size is not None:
+        batch = cfg.upper_batch_size
+    else:
+        batch = cfg.train.micro_batch_size if p.upper_batch == "lower" else mcfg.batch_size
+    xt = cfg.upper_xt_source or p.xt_source
+    condition = cfg.upper_condition or (p.condition if xt == "images" else "concept")  # captions need images
+    upper = dataclasses.replace(mcfg, concepts=concepts, xt_source=xt, condition=condition, batch_size=batch,
+                                train_method=cfg.upper_train_method or p.train_method or mcfg.train_method)
+    r = None if upper_lr is None else upper_lr / (every * cfg.train.lr)
+    one = p.optimizers == 1
+    balance = MappingProxyType({
+        "preset": cfg.preset, "double_loop": cfg.double_loop if one else None, "r": r, "lower_lr": cfg.train.lr,
+        "upper_lr": upper_lr, "upper_every": every, "lam": cfg.lam if one else None,
+        "lower_batch": cfg.train.micro_batch_size * cfg.train.grad_accum_steps, "upper_batch": batch})
+    return ResolvedBilevel(every, nested, cfg.track_vartheta or nested, upper_lr, batch, upper, r, balance)
+
+
+IGNORED_HINT = {"xt_source": "upper_xt_source", "condition": "upper_condition", "train_method": "upper_train_method",
+                "batch_size": "upper_batch_size", "lr": "upper_lr (official, nested) or train.lr (interleaved)"}
+"""The upper method's keys a preset fills in, and the bilevel key that sets each instead."""
+
+
+def refuse_ignored(cfg: "BilevelConfig", explicit: set[str]) -> None:
+    """A user-set ``<upper method>.<key>`` that the resolved upper step does not use (the preset fills it in) is
+    refused in one line naming the bilevel key that sets it (``esd.xt_source`` under ``official``, ...)."""
+    method, section = cfg.upper_method, cfg.upper_section()
+    keys = [k for k in IGNORED_HINT if f"{method}.{k}" in explicit and hasattr(section, k)]
+    if not keys:  # nothing to compare: resolving waits for the recipe (its input checks come first)
+        return
+    used = cfg.resolved.upper
+    for key in keys:
+        instead = IGNORED_HINT[key]
+        mine = getattr(section, key)
+        if key == "lr" or mine != getattr(used, key):
+            what = "its own lr is never read" if key == "lr" else f"the upper step uses {getattr(used, key)!r}"
+            raise ConfigError(f"{method}.{key}={mine!r} is not read by bilevel preset={cfg.preset} ({what}); "
+                              f"set {instead} instead")
+

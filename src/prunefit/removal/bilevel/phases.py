@@ -32,38 +32,39 @@ class BilevelPhases:
 def build_phases(cfg: BilevelConfig, student, comps, data, cache, device, rank: int = 0,
                  world: int = 1) -> BilevelPhases:
     """official: [lower, upper every k]; paper/interleaved: [G_lambda every step]; paper/nested: [vartheta
-    every step, theta every k]; plus the vartheta twin where it is tracked and not already a phase."""
-    def lower_phase(name: str, model, stream: Stream) -> tuple[Phase, DenoisingObjective]:
-        return denoising_phase(name, student=model, teacher=comps.unet, comps=comps, data=data, cfg=cfg,
-                               seed=cfg.seed, stream=stream, cache=cache, device=device)
+    every step, theta every k]; plus the vartheta twin where it is tracked and not already a phase. Every phase is
+    built whole from ``cfg.resolved`` (nothing is patched after it is built)."""
+    res = cfg.resolved
 
-    mcfg = cfg.upper_config()
+    def lower_phase(name: str, model, stream: Stream, **kw) -> tuple[Phase, DenoisingObjective]:
+        return denoising_phase(name, student=model, teacher=comps.unet, comps=comps, data=data, cfg=cfg,
+                               seed=cfg.seed, stream=stream, cache=cache, device=device, **kw)
+
     ctx = RemovalContext(student, comps.unet, comps, cfg.seed, device)  # upper targets: the unpruned teacher
-    upper = get_method(cfg.upper_method).build_phase(ctx, mcfg, name="upper", every=cfg.every,
-                                                     lr=cfg.resolved_upper_lr() or cfg.train.lr,
-                                                     student=student, freeze_others=False)
-    upper.lr_factor = constant_with_warmup(cfg.upper_warmup_steps)
+    upper = get_method(cfg.upper_method).build_phase(ctx, res.upper, name="upper", every=res.every,
+                                                     lr=res.upper_lr or cfg.train.lr, student=student,
+                                                     freeze_others=False,
+                                                     lr_factor=constant_with_warmup(cfg.upper_warmup_steps))
     twin = twin_phase = twin_obj = None
-    if cfg.tracks_vartheta:
+    if res.tracks_vartheta:
         twin = copy_student(student, cfg.train)
         twin_phase, twin_obj = lower_phase("vartheta", twin, Stream.LOWER)
+
+    def penalized(f_every: int):
+        """G_lambda around the lower objective: f's gradient every ``f_every`` calls (see PenalizedObjective)."""
+        return lambda low: PenalizedObjective(low, upper.objective, student, upper.params, cfg.lam, f_every,
+                                              res.upper.batch_size, rank, world)
+
     if cfg.spec.optimizers == 2:
         lower, lower_obj = lower_phase("lower", student, Stream.LOWER)
         phases = [lower, upper]
-    elif not cfg.nested:
-        lower, lower_obj = lower_phase("bilevel", student, Stream.LOWER)
-        lower.objective = PenalizedObjective(lower_obj, upper.objective, student, upper.params, cfg.lam, cfg.every,
-                                             mcfg.batch_size, rank, world)
+    elif not res.nested:
+        lower, lower_obj = lower_phase("bilevel", student, Stream.LOWER, wrap=penalized(res.every))
         phases = [lower]
     else:
-        theta, lower_obj = lower_phase("theta", student, Stream.THETA_LOWER)
-        theta.objective = PenalizedObjective(lower_obj, upper.objective, student, upper.params, cfg.lam, 1,
-                                             mcfg.batch_size, rank, world)
-        theta.every, theta.lr = cfg.every, cfg.resolved_upper_lr()
-        theta.lr_factor = constant_with_warmup(cfg.upper_warmup_steps)
-        for g in theta.optimizer.param_groups:
-            g["lr"] = theta.lr
+        theta, lower_obj = lower_phase("theta", student, Stream.THETA_LOWER, wrap=penalized(1), every=res.every,
+                                       lr=res.upper_lr, warmup=cfg.upper_warmup_steps)
         phases = [theta]
     if twin_phase is not None:
-        phases.insert(0, twin_phase) if cfg.nested else phases.append(twin_phase)
+        phases.insert(0, twin_phase) if res.nested else phases.append(twin_phase)
     return BilevelPhases(phases, lower_obj, twin, twin_obj)

@@ -2,8 +2,8 @@
 github.com/ruchikachavhan/concept-prune). WANDA-scored skilled weights of the FFN output layers."""
 
 from prunefit.removal.concept_prune.method import ConceptPruneConfig, apply, skilled_mask, union_over_steps  # noqa: F401
-from prunefit.removal.registry import MethodEntry, register_method
+from prunefit.removal.entry import MethodEntry
 
-register_method(MethodEntry("concept_prune", "edit", ConceptPruneConfig,
-                            "zero WANDA-scored skilled weights of FFN output layers (skill ratio 0.01)",
-                            "Chavhan et al. 2024, github.com/ruchikachavhan/concept-prune", apply=apply))
+ENTRY = MethodEntry("concept_prune", "edit", ConceptPruneConfig,
+                    "zero WANDA-scored skilled weights of FFN output layers (skill ratio 0.01)",
+                    "Chavhan et al. 2024, github.com/ruchikachavhan/concept-prune", apply=apply)

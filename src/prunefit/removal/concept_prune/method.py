@@ -17,7 +17,7 @@ import torch
 
 from prunefit.errors import ConfigError
 from prunefit.removal.context import RemovalContext, ffn_outputs
-from prunefit.removal.registry import EditResult
+from prunefit.removal.entry import EditResult
 
 
 @dataclass

@@ -7,9 +7,9 @@ k DDIM steps of the edited model itself (as ESD), or from real concept images no
 official bilevel code's variant). Defaults: AdamW, lr 1e-5, 1,000 iterations, eta 1 (paper §C.1.3).
 """
 
+from prunefit.removal.entry import MethodEntry
 from prunefit.removal.esd.method import ESDConfig, build_phase  # noqa: F401
-from prunefit.removal.registry import MethodEntry, register_method
 
-register_method(MethodEntry("esd", "train", ESDConfig, "negative-guidance fine-tuning (ESD-x / ESD-u)",
-                            "Gandikota et al. 2023, github.com/rohitgandikota/erasing", build_phase=build_phase,
-                            check=ESDConfig.check_retain))
+ENTRY = MethodEntry("esd", "train", ESDConfig, "negative-guidance fine-tuning (ESD-x / ESD-u)",
+                    "Gandikota et al. 2023, github.com/rohitgandikota/erasing", build_phase=build_phase,
+                    check=ESDConfig.check_retain)

@@ -24,7 +24,7 @@ from prunefit.objectives.inputs import sample_generator
 from prunefit.objectives.noise import add_noise, posterior_draws
 from prunefit.objectives.streams import Stream
 from prunefit.removal.context import RemovalContext, concept_from_index, param_subset
-from prunefit.training.loop import Phase
+from prunefit.training.loop import Phase, adamw_phase
 
 
 @dataclass
@@ -208,7 +208,7 @@ def concept_image_source(cfg: ESDConfig, comps, seed: int):
 
 def build_phase(ctx: RemovalContext, cfg: ESDConfig, *, name: str = "esd", every: int = 1,
                 lr: Optional[float] = None, student: Optional[torch.nn.Module] = None,
-                freeze_others: bool = True) -> Phase:
+                freeze_others: bool = True, lr_factor=None) -> Phase:
     """The method's phase. ``freeze_others=False`` leaves other parameters trainable (bilevel: the lower
     phase trains them); the phase's optimizer still updates only the method's parameter subset."""
     if not cfg.concepts:
@@ -222,8 +222,5 @@ def build_phase(ctx: RemovalContext, cfg: ESDConfig, *, name: str = "esd", every
     params = [p for _, p in named]
     for p in params:
         p.requires_grad_(True)
-    lr = lr or cfg.lr
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    return Phase(name=name, objective=ESDObjective(ctx, model, cfg), optimizer=opt, params=params, lr=lr, every=every,
-                 micro_batch=cfg.batch_size,
-                 model=model)
+    return adamw_phase(name, ESDObjective(ctx, model, cfg), params, lr=lr or cfg.lr, model=model, every=every,
+                       lr_factor=lr_factor or (lambda step: 1.0), micro_batch=cfg.batch_size)

@@ -21,7 +21,7 @@ import torch
 
 from prunefit.errors import ConfigError
 from prunefit.removal.context import RemovalContext, cross_attentions
-from prunefit.removal.registry import EditResult
+from prunefit.removal.entry import EditResult
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Write the Pareto report of one concept: the table with intervals, the verdict and the fronts plot."""
+"""Write the Pareto report of one concept from its point summaries: the table with intervals, the verdict, the plot."""
 
 from __future__ import annotations
 
@@ -56,13 +56,14 @@ def write_pareto_report(croot: Path, concept: str, results: list, cfg, paired: l
     compares, over the ``common`` seeds only; ``pending``: the points it leaves out for now."""
     croot.mkdir(parents=True, exist_ok=True)
     ok, line = verdict(paired, common, tuple(pending))
-    attacks = list(cfg.attacks)
+    t = cfg.table3
+    attacks = list(t.attacks)
     header = ["point", "family", "seeds", "ASR % [95% CI]", "FJD [95% CI]", "fidelity %", "r", "lambda", "pure data",
               *[f"ASR {a} post (%, seeds)" for a in attacks]]
     md = [f"# ASR vs FJD fronts on the toy world: suppressing `{concept}`", "",
-          f"{cfg.eval_prompts} prompts per set (adversarial / artist set for ASR, toy-val for FJD and fidelity), "
-          f"{cfg.lower_steps} lower steps per run, upper every {cfg.upper_every}, ESD lr {cfg.esd_lr:g}, lower lr "
-          f"{cfg.train.lr:g}, torch threads {cfg.threads}; intervals: hierarchical bootstrap over seeds and prompts "
+          f"{t.eval_prompts} prompts per set (adversarial / artist set for ASR, toy-val for FJD and fidelity), "
+          f"{t.lower_steps} lower steps per run, upper every {t.upper_every}, ESD lr {t.esd_lr:g}, lower lr "
+          f"{t.train.lr:g}, torch threads {t.threads}; intervals: hierarchical bootstrap over seeds and prompts "
           f"({cfg.n_boot} draws for ASR: percentile; {max(50, cfg.n_boot // 5)} for FJD: centred, since resampled FJDs "
           "are biased upward). Grids fixed before any run.", "", line, "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -1,5 +1,4 @@
-"""Write the Table-3 report of one concept: markdown + CSV, ASR-vs-FJD plot, training curves, sample grid (a
-recipe: the sample grid generates images)."""
+"""Write the Table-3 report of one concept from its judged rows: markdown + CSV, ASR-vs-FJD plot, training curves."""
 
 from __future__ import annotations
 
@@ -12,11 +11,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from prunefit.experiments.common.attacks import attack_label  # noqa: E402
+from prunefit.experiments.common.judging import guidance_label  # noqa: E402
+from prunefit.experiments.table3.config import PAPER_TABLE3, ROW_NAMES  # noqa: E402
+
 
 def write_table3_report(croot: Path, concept: str, rows: dict, cfg, start: Path) -> Path:
-    from prunefit.recipes.attack import attack_label
-    from prunefit.recipes.table3 import PAPER_TABLE3, ROW_NAMES, guidance_label
-
+    """report.md, report.csv, asr_vs_fjd.png and curves.png of ``rows`` (row -> judged result) in ``croot``."""
     header = ["method", "ASR adversarial (%)", "rate plain (%)", "FJD", "fidelity (%)", "kept artists (%)",
               "train s", *[f"ASR {a} pre → post (%)" for a in cfg.attacks], "paper ASR (%)", "paper FID"]
     table = []
@@ -67,13 +68,10 @@ def write_table3_report(croot: Path, concept: str, rows: dict, cfg, start: Path)
         csv.writer(fh).writerows([header, *table])
     _scatter(croot, rows, concept)
     _curves(croot, rows)
-    _samples(croot, rows, concept, cfg)
     return croot / "report.md"
 
 
 def _scatter(croot: Path, rows: dict, concept: str) -> None:
-    from prunefit.recipes.table3 import ROW_NAMES
-
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for key, r in rows.items():
         ax.scatter(r["fjd"], 100 * r["asr_adversarial"], s=60, marker="*" if key.startswith("ours") else "o")
@@ -110,30 +108,3 @@ def _curves(croot: Path, rows: dict) -> None:
     fig.tight_layout()
     fig.savefig(croot / "curves.png", dpi=110)
     plt.close(fig)
-
-
-def _samples(croot: Path, rows: dict, concept: str, cfg) -> None:
-    """Rows = methods, columns = the first adversarial (or artist) prompts, same seeds everywhere."""
-    from PIL import Image
-
-    from prunefit.config.schema import SamplerConfig
-    from prunefit.generation.grid import GridStyle, labelled_grid
-    from prunefit.models.components import load_components
-    from prunefit.pruning.expert import load_expert
-    from prunefit.recipes.table3 import ROW_NAMES, _is_unsafe
-    from prunefit.recipes.toyworld_quality import generate_rows, read_rows
-    from prunefit.toyworld.paths import prompts_dir
-    from prunefit.toyworld.prompts import artist_slug
-
-    name = "unsafe-adversarial" if _is_unsafe(concept) else f"artist-{artist_slug(concept)}"
-    prompts = read_rows(prompts_dir() / f"{name}.jsonl", cfg.sample_prompts)
-    comps = load_components(cfg.model)
-    grid_rows = []
-    for r in rows.values():
-        unet, _ = load_expert(r["model"], comps.unet.config)
-        imgs = generate_rows(comps.with_unet(unet), prompts, SamplerConfig(batch_size=len(prompts)))
-        grid_rows.append([Image.fromarray(x.permute(1, 2, 0).numpy()) for x in imgs])
-    labelled_grid(grid_rows, [ROW_NAMES.get(k, "Distilled") for k in rows], [p["prompt"] for p in prompts],
-                  style=GridStyle(cell=96)).save(croot / "samples.png")
-    (croot / "samples.json").write_text(json.dumps({"rows": list(rows), "prompts": [p["prompt"] for p in prompts]},
-                                                   indent=1))

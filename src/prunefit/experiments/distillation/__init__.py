@@ -1,0 +1,1 @@
+"""``prunefit experiment distillation``: the fine-tuning objective ablation (config, run, report)."""

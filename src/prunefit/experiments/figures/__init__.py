@@ -1,0 +1,1 @@
+"""``prunefit experiment figures``: models side by side on the same prompts (config, run, report)."""

@@ -1,0 +1,1 @@
+"""``prunefit experiment pareto``: ASR-vs-FJD fronts over seeds (config, run, report)."""

@@ -1,0 +1,277 @@
+"""``prunefit experiment table3``: the paper's Table 3 from one starting expert, on the toy world or SD.
+
+Rows (each a composition of the other recipes, at the same lower-step budget):
+  Distilled+ESD, ESD+Distilled (unlearn -> prune -> distil), Distilled+UCE, Distilled+CP,
+  Distilled+AdvUnlearn, Ours (ESD), Ours (AdvUnlearn).
+Every stage lives in a folder named by a hash of the settings it depends on (``<output>/<concept>/<stage>-<hash>/``
+with ``spec.json``), so a finished row is reused only when its resolved settings match and a changed setting
+computes a new folder beside the old one (nothing is overwritten). Outputs:
+report.md (our table beside the paper's numbers), report.csv, asr_vs_fjd.png, curves.png (lower loss,
+upper loss, constraint gap of the bilevel rows) and samples.png (rows x adversarial prompts).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from prunefit.config.load import save_resolved_config
+from prunefit.config.schema import DataConfig, FinetuneConfig
+from prunefit.errors import ConfigError
+from prunefit.experiments.common.attacks import add_attacks
+from prunefit.experiments.common.judging import is_unsafe, judge_model
+from prunefit.experiments.common.protocol import EraseKnobs, esd_parameters
+from prunefit.experiments.common.stages import concept_slug, pruned_once, run_erase, stage_dir
+from prunefit.experiments.table3.config import ROW_NAMES, ExperimentConfig
+from prunefit.experiments.table3.report import write_table3_report
+from prunefit.recipes import bilevel, finetune
+
+
+def attack_reach(run_dir: Path) -> Optional[float]:
+    """The largest soft-token perturbation AdvUnlearn's inner attack reached in a run (its log), or None."""
+    log = Path(run_dir) / "log.jsonl"
+    if not log.is_file():
+        return None
+    norms = [v for line in log.read_text().splitlines() if line.strip()
+             for k, v in json.loads(line).items() if k.endswith("/attack_norm")]
+    return max(norms) if norms else None
+
+
+class Table3:
+    def __init__(self, cfg: ExperimentConfig, log=print) -> None:
+        self.cfg, self.log = cfg, log
+        self.root = Path(cfg.output_dir)
+
+    # ---------------------------------------------------------------- settings each stage depends on
+    def lower_data(self, concept: str) -> DataConfig:
+        """The lower-level data, with the erased concept's share set where ``lower_concept_share`` asks."""
+        share, data = self.cfg.lower_concept_share, self.cfg.data
+        if share is None:
+            return data
+        if is_unsafe(concept):
+            return dataclasses.replace(data, toy_p_unsafe=share)
+        if share != 0:
+            raise ConfigError(f"lower_concept_share for an artist ({concept}) can only be 0 (left out of the data)")
+        return dataclasses.replace(data, toy_exclude_artists=sorted({*data.toy_exclude_artists, concept}))
+
+    def start_spec(self) -> dict:
+        c = self.cfg
+        return {"model": c.model, "expert": c.expert, "target": c.target}
+
+    def distil_spec(self, concept: str) -> dict:
+        c = self.cfg
+        return {**self.start_spec(), "seed": c.seed, "data": asdict(self.lower_data(concept)), "train": asdict(c.train),
+                "loss": asdict(c.loss), "lower_steps": c.lower_steps}
+
+    def erase_knobs(self) -> EraseKnobs:
+        return EraseKnobs.of(self.cfg)
+
+    def bilevel_config(self, method: str, concept: str, student: Path, out: Path):
+        """The typed ``prunefit bilevel`` config of a bilevel row."""
+        from prunefit.config.sections import build
+        from prunefit.removal.advunlearn.method import AdvUnlearnConfig
+        from prunefit.removal.bilevel.config import BilevelConfig
+        from prunefit.removal.esd.method import ESDConfig
+
+        c = self.cfg
+        upper_steps = max(1, c.lower_steps // c.upper_every)
+        train = dataclasses.replace(c.train, max_steps=c.lower_steps, val_every=max(10, c.lower_steps // 10),
+                                    val_samples=16)
+        return build(
+            BilevelConfig, model=c.model, student=str(student), output_dir=str(out), seed=c.seed, device=c.device,
+            preset=c.bilevel_preset, upper_method=method, concepts=[concept], upper_every=c.upper_every, lam=c.lam,
+            double_loop=c.double_loop, upper_lr=c.resolved_upper_lr(), upper_warmup_steps=c.upper_warmup_steps,
+            upper_train_method=c.upper_train_method or esd_parameters(concept), upper_xt_source=c.bilevel_xt_source,
+            upper_condition=c.upper_condition, upper_batch_size=c.upper_batch_size, track_vartheta=c.track_vartheta,
+            data=self.lower_data(concept), train=train, loss=c.loss, esd=ESDConfig(ddim_steps=c.esd_ddim_steps),
+            advunlearn=AdvUnlearnConfig(ddim_steps=c.esd_ddim_steps).scaled(upper_steps),
+            resume="latest" if (out / "checkpoints").is_dir() else None)
+
+    # ---------------------------------------------------------------- building blocks
+    def start_expert(self) -> Path:
+        if self.cfg.expert:
+            return Path(self.cfg.expert)
+        return pruned_once(self.root / "start", f"[table3] magnitude-pruning the teacher to {self.cfg.target} of "
+                           "its MACs", self.log, model=self.cfg.model, method="magnitude", target=self.cfg.target,
+                           device=self.cfg.device)
+
+    def train_distilled(self, student: Path, out: Path, data: DataConfig, model: Optional[str] = None) -> Path:
+        """Fine-tune (distil) ``student`` for ``lower_steps`` into ``out`` (reused when finished, else resumed)."""
+        done = out / "expert"
+        if (done / "expert.json").is_file():
+            return done
+        c = self.cfg
+        cfg = FinetuneConfig(model=model or c.model, student=str(student), output_dir=str(out), seed=c.seed,
+                             device=c.device, data=data, train=dataclasses.replace(c.train, max_steps=c.lower_steps),
+                             loss=c.loss, resume="latest" if (out / "checkpoints").is_dir() else None)
+        return finetune.main(cfg).model_path
+
+    def distilled(self, concept: str, croot: Path, start: Path) -> Path:
+        spec = self.distil_spec(concept)
+        return self.train_distilled(start, stage_dir(croot, "distilled", spec), self.lower_data(concept))
+
+    def erased(self, method: str, concept: str, student: Optional[Path], out: Path,
+               model: Optional[str] = None) -> Path:
+        c = self.cfg
+        return run_erase(method, concept, model or c.model, student, out, self.erase_knobs(), c.seed, c.device)
+
+    def bilevel(self, method: str, concept: str, student: Path, out: Path) -> Path:
+        if (out / "bilevel_summary.json").is_file():
+            return out / "expert"
+        return bilevel.main(self.bilevel_config(method, concept, student, out)).model_path
+
+    # ---------------------------------------------------------------- rows
+    def row_spec(self, row: str, concept: str) -> dict:
+        """Every setting a row's model depends on."""
+        spec = {"row": row, "concept": concept, **self.distil_spec(concept)}
+        if row.startswith("distilled+") or row == "esd+distilled":
+            spec["erase"] = asdict(self.erase_knobs())
+        if row.startswith("ours_"):
+            b = self.bilevel_config(row.split("_", 1)[1], concept, Path("-"), Path("-"))
+            spec["bilevel"] = {**asdict(b), "student": None, "output_dir": None, "resume": None,
+                               "balance": b.balance()}
+        return spec
+
+    def run_row(self, row: str, concept: str, croot: Path, start: Path) -> tuple[Path, dict]:
+        """(the row's model, its bilevel balance or {}): trains what is missing."""
+        if row == "distilled":
+            return self.distilled(concept, croot, start), {}
+        rdir = stage_dir(croot, row, self.row_spec(row, concept))
+        methods = {"distilled+esd": "esd", "distilled+uce": "uce", "distilled+cp": "concept_prune",
+                   "distilled+advunlearn": "advunlearn"}
+        if row in methods:
+            return self.erased(methods[row], concept, self.distilled(concept, croot, start), rdir), {}
+        if row == "esd+distilled":
+            teacher_spec = {"model": self.cfg.model, "seed": self.cfg.seed, "concept": concept,
+                            "erase": asdict(self.erase_knobs())}
+            erased_teacher = self.erased("esd", concept, None, stage_dir(croot, "esd_teacher", teacher_spec))
+            pruned = self._prune_like(start, erased_teacher, rdir / "pruned")
+            return self.train_distilled(pruned, rdir, self.lower_data(concept), model=str(erased_teacher)), {}
+        method = row.split("_", 1)[1]
+        model = self.bilevel(method, concept, start, rdir)
+        return model, json.loads((rdir / "bilevel_summary.json").read_text())["balance"]
+
+    def _prune_like(self, start: Path, teacher_dir: Path, out: Path) -> Path:
+        """Apply the starting expert's architecture to another (erased) dense model: load, then slice."""
+        if (out / "expert.json").is_file():
+            return out
+        from prunefit.models.components import load_components
+        from prunefit.pruning.expert import read_expert_info, save_expert
+        from prunefit.pruning.materialize import materialize
+        from prunefit.pruning.spec import gate_spec
+
+        info = read_expert_info(start)
+        comps = load_components(str(teacher_dir))
+        unet = copy.deepcopy(comps.unet)
+        materialize(unet, gate_spec(comps.unet, info.ffn_groups), torch.tensor(info.arch))
+        info = copy.deepcopy(info)
+        info.source_model = str(teacher_dir)
+        return save_expert(unet, info, out)
+
+    # ---------------------------------------------------------------- evaluation
+    def eval_spec(self) -> dict:
+        return {"eval_prompts": self.cfg.eval_prompts, "kept_artists": self.cfg.kept_artists}
+
+    def evaluate(self, model_path: Path, concept: str) -> dict:
+        return judge_model(model_path, self.cfg.model, concept, self.cfg.eval_prompts, self.cfg.kept_artists)
+
+    def row_result(self, row: str, concept: str, croot: Path, start: Path) -> dict:
+        """The row's judged result: reused from row.json only when its model and evaluation settings match."""
+        spec = self.distil_spec(concept) if row == "distilled" else self.row_spec(row, concept)
+        rfile = stage_dir(croot, row, spec) / "row.json"
+        if rfile.is_file():
+            old = json.loads(rfile.read_text())
+            if old.get("eval") == self.eval_spec():
+                if self.attack_row(old, concept, rfile.parent):
+                    rfile.write_text(json.dumps(old, indent=1))
+                return old
+        self.log(f"[table3] {concept}: {row}")
+        t0 = time.time()
+        model, balance = self.run_row(row, concept, croot, start)
+        res = {"model": str(model), "train_seconds": round(time.time() - t0, 1), "eval": self.eval_spec(),
+               "balance": balance, "threads": self.cfg.threads, **self.evaluate(model, concept)}
+        if "advunlearn" in row:
+            from prunefit.removal.advunlearn.method import AdvUnlearnConfig
+
+            res["attack_reach"], res["attack_eps"] = attack_reach(Path(model).parent), AdvUnlearnConfig().attack_eps
+        rfile.write_text(json.dumps(res, indent=1))
+        if self.attack_row(res, concept, rfile.parent):
+            rfile.write_text(json.dumps(res, indent=1))
+        return res
+
+    def attack_row(self, res: dict, concept: str, folder: Path) -> bool:
+        """Run the configured attacks a judged row lacks (``res['attacks']``); True if any ran."""
+        if not self.cfg.attacks:
+            return False
+        return add_attacks(res, model=res["model"], base_model=self.cfg.model, concept=concept,
+                           attacks=self.cfg.attacks, budgets=self.cfg.attack_budgets,
+                           n_prompts=self.cfg.attack_prompts, seed=self.cfg.seed, folder=folder,
+                           device=self.cfg.device, log=self.log)
+
+    def run(self) -> dict:
+        torch.set_num_threads(self.cfg.threads)
+        self.root.mkdir(parents=True, exist_ok=True)
+        save_resolved_config(self.cfg, self.root)
+        start = self.start_expert()
+        results: dict = {}
+        for concept in self.cfg.concepts:
+            croot = self.root / concept_slug(concept)
+            rows = {row: self.row_result(row, concept, croot, start) for row in ["distilled", *self.cfg.rows]}
+            results[concept] = rows
+            write_table3_report(croot, concept, rows, self.cfg, start)
+            write_samples(croot, rows, concept, self.cfg)
+            if self.cfg.model == "toyworld" and self.cfg.sample_prompts > 0:
+                self.figure(concept, croot, rows)
+        return results
+
+    def figure(self, concept: str, croot: Path, rows: dict) -> Path:
+        """Every row side by side on the toy analogue of the paper's Fig. 6 prompts (erased artists, the unsafe
+        concept, neutral and kept prompts; the erased concept's columns marked): ``<concept>/figure/``."""
+        from prunefit.experiments.figures.config import FigureModel
+        from prunefit.experiments.figures.run import render_figure
+        from prunefit.toyworld.figure_prompts import write_toy_prompt_files
+
+        prompts = {p.stem: p for p in write_toy_prompt_files(croot / "figure" / "prompts")}
+        models = [FigureModel(name=ROW_NAMES.get(row, "Distilled"), path=r["model"]) for row, r in rows.items()]
+        res = render_figure(models, prompts["table6_fig6_erasure_after_pruning"], croot / "figure",
+                            erased=[concept], base_model=self.cfg.model, seed=self.cfg.seed)
+        self.log(f"[table3] figure: {res.figure} (page {res.html})")
+        return res.figure
+
+
+def write_samples(croot: Path, rows: dict, concept: str, cfg) -> None:
+    """samples.png: rows = methods, columns = the first adversarial (or artist) prompts, same seeds everywhere."""
+    from PIL import Image
+
+    from prunefit.config.schema import SamplerConfig
+    from prunefit.generation.grid import GridStyle, labelled_grid
+    from prunefit.models.components import load_components
+    from prunefit.pruning.expert import load_expert
+    from prunefit.recipes.toyworld_quality import generate_rows, read_rows
+    from prunefit.toyworld.paths import prompts_dir
+    from prunefit.toyworld.prompts import artist_slug
+
+    name = "unsafe-adversarial" if is_unsafe(concept) else f"artist-{artist_slug(concept)}"
+    prompts = read_rows(prompts_dir() / f"{name}.jsonl", cfg.sample_prompts)
+    comps = load_components(cfg.model)
+    grid_rows = []
+    for r in rows.values():
+        unet, _ = load_expert(r["model"], comps.unet.config)
+        imgs = generate_rows(comps.with_unet(unet), prompts, SamplerConfig(batch_size=len(prompts)))
+        grid_rows.append([Image.fromarray(x.permute(1, 2, 0).numpy()) for x in imgs])
+    labelled_grid(grid_rows, [ROW_NAMES.get(k, "Distilled") for k in rows], [p["prompt"] for p in prompts],
+                  style=GridStyle(cell=96)).save(croot / "samples.png")
+    (croot / "samples.json").write_text(json.dumps({"rows": list(rows), "prompts": [p["prompt"] for p in prompts]},
+                                                   indent=1))
+
+
+def main(cfg: ExperimentConfig, log=print) -> dict:
+    return Table3(cfg, log).run()
+
