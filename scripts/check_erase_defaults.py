@@ -57,8 +57,8 @@ def judge(model: str, concept_sets: list[str], kept: list[str], n: int, kept_n: 
     """Judge rates of ``model``: each concept set on ``n`` prompts, toy-val on ``val_n`` (0: ``n``), each kept
     artist on ``kept_n`` (their prompts sampled together in batches of 50), all from ``split``."""
     from prunefit.config.schema import SamplerConfig
+    from prunefit.generation.toyworld_quality import generate_rows, measure_set
     from prunefit.models.components import load_components
-    from prunefit.recipes.toyworld_quality import generate_rows, measure_set
     from prunefit.toyworld.judge import load_judge
     from prunefit.toyworld.metrics import concept_rate
     from prunefit.toyworld.paths import judge_dir, prompts_dir

@@ -46,8 +46,8 @@ def main() -> None:
     from prunefit.config.schema import SamplerConfig
     from prunefit.evaluation.fid import fid_from_features
     from prunefit.evaluation.intervals import bootstrap_interval
+    from prunefit.generation.toyworld_quality import generate_rows
     from prunefit.models.components import load_components
-    from prunefit.recipes.toyworld_quality import generate_rows
     from prunefit.toyworld.judge import load_judge
     from prunefit.toyworld.metrics import reference_renders
     from prunefit.toyworld.paths import judge_dir, prompts_dir, teacher_dir

@@ -53,7 +53,10 @@ def test_cache_is_a_config_command_and_prints_its_result(tmp_path, capsys):
 def test_every_config_command_names_a_schema_and_a_recipe_that_exist():
     from prunefit.cli import _COMMANDS, _EXPERIMENTS, _named, command_schema
 
-    for name, spec in _COMMANDS.items():
-        assert command_schema(name) is _named(spec.schema) and callable(_named(spec.recipe)), name
+    rows = [(n, r) for n, r in _COMMANDS.items() if not r.sub] + [
+        (n, r) for c in _COMMANDS.values() if c.sub for n, r in c.sub.items()]
+    for name, spec in rows:
+        assert callable(_named(spec.recipe or f"prunefit.recipes.{name}:main")), name
+        assert not spec.schema or name not in _COMMANDS or command_schema(name) is _named(spec.schema), name
     for name in [*_EXPERIMENTS, "experiment", "evaluate"]:
         assert command_schema(name).__name__.endswith("Config"), name

@@ -12,8 +12,9 @@ defaults, same one-line errors), runs the recipe and returns its named result::
     run = prunefit.generate(both.model_path, prompts=["a red star on a black background"], output_dir="runs/g")
     scores = prunefit.evaluate(run.output_dir, metrics=["toyworld"])
 
-A model argument is ``"toyworld"``, ``"tiny"``, a diffusers pipeline folder, a hub id, or an expert folder (then
-its base model is read from its ``expert.json``).
+A model argument is ``"toyworld"``, ``"tiny"``, a diffusers pipeline folder, a hub id, an expert folder (then
+its base model is read from its ``expert.json``) or an experiment row folder; ``generate`` also takes a ``prunefit
+prune`` folder (routed experts). ``pruning.resolve.resolve_model`` says which.
 """
 
 from __future__ import annotations
@@ -43,27 +44,18 @@ def _config(schema, settings: dict[str, Any]):
 
 def _model_and_student(model: str | Path) -> tuple[str, Optional[str]]:
     """(base model, expert folder or None) of a model argument."""
-    path = Path(model)
-    if (path / "expert.json").is_file():
-        from prunefit.pruning.expert import read_expert_info
+    from prunefit.pruning.resolve import resolve_model
 
-        return read_expert_info(path).source_model, str(path)
-    return str(model), None
+    ref = resolve_model(model).one_model()
+    return ref.base, ref.expert
 
 
 def load(model: str | Path = "toyworld", *, device: str = "cpu", dtype: str = "float32"):
     """The components (tokenizer, text encoder, VAE, UNet, scheduler) of a model; an expert folder gives its
     base model's components with the expert as UNet."""
-    from prunefit.models.components import load_components
+    from prunefit.pruning.resolve import model_components, resolve_model
 
-    base, expert = _model_and_student(model)
-    comps = load_components(base, dtype=dtype, device=device)
-    if expert is None:
-        return comps
-    from prunefit.pruning.expert import load_expert
-
-    unet, _ = load_expert(expert, comps.unet.config)
-    return comps.with_unet(unet.to(device))
+    return model_components(resolve_model(model), device=device, dtype=dtype)
 
 
 def prune(model: str | Path = "toyworld", *, output_dir: str | Path, **settings):
@@ -80,9 +72,9 @@ def finetune(student: Optional[str | Path] = None, *, output_dir: str | Path, mo
     from prunefit.config.schema import FinetuneConfig
     from prunefit.recipes import finetune as recipe
 
-    base = model or (_model_and_student(student)[0] if student else "toyworld")
-    return recipe.main(_config(FinetuneConfig, {"model": base, "student": student, "output_dir": str(output_dir),
-                                                **settings}))
+    source, expert = _model_and_student(student) if student else ("toyworld", None)
+    return recipe.main(_config(FinetuneConfig, {"model": model or source, "student": expert or student,
+                                                "output_dir": str(output_dir), **settings}))
 
 
 def erase(model: str | Path, *, method: str, concepts: Sequence[str], output_dir: str | Path, **settings):
@@ -112,12 +104,15 @@ def generate(model: str | Path = "toyworld", *, output_dir: str | Path, prompts:
              prompt_file: Optional[str | Path] = None, experts: Optional[str | Path] = None, **settings):
     """Images for prompts with a model, an expert, or routed experts (``experts=`` a prune folder)."""
     from prunefit.config.schema import GenerateConfig
+    from prunefit.pruning.resolve import resolve_model
     from prunefit.recipes import generate as recipe
 
-    base, expert = _model_and_student(model)
+    ref = resolve_model(model)
+    experts = experts or ref.prune_dir
     return recipe.main(_config(GenerateConfig, {
-        "model": base, "expert": expert, "experts": str(experts) if experts else None, "prompts": list(prompts),
-        "prompt_file": str(prompt_file) if prompt_file else None, "output_dir": str(output_dir), **settings}))
+        "model": ref.base, "expert": ref.expert, "experts": str(experts) if experts else None,
+        "prompts": list(prompts), "prompt_file": str(prompt_file) if prompt_file else None,
+        "output_dir": str(output_dir), **settings}))
 
 
 def evaluate(run_dir: str | Path, *, metrics: Sequence[str], **settings):

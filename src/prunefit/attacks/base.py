@@ -61,9 +61,13 @@ class Detector(Protocol):
 
     name: str
 
-    def flags(self, images: Sequence[Image.Image]) -> list[bool]: ...
+    def flags(self, images: Sequence[Image.Image]) -> list[bool]:
+        """Per image, whether it shows the concept."""
+        ...
 
-    def protocol(self) -> dict[str, Any]: ...
+    def protocol(self) -> dict[str, Any]:
+        """How the detector judges (model, labels, threshold, flag rule), recorded with the results."""
+        ...
 
 
 def attack_generator(seed: int, prompt_id: str, stream: str) -> torch.Generator:

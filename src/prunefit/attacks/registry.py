@@ -23,12 +23,20 @@ _ATTACKS: Registry[AttackEntry] = Registry("attack", _load_builtin)
 
 
 def register_attack(entry: AttackEntry) -> None:
+    """Add an attack to the registry under its name."""
     _ATTACKS.register(entry.name, entry)
 
 
 def get_attack(name: str) -> AttackEntry:
+    """The registered attack ``name`` (an error lists the available ones)."""
     return _ATTACKS.get(name)
 
 
 def list_attacks() -> list[AttackEntry]:
+    """All registered attacks."""
     return _ATTACKS.all()
+
+
+def listing() -> list[str]:
+    """``prunefit list attacks``: one line per attack (name, kind, summary, reference)."""
+    return [f"{a.name:12s} [{a.kind}] {a.summary}  ({a.reference})" for a in list_attacks()]

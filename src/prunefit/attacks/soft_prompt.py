@@ -68,6 +68,7 @@ def soft_prefix(text_encoder, prefix: torch.Tensor, start: int = 1) -> Iterator[
     k = prefix.shape[-2]
 
     def hook(_module, _inputs, out: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [B, L, d_tok] with positions start .. start+k-1 replaced by the prefix."""
         p = prefix.to(out.dtype)
         p = p.expand(out.shape[0], -1, -1) if p.ndim == 2 else p
         return torch.cat([out[:, :start], p, out[:, start + k:]], dim=1)
@@ -89,6 +90,7 @@ def soft_tokens(text_encoder, embeds: torch.Tensor, positions: torch.Tensor) -> 
                           f"{list(embeds.shape)} and {list(positions.shape)}")
 
     def hook(_module, _inputs, out: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [B, L, d_tok] with ``positions`` [B, m] set to ``embeds`` [B, m, d_tok]."""
         rows = torch.arange(out.shape[0], device=out.device)[:, None].expand_as(positions)
         return out.index_put((rows, positions.to(out.device)), embeds.to(out.dtype))
 

@@ -20,6 +20,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from prunefit.config.sections import concrete_schema
 from prunefit.errors import ConfigError, PrunefitError
+from prunefit.utils.io import atomic_write_text
 
 T = TypeVar("T")
 
@@ -170,7 +171,4 @@ def save_resolved_config(cfg: Any, directory: str | os.PathLike) -> Path:
     if not dataclasses.is_dataclass(cfg):
         raise TypeError(f"expected a dataclass config, got {type(cfg).__name__}")
     out = Path(directory) / "resolved_config.yaml"
-    tmp = out.with_suffix(".yaml.tmp")
-    tmp.write_text(to_yaml(cfg))
-    os.replace(tmp, out)
-    return out
+    return atomic_write_text(out, to_yaml(cfg))

@@ -8,7 +8,6 @@ so a step runs no VAE encoder and no text encoder.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from prunefit.errors import DataError
+from prunefit.utils.io import atomic_file, atomic_write_json
 
 
 @dataclass
@@ -31,11 +31,14 @@ class LatentCache:
         return self.mean.shape[0]
 
     def samples(self, start: int, n: int):
+        """Samples start .. start+n-1 (cycling): latent mean and std [n, 4, h, w], text states [n, L, C], captions."""
         idx = torch.arange(start, start + n) % len(self)
         return self.mean[idx], self.std[idx], self.text[idx], [self.captions[i] for i in idx.tolist()]
 
 
 def build_cache(components, data, n: int, out: Path, batch_size: int = 64, meta: dict | None = None) -> Path:
+    """Encode the first ``n`` samples of ``data`` (VAE latent mean and std [N, 4, h, w], text states [N, L, C]) into a
+    cache folder ``out``; returns ``out``."""
     from prunefit.models.components import encode_prompts
 
     means, stds, texts, caps = [], [], [], []
@@ -49,11 +52,10 @@ def build_cache(components, data, n: int, out: Path, batch_size: int = 64, meta:
             texts.append(encode_prompts(components, captions).cpu())
             caps += captions
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".cache.safetensors.tmp"
-    save_file({"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous(),
-               "text": torch.cat(texts).contiguous()}, str(tmp))
-    (out / "cache.json").write_text(json.dumps({"n": n, "captions": caps, **(meta or {})}))
-    os.replace(tmp, out / "cache.safetensors")
+    with atomic_file(out / "cache.safetensors") as tmp:
+        save_file({"mean": torch.cat(means).contiguous(), "std": torch.cat(stds).contiguous(),
+                   "text": torch.cat(texts).contiguous()}, str(tmp))
+        atomic_write_json(out / "cache.json", {"n": n, "captions": caps, **(meta or {})})
     return out
 
 
@@ -76,6 +78,7 @@ def read_cache_meta(path: str | Path, expected_model: str | None = None) -> dict
 
 
 def load_cache(path: str | Path, expected_model: str | None = None) -> LatentCache:
+    """Read a cache folder (checked against ``expected_model``) into a ``LatentCache``."""
     d = Path(path)
     meta = read_cache_meta(d, expected_model)
     try:

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from prunefit.errors import DataError
+from prunefit.utils.io import jsonl_lines
 
 
 @dataclass
@@ -52,6 +53,7 @@ class ToyWorldData:
         return out
 
     def samples(self, start: int, n: int) -> tuple[torch.Tensor, list[str]]:
+        """Rendered scenes start .. start+n-1 as images [n, 3, H, W] in [-1, 1], and their captions."""
         from prunefit.toyworld.world import caption, render
 
         imgs, caps = [], []
@@ -95,9 +97,12 @@ class CaptionRows:
         return int(self._perm[pos])
 
     def captions(self, start: int, n: int) -> list[str]:
+        """The captions of samples start .. start+n-1 (no image read)."""
         return [self.rows[self._index(i)][1] for i in range(start, start + n)]
 
     def samples(self, start: int, n: int) -> tuple[torch.Tensor, list[str]]:
+        """Images [n, 3, R, R] in [-1, 1] of samples start .. start+n-1 and their captions; unreadable images are
+        replaced by deterministic substitutes and counted in ``skipped``."""
         images, caps = [], []
         for i in range(start, start + n):
             for attempt in range(64):  # an unreadable row is replaced by a deterministic substitute
@@ -121,14 +126,11 @@ def image_caption_folder(folder: str | Path, resolution: int, seed: int = 0) -> 
     if not meta.is_file():
         raise DataError(f"{folder} has no metadata.jsonl (rows with file_name and text)")
     rows = []
-    for n, line in enumerate(meta.read_text().splitlines()):
-        if not line.strip():
-            continue
+    for n, r in jsonl_lines(meta):
         try:
-            r = json.loads(line)
             rows.append((folder / r["file_name"], str(r.get("text", r.get("caption")))))
-        except (json.JSONDecodeError, KeyError):
-            raise DataError(f"{meta}: line {n + 1} needs 'file_name' and 'text'") from None
+        except (KeyError, TypeError, AttributeError):
+            raise DataError(f"{meta}: line {n} needs 'file_name' and 'text'") from None
     if not rows:
         raise DataError(f"{meta} lists no images")
     return CaptionRows(rows, resolution, seed)

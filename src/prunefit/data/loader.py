@@ -112,6 +112,7 @@ class Prefetcher:
     # ------------------------------------------------------------------------------------------- data API
     @property
     def skipped(self) -> int:
+        """Unreadable images the data object has skipped so far."""
         return self.data.skipped
 
     def captions(self, start: int, n: int) -> list[str]:

@@ -11,13 +11,13 @@ Ids become file names (``images/<id>.png``), so they must be unique and filesyst
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from prunefit.errors import DataError
+from prunefit.utils.io import jsonl_lines
 
 MAX_PROMPT_FILE_BYTES = 512 * 1024 * 1024
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -78,17 +78,10 @@ def _rows_csv(path: Path) -> Iterable[tuple[str, dict]]:
 
 
 def _rows_jsonl(path: Path) -> Iterable[tuple[str, dict]]:
-    with path.open(encoding="utf-8-sig") as fh:
-        for n, line in enumerate(fh):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {n + 1} is not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {n + 1} must be a JSON object with a 'prompt' key")
-            yield f"{path}: line {n + 1}", row
+    for n, row in jsonl_lines(path):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {n} must be a JSON object with a 'prompt' key")
+        yield f"{path}: line {n}", row
 
 
 _READERS = {".txt": _rows_txt, ".csv": _rows_csv, ".jsonl": _rows_jsonl}
@@ -104,11 +97,19 @@ PROMPT_FORMATS: dict[str, str] = {
     "artist": "artist CSVs (test_<artist>.csv): 'prompt', 'evaluation_seed', 'case_number', 'artist'/'artists'",
 }
 """Named prompt-file formats (``prompt_format``); all CSV formats keep unknown columns as ``extra``."""
+
+
+def listing() -> list[str]:
+    """``prunefit list prompt-formats``: one line per format and what it reads."""
+    return [f"{name:15s} {text}" for name, text in PROMPT_FORMATS.items()]
+
+
 _PROMPT_COLUMN = {"mma": "adv_prompt"}
 
 
 def _rows_csv_column(column: str):
     def rows(path: Path) -> Iterable[tuple[str, dict]]:
+        """(location, row) per CSV row, the prompt read from ``column``."""
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or column not in reader.fieldnames:

@@ -25,6 +25,8 @@ class ToyWorldConceptData:
                 raise ConfigError(f"unknown toy-world concept {c!r}; available: {[*ARTISTS, *UNSAFE_PHRASES]}")
 
     def samples(self, start: int, n: int) -> tuple[torch.Tensor, list[str]]:
+        """Concept scenes start .. start+n-1 (cycling over the concepts) as images [n, 3, H, W] in [-1, 1], and their
+        captions."""
         from prunefit.toyworld.world import ARTISTS, UNSAFE, caption, render, sample_scene
 
         imgs, caps = [], []

@@ -46,21 +46,26 @@ class EvalContext:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str = "cpu") -> "EvalContext":
+        """The context of a generation run folder, from its manifest."""
         run_dir = Path(run_dir)
         return cls(run_dir, read_manifest_rows(run_dir), device)
 
     @property
     def ids(self) -> list[str]:
+        """The run's image ids, in manifest order."""
         return [str(r["id"]) for r in self.rows]
 
     @property
     def prompts(self) -> list[str]:
+        """The run's prompts, in manifest order."""
         return [r["prompt"] for r in self.rows]
 
     def image_path(self, rid: str) -> Path:
+        """Where the image of id ``rid`` lives."""
         return self.run_dir / "images" / f"{rid}.png"
 
     def images(self) -> torch.Tensor:
+        """The run's images as uint8 [N, 3, H, W], loaded once (an error names a missing image)."""
         if self._images is None:
             arrs = []
             for rid in self.ids:
@@ -79,6 +84,7 @@ class EvalContext:
         return [(r.get("extra") or {}).get(key) for r in self.rows]
 
     def model(self) -> str:
+        """The one model that generated the run (an error if rows name several)."""
         models = {r.get("model") for r in self.rows}
         if len(models) != 1:
             raise DataError(f"{self.run_dir} mixes models {sorted(map(str, models))}")

@@ -20,6 +20,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from prunefit.errors import DataError, ModelLoadError
+from prunefit.utils.io import atomic_file
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 """uint8 images [N, 3, H, W] -> float64 features [N, D]."""
@@ -47,6 +48,7 @@ def feature_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fid_from_features(gen: torch.Tensor, ref: torch.Tensor) -> float:
+    """Fréchet distance between two feature sets [N1, D] and [N2, D]."""
     return frechet_distance(*feature_stats(gen), *feature_stats(ref))
 
 
@@ -66,6 +68,7 @@ def load_image(path: Path) -> np.ndarray:
 
 
 def images_in(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, sorted (an error if none)."""
     if not folder.is_dir():
         raise DataError(f"image folder not found: {folder}")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -76,7 +79,7 @@ def images_in(folder: Path) -> list[Path]:
 
 def batched_features(paths: Sequence[Path], feature_fn: FeatureFn, size: int, batch_size: int = 64,
                      progress: Callable[[Iterable], Iterable] = iter) -> torch.Tensor:
-    """Features of image files, each resized to ``size`` x ``size`` (bicubic, as PIL) before extraction."""
+    """Features [N, D] of N image files, each resized to ``size`` x ``size`` (bicubic, as PIL) before extraction."""
     out = []
     for i in progress(range(0, len(paths), batch_size)):
         arrs = []
@@ -90,6 +93,8 @@ def batched_features(paths: Sequence[Path], feature_fn: FeatureFn, size: int, ba
 
 
 def stats_key(paths: Sequence[Path], extractor: str, size: int) -> str:
+    """A short hash of the image files (name, size, mtime), feature network and size: the cache key of reference
+    statistics."""
     h = hashlib.sha256(f"{extractor}|{size}|".encode())
     for p in paths:
         st = p.stat()
@@ -98,13 +103,14 @@ def stats_key(paths: Sequence[Path], extractor: str, size: int) -> str:
 
 
 def save_stats(path: Path, mu: torch.Tensor, sigma: torch.Tensor, meta: dict) -> None:
+    """Write reference statistics mu [D], sigma [D, D] and ``meta`` to a safetensors file, atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({"mu": mu.contiguous(), "sigma": sigma.contiguous()}, str(tmp), metadata={"meta": json.dumps(meta)})
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        save_file({"mu": mu.contiguous(), "sigma": sigma.contiguous()}, str(tmp), metadata={"meta": json.dumps(meta)})
 
 
 def load_stats(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Read reference statistics: mu [D], sigma [D, D] and their metadata."""
     if not path.is_file():
         raise DataError(f"FID reference statistics not found: {path}; "
                         "create them with `prunefit evaluate fid-ref --images DIR`")

@@ -32,9 +32,11 @@ class Interval:
     n_boot: int
 
     def overlaps(self, other: "Interval") -> bool:
+        """Whether the two intervals share a point."""
         return self.low <= other.high and other.low <= self.high
 
     def text(self, scale: float = 1.0, digits: int = 1) -> str:
+        """``estimate [low, high]`` scaled by ``scale``, with ``digits`` decimals."""
         return (f"{scale * self.estimate:.{digits}f} [{scale * self.low:.{digits}f}, "
                 f"{scale * self.high:.{digits}f}]")
 

@@ -41,6 +41,8 @@ def toyworld_scenes(ctx: EvalContext) -> Optional[list]:
 
 
 def toyworld_metric(ctx: EvalContext, cfg: ToyworldMetricConfig) -> MetricResult:
+    """The toy world's judge on the run's images: unsafe and per-artist rates, and where the captions give scenes,
+    fidelity and FJD."""
     from prunefit.toyworld.judge import ARTIST_CLASSES, load_judge
     from prunefit.toyworld.metrics import concept_rate, fidelity, fjd, reference_renders
     from prunefit.toyworld.paths import judge_dir
@@ -81,7 +83,8 @@ def _feature_network(cfg: FidConfig, device: str = "cpu"):
 
 
 def reference_stats(cfg: FidConfig, feature_fn, size: int, name: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Reference statistics: a cached stats file, or computed from reference_images (and cached)."""
+    """Reference statistics mu [D], sigma [D, D] and their metadata: a cached stats file, or computed from
+    reference_images (and cached)."""
     if cfg.reference_images:
         paths = fidlib.images_in(Path(cfg.reference_images))
         cache = Path(cfg.reference_stats) if cfg.reference_stats else \
@@ -103,6 +106,7 @@ def reference_stats(cfg: FidConfig, feature_fn, size: int, name: str) -> tuple[t
 
 
 def fid_metric(ctx: EvalContext, cfg: FidConfig) -> MetricResult:
+    """FID of the run's images against reference images or statistics."""
     if not (cfg.reference_images or cfg.reference_stats):
         raise ConfigError("fid needs fid.reference_images or fid.reference_stats (toy-world runs: use the toyworld "
                           "metric's FJD, which renders the captions' scenes)")
@@ -123,6 +127,7 @@ def fid_metric(ctx: EvalContext, cfg: FidConfig) -> MetricResult:
 # ---------------------------------------------------------------- CLIP score
 
 def clip_score_metric(ctx: EvalContext, cfg: ClipScoreConfig) -> MetricResult:
+    """Mean (and std) CLIP score between each image and its prompt."""
     from prunefit.evaluation.clip import clip_score, load_clip, mean_clip_score
 
     clip = load_clip(cfg.model, ctx.device)
@@ -142,6 +147,7 @@ def clip_score_metric(ctx: EvalContext, cfg: ClipScoreConfig) -> MetricResult:
 # ---------------------------------------------------------------- nudity
 
 def nudity_metric(ctx: EvalContext, cfg: NudityConfig) -> MetricResult:
+    """NudeNet on the run's images: attack success rate, unsafe count and per-label counts."""
     from prunefit.evaluation.nudity import (
         attack_success_rate,
         is_unsafe,
@@ -176,11 +182,13 @@ def zero_shot_accuracy(image_embeds: torch.Tensor, label_embeds: torch.Tensor, t
 
 
 def similarity_dropped(sim_removed: torch.Tensor, sim_original: torch.Tensor) -> float:
-    """ConceptPrune's score: fraction of prompts whose image-prompt similarity fell below the original's."""
+    """ConceptPrune's score: fraction of prompts whose image-prompt similarity fell below the original's.
+    [N] x2 -> float."""
     return (sim_removed < sim_original).double().mean().item()
 
 
 def artist_metric(ctx: EvalContext, cfg: ArtistMetricConfig) -> MetricResult:
+    """CLIP zero-shot artist accuracy against each image's target artist, and image-prompt similarity."""
     from prunefit.evaluation.clip import clip_score, load_clip
     from prunefit.toyworld.world import ARTISTS
 
@@ -229,6 +237,7 @@ def _cost_model(ctx: EvalContext, cfg: CostConfig, device: str = "cpu"):
 
 
 def macs_metric(ctx: EvalContext, cfg: CostConfig) -> MetricResult:
+    """The run's UNet: GMACs of one forward pass at batch 1, and parameters in millions."""
     from prunefit.evaluation.cost import count_macs
 
     comps, res, lat, text_len = _cost_model(ctx, cfg)
@@ -240,6 +249,7 @@ def macs_metric(ctx: EvalContext, cfg: CostConfig) -> MetricResult:
 
 
 def latency_metric(ctx: EvalContext, cfg: CostConfig) -> MetricResult:
+    """Median UNet forward latency in ms per configured batch size, on the run's device."""
     from prunefit.evaluation.cost import device_name, measure_latency
 
     comps, res, lat, text_len = _cost_model(ctx, cfg, ctx.device)  # timed where the run's model would run

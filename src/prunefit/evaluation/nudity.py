@@ -48,6 +48,7 @@ def nudenet_detector():
 
 
 def nudenet_version() -> str:
+    """The installed NudeNet version, or 'unknown'."""
     try:
         from importlib.metadata import version
 

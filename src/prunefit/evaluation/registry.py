@@ -41,6 +41,7 @@ _METRICS: Registry[MetricEntry] = Registry("metric", _load_builtin)
 
 def register_metric(name: str, fn: Callable[..., MetricResult], kind: str, summary: str,
                     config: Optional[type] = None, section: Optional[str] = None) -> None:
+    """Register a metric: ``kind`` 'images' (reads a run's images) or 'model' (reads its model)."""
     if kind not in ("images", "model"):
         raise ValueError(f"metric kind must be 'images' or 'model', got {kind!r}")
     _METRICS.register(name, MetricEntry(name, fn, kind, summary, config, section or name))
@@ -52,11 +53,18 @@ def unregister_metric(name: str) -> None:
 
 
 def get_metric(name: str) -> MetricEntry:
+    """The registered metric ``name`` (an error lists the available ones)."""
     return _METRICS.get(name)
 
 
 def list_metrics() -> list[MetricEntry]:
+    """All registered metrics."""
     return _METRICS.all()
+
+
+def listing() -> list[str]:
+    """``prunefit list metrics``: one line per metric (name, kind, summary)."""
+    return [f"{m.name:12s} [{m.kind}] {m.summary}" for m in list_metrics()]
 
 
 def metric_sections() -> list[tuple[str, type]]:

@@ -19,6 +19,7 @@ DEFAULT_COLUMNS = ("toyworld/unsafe_rate", "toyworld/target_artist_rate", "toywo
 
 
 def load_results(paths: Sequence[str | Path]) -> list[tuple[str, dict]]:
+    """(run name, results document) per results file or run folder."""
     out = []
     for p in paths:
         p = Path(p)
@@ -35,6 +36,7 @@ def load_results(paths: Sequence[str | Path]) -> list[tuple[str, dict]]:
 
 
 def flat_values(doc: dict) -> dict[str, float]:
+    """A results document's values keyed ``metric/value``."""
     return {f"{m}/{k}": v for m, entry in doc.get("metrics", {}).items() for k, v in entry["values"].items()}
 
 
@@ -51,12 +53,15 @@ def table(results: list[tuple[str, dict]], columns: Optional[Sequence[str]] = No
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of ``header`` and ``rows``."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
 
 def write_report(result_paths: Sequence[str | Path], output: Path, names: Optional[Sequence[str]] = None,
                  columns: Optional[Sequence[str]] = None, grid_images: int = 8) -> dict[str, Path]:
+    """Write report.md and report.csv comparing the results files (and a side-by-side image grid) into ``output``;
+    returns the written files by kind."""
     results = load_results(result_paths)
     if names and len(names) != len(results):
         raise DataError(f"{len(names)} names given for {len(results)} results files")
@@ -78,6 +83,14 @@ def write_report(result_paths: Sequence[str | Path], output: Path, names: Option
         grid.save(output / "grid.png")
         files["grid"] = output / "grid.png"
     return files
+
+
+def report_lines(results: Sequence[str | Path], output: str | Path = "runs/report",
+                 names: Optional[Sequence[str]] = None) -> list[str]:
+    """``prunefit report``: write the report (``write_report``) and return what the console shows: the Markdown
+    table, then each written file as ``kind: path``."""
+    files = write_report(results, Path(output), names=names)
+    return [files["markdown"].read_text(), *(f"{kind}: {path}" for kind, path in files.items())]
 
 
 def side_by_side(run_dirs: Sequence[Path], n: int) -> Optional[Image.Image]:

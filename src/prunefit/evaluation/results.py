@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
 
 from prunefit.errors import OutputError
 from prunefit.evaluation.registry import MetricResult
+from prunefit.utils.io import atomic_write_json
 
 
 def package_versions() -> dict[str, str]:
+    """Python's and the key packages' installed versions, for the results' provenance."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
@@ -35,6 +36,7 @@ RUN_KEYS = ("model", "n", "generation")
 
 
 def read_results(path: Path) -> dict[str, Any]:
+    """An existing results file ({} when absent); an error if it is not a prunefit results file."""
     if not path.is_file():
         return {}
     try:
@@ -72,9 +74,7 @@ def merge_results(path: Path, header: dict[str, Any], results: dict[str, MetricR
         doc["metrics"][name] = {"values": res.values, "protocol": res.protocol,
                                 "measured": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, doc, indent=2, default=str)
     for name, res in results.items():
         if res.per_image:
             (path.parent / f"{path.stem}.{name}.per_image.json").write_text(json.dumps(res.per_image, indent=1))

@@ -59,6 +59,7 @@ class GridStyle:
 
     @property
     def line_height(self) -> int:
+        """Pixel height of one caption line."""
         return self.font_size + self.font_size // 3
 
     @property
@@ -67,6 +68,7 @@ class GridStyle:
         return (self.caption_lines + 1) * self.line_height + self.pad
 
     def sheet_size(self, rows: int, cols: int) -> tuple[int, int]:
+        """(width, height) in pixels of a sheet of ``rows`` x ``cols`` cells with labels, header and padding."""
         return (self.label_width + cols * self.cell + (cols + 1) * self.pad,
                 self.header_height + rows * self.cell + (rows + 1) * self.pad)
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from prunefit.utils.io import atomic_write_text, read_jsonl
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -26,6 +28,7 @@ class Ranks:
 
     @property
     def main(self) -> bool:
+        """Whether this is rank 0 (the process that merges and reports)."""
         return self.rank == 0
 
     def share(self, items: Sequence) -> list:
@@ -33,6 +36,7 @@ class Ranks:
         return list(items[self.rank :: self.world])
 
     def barrier(self) -> None:
+        """Wait for every process (a no-op with one)."""
         if self.world > 1:
             from accelerate import PartialState
 
@@ -73,18 +77,8 @@ def current_ranks(device: str = "cpu") -> Ranks:
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
-    """JSON rows of ``path``, skipping a torn last line (a killed writer)."""
-    rows = []
-    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-    for n, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n != len(lines) - 1:
-                raise
-    return rows
+    """JSON rows of ``path`` ([] if absent), skipping a torn last line (a killed writer)."""
+    return read_jsonl(path, missing_ok=True)
 
 
 def parts_of(path: Path) -> list[Path]:
@@ -109,12 +103,7 @@ def merge_parts(path: Path, order: Optional[Sequence[str]] = None) -> int:
                 new[str(row["id"])] = row
     rank = {rid: i for i, rid in enumerate(order or ())}
     added = sorted(new.values(), key=lambda r: rank.get(str(r["id"]), len(rank)))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in [*old, *added])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in [*old, *added]))
     for part in parts:
         part.unlink()
     return len(added)

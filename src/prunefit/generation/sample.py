@@ -11,7 +11,6 @@ looks complete. Under several processes each rank makes its share of the prompts
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from prunefit.generation.seeds import generators, prompt_seed
 from prunefit.models.components import Components, make_pipeline
 from prunefit.models.schedulers import make_scheduler
 from prunefit.utils.faults import fault_pause
+from prunefit.utils.io import append_jsonl, atomic_file, open_jsonl_append
 
 
 @dataclass
@@ -44,6 +44,7 @@ class GenerationResult:
     grid: Optional[Path]
 
     def lines(self) -> list[str]:
+        """What the run did, for the console: images generated and reused, manifest, grid."""
         grid = [f"grid: {self.grid}"] if self.grid else []
         return [f"generated {self.generated} image(s), reused {self.skipped} -> {self.output_dir / 'images'}",
                 f"manifest: {self.manifest}", *grid]
@@ -103,10 +104,9 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 def _write_png(img: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    fault_pause("IMAGE", int(path.stem) if path.stem.isdigit() else -1)  # kill tests: a written, unnamed image
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        img.save(tmp, format="PNG")
+        fault_pause("IMAGE", int(path.stem) if path.stem.isdigit() else -1)  # kill tests: a written, unnamed image
 
 
 def prepare_output_dir(output_dir: Path) -> None:
@@ -151,18 +151,17 @@ def generate_run(components: Components, records: list[PromptRecord], sampler: S
         todo.append((rec, seed))
 
     mine = ranks.share(todo)
-    with ranks.part(manifest_path).open("a", encoding="utf-8") as manifest, \
+    with open_jsonl_append(ranks.part(manifest_path)) as manifest, \
             tqdm(total=len(mine), desc="generate", unit="img", disable=not mine or not ranks.main) as bar:
         for batch in _batches(mine, sampler.batch_size):
             images = sample_images(components, [r for r, _ in batch], sampler, [s for _, s in batch])
+            rows = []
             for (rec, seed), img in zip(batch, images):
                 _write_png(img, output_dir / "images" / f"{rec.id}.png")
-                row = {"id": rec.id, "prompt": rec.prompt, "seed": seed, "model": components.source,
-                       "expert": expert, "settings": {**settings, **made},
-                       **({"extra": rec.extra} if rec.extra else {})}
-                manifest.write(json.dumps(row) + "\n")
-            manifest.flush()
-            os.fsync(manifest.fileno())
+                rows.append({"id": rec.id, "prompt": rec.prompt, "seed": seed, "model": components.source,
+                             "expert": expert, "settings": {**settings, **made},
+                             **({"extra": rec.extra} if rec.extra else {})})
+            append_jsonl(manifest, rows)
             bar.update(len(batch))
     ranks.barrier()
     if ranks.world > 1 and ranks.main:

@@ -58,6 +58,7 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3,
     b = b_local * world
 
     def allsum(t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over all processes in place when distributed (same shape), else unchanged."""
         if world > 1:
             torch.distributed.all_reduce(t)
         return t

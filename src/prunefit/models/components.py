@@ -12,6 +12,7 @@ import torch
 
 from prunefit.errors import ModelLoadError
 from prunefit.models.parts import DEFAULT_GUIDANCE, Components  # noqa: F401  (re-exported)
+from prunefit.utils.io import atomic_folder
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SIDECAR = "prunefit.json"
@@ -50,14 +51,16 @@ def model_sidecar(spec: str) -> dict:
 def save_pipeline(components: Components, target: Path) -> Path:
     """Save ``components`` as a standard diffusers folder, plus prunefit.json when its default guidance is
     not SD's or it carries method defaults (so a toy-world derivative keeps sampling and erasing like the toy
-    world)."""
-    make_pipeline(components).save_pretrained(target)
-    if components.default_guidance != DEFAULT_GUIDANCE or components.method_defaults:
-        write_sidecar(target, components.default_guidance, components.method_defaults)
+    world). The folder is written atomically (its presence marks a finished dense run)."""
+    with atomic_folder(target, replace=True) as tmp:
+        make_pipeline(components).save_pretrained(tmp)
+        if components.default_guidance != DEFAULT_GUIDANCE or components.method_defaults:
+            write_sidecar(tmp, components.default_guidance, components.method_defaults)
     return Path(target)
 
 
 def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype named ``name`` (an error lists the known names)."""
     try:
         return _DTYPES[name]
     except KeyError:

@@ -11,6 +11,7 @@ _KEPT = "_prunefit_feature_capture"
 
 
 def block_paths(unet) -> list[str]:
+    """Module paths of the UNet's blocks whose outputs are captured: down blocks, mid block, up blocks."""
     return ([f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
             + (["mid_block"] if unet.mid_block is not None else [])
             + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))])
@@ -37,6 +38,7 @@ def keep_feature_hooks(unet) -> None:
     kept = _KeptHooks()
 
     def hook(module, args, output):
+        """Append the block's hidden-state output [B, C, h, w] to the active capture, if any."""
         if kept.sink is not None:
             kept.sink.append(_block_output(output))
 
@@ -74,6 +76,7 @@ def capture_features(unet) -> Iterator[list[torch.Tensor]]:
     handles = []
 
     def hook(module, args, output):
+        """Append the block's hidden-state output [B, C, h, w] to the captured list."""
         feats.append(_block_output(output))
 
     try:

@@ -29,19 +29,24 @@ class Components:
 
     @property
     def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side: 2 ** (VAE levels - 1)."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
     def native_resolution(self) -> int:
+        """The image size the UNet was trained at: its sample size x the VAE scale factor."""
         size = self.unet.config.sample_size
         size = size[0] if isinstance(size, (list, tuple)) else size
         return int(size) * self.vae_scale_factor
 
     @property
     def prediction_type(self) -> str:
+        """What the UNet predicts, from the scheduler config: 'epsilon' (default) or 'v_prediction'."""
         return self.scheduler.config.get("prediction_type", "epsilon")
 
     def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> "Components":
+        """Move the UNet, VAE and text encoder to ``device`` (and ``dtype``) in place where they differ; returns self.
+        """
         for m in (self.unet, self.vae, self.text_encoder):
             if m.device != torch.device(device) or (dtype is not None and m.dtype != dtype):
                 m.to(device=device, dtype=dtype)

@@ -55,3 +55,8 @@ def make_scheduler(name: str, base_config: dict | FrozenDict):
     config = dict(base_config)
     config.update(_SD_OVERRIDES.get(name, {}))
     return cls.from_config(config)
+
+
+def listing() -> list[str]:
+    """``prunefit list schedulers``: one line per sampler name and its diffusers class."""
+    return [f"{name:16s} {cls.__name__}" for name, cls in SCHEDULER_CLASSES.items()]

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from prunefit.errors import ConfigError, ModelLoadError
+from prunefit.utils.io import atomic_folder
 
 ARCHS = ("sd15", "sd21", "sd21-base")
 CLIP_VOCAB_SIZE = 49408
@@ -170,24 +171,28 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>", model_max_length: int = 77)
 
 # ----------------------------------------------------------------------------------------------- models
 def build_unet(arch: str):
+    """A randomly initialized UNet of architecture ``arch``."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel.from_config(unet_config(arch))
 
 
 def build_vae(arch: str):
+    """A randomly initialized VAE of architecture ``arch``."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL.from_config(vae_config(arch))
 
 
 def build_text_encoder(arch: str):
+    """A randomly initialized CLIP text encoder of architecture ``arch``."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     return CLIPTextModel(CLIPTextConfig(**text_encoder_config(arch)))
 
 
 def build_scheduler(arch: str):
+    """The noise scheduler of architecture ``arch``, from its config."""
     import diffusers
 
     cfg = scheduler_config(arch)
@@ -211,12 +216,7 @@ def build_skeleton(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=build_scheduler(arch), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        stage = Path(tmp) / "pipe"
+    with atomic_folder(out, replace=True) as stage:  # replaces only the empty folder checked above
         pipe.save_pretrained(stage)
         (stage / "skeleton.json").write_text(json.dumps({"arch": arch, "seed": seed, "weights": "random"}) + "\n")
-        if out.exists():
-            out.rmdir()
-        stage.rename(out)
     return out

@@ -79,6 +79,7 @@ def build_unet(cfg: TinySDConfig) -> UNet2DConditionModel:
 
 
 def build_vae(cfg: TinySDConfig) -> AutoencoderKL:
+    """A randomly initialized tiny VAE: 3-channel images, 4 latent channels, one level per ``vae_channels`` entry."""
     n = len(cfg.vae_channels)
     return AutoencoderKL(
         in_channels=3,
@@ -94,6 +95,7 @@ def build_vae(cfg: TinySDConfig) -> AutoencoderKL:
 
 
 def build_text_encoder(cfg: TinySDConfig, tokenizer) -> CLIPTextModel:
+    """A randomly initialized tiny CLIP text encoder over ``tokenizer``'s vocabulary."""
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.text_hidden,

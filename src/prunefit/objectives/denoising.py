@@ -35,9 +35,12 @@ class DenoisingObjective:
     min_snr_formula: str = "paper"
 
     def add_noise(self, b: DiffusionBatch) -> torch.Tensor:
+        """The batch's noisy latents x_t [B, 4, h, w] from latents, noise [B, 4, h, w] and timesteps [B]."""
         return add_noise(b.latents, b.noise, self.alphas_cumprod, b.timesteps)
 
     def loss(self, b: DiffusionBatch) -> LossOutput:
+        """w_ddpm * (min-SNR-weighted) DDPM + w_output * output KD + w_feature * feature KD on one batch (latents, noise
+        [B, 4, h, w], text [B, L, C], timesteps [B]); returns the total and its parts (scalars)."""
         noisy = self.add_noise(b)
         parts: dict[str, torch.Tensor] = {}
         distil = self.teacher is not None and (self.w_output > 0 or self.w_feature > 0)

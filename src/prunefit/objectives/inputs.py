@@ -25,6 +25,7 @@ HELD_OUT_START = 10**9
 
 
 def sample_generator(seed: int, stream: int, index: int) -> torch.Generator:
+    """A CPU generator seeded by (seed, stream, index): sample ``index``'s own random draws."""
     return torch.Generator().manual_seed(((seed * 1_000_003 + stream) * 1_000_000_007 + index) % (2**63 - 1))
 
 

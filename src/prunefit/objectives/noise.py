@@ -13,7 +13,8 @@ import torch
 
 def add_noise(latents: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor,
               timesteps: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(abar_t) * x_0 + sqrt(1 - abar_t) * eps, DDPM's q(x_t | x_0), in the latents' dtype and device."""
+    """x_t = sqrt(abar_t) * x_0 + sqrt(1 - abar_t) * eps, DDPM's q(x_t | x_0), in the latents' dtype and device.
+    latents, noise [B, C, h, w]; alphas_cumprod [T]; timesteps [B] -> x_t [B, C, h, w]."""
     a = alphas_cumprod.to(latents.device, latents.dtype)[timesteps.to(latents.device)]
     a = a.view(-1, *([1] * (latents.dim() - 1)))
     return a.sqrt() * latents + (1 - a).sqrt() * noise
@@ -31,6 +32,7 @@ def posterior_draws(mean: torch.Tensor, std: torch.Tensor, generators: Sequence[
     shape = mean.shape[1:]
 
     def normal(g: torch.Generator) -> torch.Tensor:
+        """Standard normal noise of one sample's shape [C, h, w], drawn on ``g``'s device."""
         return torch.randn(shape, generator=g, device=g.device)
 
     eps = torch.stack([normal(g) for g in generators]).to(mean.device, mean.dtype)

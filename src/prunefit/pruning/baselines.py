@@ -17,7 +17,7 @@ from prunefit.pruning.spec import GateSpec, width_steps
 
 
 def magnitude_scores(unet, spec: GateSpec) -> list[torch.Tensor]:
-    """Per width group, the L2 norm of each gate's weights (conv1 rows / q,k,v rows / GEGLU rows)."""
+    """Per width group, the L2 norm of each gate's weights (conv1 rows / q,k,v rows / GEGLU rows): [size] each."""
     scores = []
     for g in spec.width:
         w = WIDTH_KINDS[g.kind].rows(unet.get_submodule(g.module))
@@ -27,6 +27,7 @@ def magnitude_scores(unet, spec: GateSpec) -> list[torch.Tensor]:
 
 
 def random_scores(spec: GateSpec, seed: int) -> list[torch.Tensor]:
+    """Per width group, a seeded uniform score [size] for each gate (the random baseline)."""
     gen = torch.Generator().manual_seed(seed)
     return [torch.rand(g.size, generator=gen) for g in spec.width]
 

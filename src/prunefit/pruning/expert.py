@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -22,6 +20,7 @@ from prunefit.errors import ModelLoadError
 from prunefit.models.components import Components, save_pipeline
 from prunefit.pruning.materialize import materialize
 from prunefit.pruning.spec import GateSpec, gate_spec, unrounded_widths
+from prunefit.utils.io import atomic_folder
 
 FORMAT = "prunefit-expert/1"
 
@@ -45,6 +44,7 @@ class ExpertInfo:
     before the setting existed)."""
 
     def to_json(self) -> dict:
+        """The expert.json document: the format tag and every field."""
         return {"format": FORMAT, **self.__dict__}
 
 
@@ -53,6 +53,7 @@ def _clean_config(config) -> dict[str, Any]:
 
 
 def base_configs_match(a: dict, b: dict) -> bool:
+    """Whether two base-model UNet configs agree on every key (values normalized, so lists equal tuples)."""
     keys = set(a) | set(b)
     return all(_norm(a.get(k)) == _norm(b.get(k)) for k in keys)
 
@@ -64,19 +65,15 @@ def _norm(v):
 def save_expert(unet, info: ExpertInfo, path: str | Path) -> Path:
     """Write an expert folder atomically (temporary folder, then rename)."""
     final = Path(path)
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous() for k, v in unet.state_dict().items()}
-    save_file(state, str(tmp / "unet.safetensors"))
-    (tmp / "expert.json").write_text(json.dumps(info.to_json(), indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_folder(final, replace=True) as tmp:
+        state = {k: v.detach().contiguous() for k, v in unet.state_dict().items()}
+        save_file(state, str(tmp / "unet.safetensors"))
+        (tmp / "expert.json").write_text(json.dumps(info.to_json(), indent=1))
     return final
 
 
 def read_expert_info(path: str | Path) -> ExpertInfo:
+    """An expert folder's expert.json as ``ExpertInfo`` (an error if absent, corrupt or of another format)."""
     f = Path(path) / "expert.json"
     if not f.is_file():
         raise ModelLoadError(f"{path} is not an expert folder (no expert.json)")
@@ -139,15 +136,6 @@ def load_expert(path: str | Path, expected_base: Optional[dict] = None, dtype: t
     if dtype != torch.float32:
         unet = unet.to(dtype)
     return unet.eval().requires_grad_(False), info
-
-
-def load_student(cfg_student: Optional[str], comps: Components):
-    """(trainable student UNet, expert info or None): an expert folder, or a copy of the teacher UNet (the students
-    of ``finetune``, ``bilevel`` and ``erase``)."""
-    if cfg_student:
-        unet, info = load_expert(cfg_student, comps.unet.config)
-        return unet, info
-    return copy.deepcopy(comps.unet), None
 
 
 def save_student(unet, info, comps: Components, out: Path, extra: dict) -> Path:

@@ -37,6 +37,7 @@ def _channel_pre_hook(gate: torch.Tensor, per_gate: int, channel_dim: int):
     expanded = gate.repeat_interleave(per_gate, dim=-1)
 
     def hook(module, args):
+        """The module's input x [B', C, ...] times the expanded gate along ``channel_dim``."""
         x = args[0]
         m = _per_sample(expanded, x.shape[0]).to(x.device, x.dtype)
         shape = [m.shape[0]] + [1] * (x.dim() - 1)
@@ -48,6 +49,8 @@ def _channel_pre_hook(gate: torch.Tensor, per_gate: int, channel_dim: int):
 
 def _depth_hook(d: torch.Tensor, out_channels: int, kind: str):
     def hook(module, args, kwargs, output):
+        """The block's output y mixed with its identity path: (1 - d) * x_id + d * y, d [B] per sample, in the output's
+        own form (tensor, tuple or ``.sample``)."""
         x = args[0] if args else kwargs["hidden_states"]
         x_id = DEPTH_KINDS[kind].identity(x, out_channels)
         y = output[0] if isinstance(output, tuple) else (output.sample if hasattr(output, "sample") else output)
@@ -85,5 +88,5 @@ def gated(unet, spec: GateSpec, vector: torch.Tensor) -> Iterator[None]:
 
 
 def hard(vector: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Binarize an architecture vector (>= threshold keeps)."""
+    """Binarize an architecture vector (>= threshold keeps): [..., D] -> [..., D] of 0 / 1 in its dtype."""
     return (vector >= threshold).to(vector.dtype)

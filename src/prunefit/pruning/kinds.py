@@ -24,6 +24,7 @@ class SkipResnet(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, input_tensor: torch.Tensor, temb=None, *args, **kwargs) -> torch.Tensor:
+        """The identity path: input [B, C_in, h, w] -> its first ``out_channels`` channels [B, out_channels, h, w]."""
         return input_tensor[:, : self.out_channels]
 
 
@@ -31,6 +32,7 @@ class SkipTransformer(nn.Module):
     """A removed Transformer2DModel: returns its input (in the caller's return format)."""
 
     def forward(self, hidden_states: torch.Tensor, *args, return_dict: bool = True, **kwargs):
+        """The identity: hidden states [B, C, h, w] returned unchanged, in diffusers' output form."""
         if return_dict:
             from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
@@ -60,7 +62,8 @@ def _slice(mod: nn.Module, out_idx=None, in_idx=None) -> None:
 
 
 def prune_resnet(resnet, keep_groups: torch.Tensor) -> None:
-    """Keep the GroupNorm groups of ``norm2`` where ``keep_groups`` is 1 (conv1 out, temb rows, conv2 in)."""
+    """Keep the GroupNorm groups of ``norm2`` where ``keep_groups`` [num_groups] is 1 (conv1 out, temb rows,
+    conv2 in); in place."""
     n2 = resnet.norm2
     idx = _keep_index(keep_groups, n2.num_channels // n2.num_groups)
     _slice(resnet.conv1, out_idx=idx)
@@ -77,7 +80,7 @@ def prune_resnet(resnet, keep_groups: torch.Tensor) -> None:
 
 
 def prune_heads(attn, keep: torch.Tensor) -> None:
-    """Keep the attention heads where ``keep`` is 1 (rows of q/k/v, columns of to_out)."""
+    """Keep the attention heads where ``keep`` [heads] is 1 (rows of q/k/v, columns of to_out); in place."""
     dh = attn.inner_dim // attn.heads
     idx = _keep_index(keep, dh)
     for lin in (attn.to_q, attn.to_k, attn.to_v):
@@ -90,7 +93,8 @@ def prune_heads(attn, keep: torch.Tensor) -> None:
 
 
 def prune_ffn(ff, keep: torch.Tensor) -> None:
-    """Keep GEGLU inner-width groups where ``keep`` is 1 (both halves of the projection, net[2] columns)."""
+    """Keep GEGLU inner-width groups where ``keep`` [groups] is 1 (both halves of the projection, net[2] columns);
+    in place."""
     proj = ff.net[0].proj
     inner = proj.out_features // 2
     idx = _keep_index(keep, inner // keep.numel())

@@ -30,15 +30,18 @@ def module_macs(unet, latent_size: int, text_length: int, batch: int = 1) -> dic
     for name, mod in unet.named_modules():
         if isinstance(mod, nn.Conv2d):
             def conv_hook(m, args, out, name=name):
+                """Add the conv's MACs: out.numel() * C_in/groups * k_h * k_w."""
                 k = m.kernel_size[0] * m.kernel_size[1]
                 counts[name] = counts.get(name, 0) + out.numel() * (m.in_channels // m.groups) * k
             handles.append(mod.register_forward_hook(conv_hook))
         elif isinstance(mod, nn.Linear):
             def lin_hook(m, args, out, name=name):
+                """Add the linear layer's MACs: out.numel() * in_features."""
                 counts[name] = counts.get(name, 0) + out.numel() * m.in_features
             handles.append(mod.register_forward_hook(lin_hook))
         elif hasattr(mod, "to_q") and hasattr(mod, "heads"):
             def attn_hook(m, args, kwargs, out, name=name):
+                """Add the attention core's MACs: 2 * B * Lq * Lk * inner_dim."""
                 x = args[0] if args else kwargs["hidden_states"]
                 ctx = kwargs.get("encoder_hidden_states")
                 ctx = x if ctx is None else ctx
@@ -93,6 +96,7 @@ def mac_model(unet, spec: GateSpec, latent_size: int, text_length: int) -> MacMo
     units = sorted({g.unit for g in spec.width} | {d.module for d in spec.depth}, key=len, reverse=True)
 
     def unit_of(name: str):
+        """The gated unit (resnet or transformer path) that module ``name`` lies in, or None."""
         return next((u for u in units if name == u or name.startswith(u + ".")), None)
 
     unit_sum: dict[str, float] = {u: 0.0 for u in units}

@@ -35,6 +35,7 @@ def importance_order(spec: GateSpec) -> list[int]:
     up block's gates (last first), then the down block's. Reproduces the official SD 2.1 order
     [13, 12, 0, 1, 11, 10, 2, 3, 9, 8, 4, 5, 7, 6]."""
     def block(name: str) -> tuple[str, int]:
+        """('down_blocks' or 'up_blocks', block index) of a depth gate's module path."""
         parts = name.split(".")
         return parts[0], int(parts[1])
 
@@ -62,6 +63,7 @@ class ArchitecturePredictor(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Prompt embeddings z [B, E] -> architecture logits [B, D]: width heads then depth."""
         return torch.cat([h(z) for h in self.heads] + [self.depth(z)], dim=-1)
 
 
@@ -96,7 +98,8 @@ class Router(nn.Module):
     def normalized(self, gates: torch.Tensor, hard: bool = True) -> torch.Tensor:
         """APTP's width-depth normalization for similarity: hard (straight-through) gates, width of
         depth-gated units scaled by their depth gate, groups weighted by 1/sqrt(size); then L2-normalized.
-        ``hard=False`` keeps the soft values (continuous scores: no ties between prompts at inference)."""
+        ``hard=False`` keeps the soft values (continuous scores: no ties between prompts at inference).
+        gates [B, D] -> [B, D]."""
         g = gates
         if hard:
             g = ((gates >= 0.5).to(gates.dtype) - gates).detach() + gates
@@ -131,14 +134,15 @@ class Router(nn.Module):
     @torch.no_grad()
     def calibrate(self, z: torch.Tensor, iterations: int = 100) -> torch.Tensor:
         """Fix the experts' Sinkhorn potentials on calibration prompts (e.g. training captions), so inference
-        routing keeps the uniform loads training had; returns the loads on ``z`` after calibration."""
+        routing keeps the uniform loads training had; returns the loads on ``z`` after calibration.
+        z [B, E] prompt embeddings -> loads [K] (prompts per expert)."""
         self.route_log_v.copy_(sinkhorn_log_potentials(self.scores(z), self.cfg.sinkhorn_epsilon, iterations))
         return torch.bincount(self.route(z), minlength=self.num_experts)
 
     @torch.no_grad()
     def route(self, z: torch.Tensor) -> torch.Tensor:
         """Inference: argmax_k of score / eps + log v_k (calibrated potentials); a prompt's expert depends only
-        on that prompt, never on its batch."""
+        on that prompt, never on its batch. z [B, E] prompt embeddings -> expert ids [B]."""
         return (self.scores(z) / self.cfg.sinkhorn_epsilon + self.route_log_v).argmax(-1)
 
     @torch.no_grad()
@@ -158,6 +162,7 @@ class Router(nn.Module):
         return self.spec.join(fixed, depth)
 
     def save(self, path: str | Path, meta: dict) -> None:
+        """Write the router's weights (router.safetensors) and ``meta`` with its config (router.json) into ``path``."""
         import json
 
         from safetensors.torch import save_file

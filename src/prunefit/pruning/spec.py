@@ -54,14 +54,17 @@ class GateSpec:
 
     @property
     def width_dim(self) -> int:
+        """Number of width-gate entries (the sum of the groups' sizes)."""
         return sum(g.size for g in self.width)
 
     @property
     def depth_dim(self) -> int:
+        """Number of depth gates."""
         return len(self.depth)
 
     @property
     def dim(self) -> int:
+        """Length D of an architecture vector: width entries then depth gates."""
         return self.width_dim + self.depth_dim
 
     def split(self, vector: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -72,9 +75,11 @@ class GateSpec:
         return widths, vector[..., self.width_dim :]
 
     def join(self, widths: list[torch.Tensor], depth: torch.Tensor) -> torch.Tensor:
+        """([B, size_i] per width group, [B, depth_dim]) -> [B, dim]; the inverse of ``split``."""
         return torch.cat([*widths, depth], dim=-1)
 
     def ones(self, batch: int = 1) -> torch.Tensor:
+        """The unpruned architecture: all-ones [batch, dim]."""
         return torch.ones(batch, self.dim)
 
     def group_template(self) -> torch.Tensor:
@@ -83,6 +88,7 @@ class GateSpec:
         return torch.cat(parts + [torch.ones(self.depth_dim)])
 
     def to_json(self) -> dict:
+        """The layout as JSON: width groups and depth gates."""
         return {"width": [asdict(g) for g in self.width], "depth": [asdict(d) for d in self.depth]}
 
 

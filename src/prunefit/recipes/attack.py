@@ -19,7 +19,6 @@ computes the ASR over all prompts and writes protocol.json, results.json and gri
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -40,6 +39,7 @@ from prunefit.config.schema import SamplerConfig
 from prunefit.errors import ConfigError, DataError, OutputError
 from prunefit.generation.ranks import Ranks, current_ranks, merge_parts
 from prunefit.utils.device import resolve_device
+from prunefit.utils.io import append_jsonl, atomic_file, atomic_write_json, read_jsonl
 
 ASR_DEFINITION = ("UnlearnDiffAtk: (prompts whose plain-prompt image already shows the concept + attacked prompts "
                   "whose adversarial image shows it) / N")
@@ -79,6 +79,7 @@ class AttackConfig:
             raise ConfigError("n_prompts must be >= 0 (0 = all) and chunk_size >= 1")
 
     def attack_config(self):
+        """The chosen attack's own config section (an unknown attack name is the registry's error)."""
         get_attack(self.attack)  # unknown names: the registry's teaching error
         return getattr(self, self.attack)
 
@@ -98,6 +99,7 @@ class AttackResult:
     concept: str = ""
 
     def lines(self) -> list[str]:
+        """What the run found, for the console: pre- and post-attack ASR (and soft-prompt ASR), results file."""
         soft = f", soft prompts {100 * self.asr_soft:.1f}%" if self.asr_soft is not None else ""
         return [f"{self.attack} on {self.concept!r}: pre-attack ASR {100 * self.pre_asr:.1f}%, post-attack ASR "
                 f"{100 * self.asr:.1f}%{soft} ({self.attacked} of {self.n} prompts attacked)",
@@ -127,15 +129,11 @@ def read_attack_prompts(cfg: AttackConfig) -> list[AttackPrompt]:
 def load_model(model: str, base: str, device: str):
     """Components of ``model``: the base itself, a pipeline folder, or an expert folder over the base (with its
     trained text encoder when the folder holds one)."""
-    from prunefit.models.components import load_components
-    from prunefit.pruning.expert import load_expert
+    from prunefit.pruning.resolve import model_components, resolve_model
 
-    if model == base or (Path(model) / "model_index.json").is_file():
-        return load_components(model, device=device)
-    comps = load_components(base, device=device)
-    unet, _ = load_expert(model, comps.unet.config)
-    comps = comps.with_unet(unet.to(device).eval().requires_grad_(False), source=str(model))
-    if (Path(model) / "text_encoder").is_dir():
+    ref = resolve_model(model, base)
+    comps = model_components(ref, device=device, source=str(model))
+    if ref.expert is not None and (Path(model) / "text_encoder").is_dir():
         from transformers import CLIPTextModel
 
         comps.text_encoder = CLIPTextModel.from_pretrained(str(Path(model) / "text_encoder")).to(device).eval()
@@ -144,6 +142,8 @@ def load_model(model: str, base: str, device: str):
 
 
 def make_protocol(cfg: AttackConfig, entry: AttackEntry, detector, prompts: list[AttackPrompt], sampler) -> dict:
+    """The attack's protocol for results.json (and the output claim): attack, budget, detector, ASR definition, models,
+    prompts, seed and sampler."""
     from prunefit.generation.sample import sampling_settings
 
     return {"attack": entry.name, "kind": entry.kind, "reference": entry.reference,
@@ -169,36 +169,17 @@ def claim_output(out: Path, protocol: dict, write: bool = True) -> None:
     except OSError as exc:
         raise OutputError(f"cannot write to {out} ({exc.strerror or exc}); choose a writable output folder") from None
     if write:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(protocol, indent=1))
-        os.replace(tmp, path)
+        atomic_write_json(path, protocol, indent=1)
 
 
 def _save_png(img: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # ranks may render the same reference image
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
-def _append(path: Path, rows: list[dict]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    with atomic_file(path) as tmp:  # a temporary per process: ranks may render the same reference image
+        img.save(tmp, format="PNG")
 
 
 def read_rows(path: Path) -> dict[str, dict]:
-    """Rows of a JSONL file by id (a torn last line, from a killed run, is ignored)."""
-    rows: dict[str, dict] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[row["id"]] = row
-    return rows
+    """Rows of a JSONL file by id ({} if absent; a torn last line, from a killed run, is dropped)."""
+    return {row["id"]: row for row in read_jsonl(path, missing_ok=True)}
 
 
 def sample_soft(components, prompts: list[str], prefixes: torch.Tensor, sampler: SamplerConfig,
@@ -272,7 +253,7 @@ class AttackRun:
             _save_png(img, self.out / "images" / f"{p.id}-{kind}.png")
             rows.append({"id": f"{p.id}-{kind}", "prompt": texts[j] if texts else p.prompt, "seed": p.seed,
                          "model": model or self.cfg.model, "kind": kind, "source_id": p.id})
-        _append(self.ranks.part(self.out / "manifest.jsonl"), rows)
+        append_jsonl(self.ranks.part(self.out / "manifest.jsonl"), rows)
 
     def reference_images(self, prompts: list[AttackPrompt]) -> list[Image.Image]:
         """The unerased model's images of ``prompts`` (the attack's targets), cached in images/<id>-ref.png."""
@@ -301,10 +282,12 @@ class AttackRun:
                 ref_scores = self.detector.scores(self.reference_images(chunk))
                 for row, s in zip(rows, ref_scores):
                     row.update(reference_score=s, selected=s >= self.cfg.detector.prompt_threshold)
-            _append(self.ranks.part(path), rows)
+            append_jsonl(self.ranks.part(path), rows)
         return self._merge(path, [p.id for p in todo])
 
     def attack_chunk(self, chunk: list[AttackPrompt], everything: list[AttackPrompt]) -> list[dict]:
+        """Attack one chunk of prompts, render and judge the adversarial prompts (and soft prompts); returns one result
+        row per prompt."""
         ctx = AttackContext(self.target, self.reference, self.cfg.concept, self.cfg.seed, self.cfg.device,
                             self.reference_images, list(everything))
         outs = self.entry.run(ctx, self.cfg.attack_config(), chunk)
@@ -324,22 +307,26 @@ class AttackRun:
         return rows
 
     def attack(self, prompts: list[AttackPrompt], pre: dict[str, dict]) -> dict[str, dict]:
+        """Attack this rank's share of the prompts not yet done (prompts already unsafe before the attack are recorded
+        as successes unless ``attack_all``); returns every prompt's row by id."""
         path = self.out / "attack.jsonl"
         done = self._merge(path)  # parts of a killed multi-process run
         skip = [p for p in prompts if p.id not in done and pre[p.id]["success"] and not self.cfg.attack_all]
         if skip and self.ranks.main:
             rows = [{"id": p.id, "prompt": p.prompt, "seed": p.seed, "attacked": False, "adversarial_prompt": p.prompt,
                      "success": True, **({"success_soft": True} if self.entry.soft else {})} for p in skip]
-            _append(self.ranks.part(path), rows)
+            append_jsonl(self.ranks.part(path), rows)
         skipped = {p.id for p in skip}
         mine = self.ranks.share([p for p in prompts if p.id not in done and p.id not in skipped])
         for i in range(0, len(mine), self.cfg.chunk_size):
             rows = self.attack_chunk(mine[i : i + self.cfg.chunk_size], prompts)
-            _append(self.ranks.part(path), rows)
+            append_jsonl(self.ranks.part(path), rows)
         return self._merge(path, [p.id for p in prompts])
 
     # ---------------------------------------------------------------- results
     def grid(self, rows: list[dict], n: int = 16) -> Optional[Path]:
+        """A grid of the first ``n`` attacked prompts' images (reference, pre-attack, adversarial, soft) as grid.png;
+        None when images are missing."""
         from prunefit.generation.grid import image_grid
 
         kinds = ["ref", "pre", "adv"] + (["soft"] if self.entry.soft else [])
@@ -352,6 +339,7 @@ class AttackRun:
         return self.out / "grid.png"
 
     def finish(self, prompts: list[AttackPrompt], pre: dict, rows: dict, protocol: dict) -> AttackResult:
+        """ASR before and after the attack into results.json (rank 0) and the grid; returns the result."""
         ids = [p.id for p in prompts]
         N = len(ids)
         before = [pre[i]["success"] for i in ids]
@@ -365,9 +353,7 @@ class AttackRun:
                "metrics": {"attack": {"values": values, "protocol": protocol}},
                "prompts": [rows[i] for i in ids]}
         if self.ranks.main:
-            tmp = self.out / ".results.json.tmp"
-            tmp.write_text(json.dumps(doc, indent=1))
-            os.replace(tmp, self.out / "results.json")
+            atomic_write_json(self.out / "results.json", doc, indent=1)
             self.grid([rows[i] for i in ids])
         self.ranks.barrier()  # every rank returns with results.json on disk
         return AttackResult(self.out, self.entry.name, N, attacked, values["pre_asr"], values["asr"],
@@ -375,6 +361,7 @@ class AttackRun:
 
 
 def main(cfg: AttackConfig) -> AttackResult:
+    """``prunefit attack``: judge the prompts before the attack, attack them, judge again; returns the ASRs."""
     from prunefit.generation.sample import resolve_sampler
 
     entry = get_attack(cfg.attack)

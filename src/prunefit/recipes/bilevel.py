@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from prunefit.data.datasets import build_data
 from prunefit.errors import ConfigError, OutputError
 from prunefit.models.components import load_components
 from prunefit.objectives.inputs import held_out_batch
-from prunefit.pruning.expert import load_student, save_student
+from prunefit.pruning.expert import save_student
+from prunefit.pruning.resolve import load_student
 from prunefit.removal.bilevel.config import BilevelConfig
 from prunefit.removal.bilevel.phases import BilevelPhases, build_phases
 from prunefit.removal.registry import get_method
@@ -28,6 +28,7 @@ from prunefit.training.runtime import (
     run_settings,
 )
 from prunefit.training.students import apply_speedups
+from prunefit.utils.io import mark_done
 
 
 @dataclass
@@ -38,12 +39,13 @@ class BilevelResult:
     balance: dict
 
     def lines(self) -> list[str]:
+        """What the run did, for the console: preset, steps, model path."""
         return [f"bilevel ({self.balance.get('preset')}) {self.steps} steps -> {self.model_path}"]
 
 
 def main(cfg: BilevelConfig) -> BilevelResult:
     """Check the inputs, then run under the output folder's lock."""
-    from prunefit.recipes.preflight import check_inputs
+    from prunefit.pruning.resolve import check_inputs
     from prunefit.utils.lock import output_lock
 
     check_inputs(model=cfg.model, student=cfg.student, cache_dir=cfg.cache_dir)
@@ -87,11 +89,11 @@ def _main(cfg: BilevelConfig) -> BilevelResult:
     if accelerator.is_main_process:
         path = save_student(student.eval().requires_grad_(False), expert, comps, out,
                             {"bilevel": cfg.preset, "suppressed": mcfg.concepts, "steps": steps, "balance": balance})
-        (out / "bilevel_summary.json").write_text(json.dumps(
-            {"preset": cfg.preset, "upper_method": cfg.upper_method, "concepts": mcfg.concepts, "steps": steps,
-             "upper_every": cfg.every, "upper_steps": steps // cfg.every, "upper_train_method": mcfg.train_method,
-             "upper_xt_source": mcfg.xt_source, "upper_condition": mcfg.condition, "balance": balance,
-             "output": str(path), "runtime": run_settings(accelerator, cfg.train)}, indent=1))
+        mark_done(out / "bilevel_summary.json", {
+            "preset": cfg.preset, "upper_method": cfg.upper_method, "concepts": mcfg.concepts, "steps": steps,
+            "upper_every": cfg.every, "upper_steps": steps // cfg.every, "upper_train_method": mcfg.train_method,
+            "upper_xt_source": mcfg.xt_source, "upper_condition": mcfg.condition, "balance": balance,
+            "output": str(path), "runtime": run_settings(accelerator, cfg.train)}, indent=1)
     return BilevelResult(out, path, steps, balance)
 
 
@@ -105,6 +107,7 @@ def _balance_line(b: dict) -> str:
 def _gap_validator(cfg: BilevelConfig, built: BilevelPhases):
     """L_ft of theta (and of vartheta, with the constraint gap) on fixed held-out samples."""
     def validate(step: int) -> dict:
+        """Held-out L_ft of theta (and of vartheta, with the constraint gap) at ``step``."""
         with torch.no_grad():
             batch = held_out_batch(built.lower.inputs, cfg.seed, cfg.train.val_samples)
             theta = built.lower.loss(batch).total.item()

@@ -36,6 +36,7 @@ class CacheResult:
     samples: int
 
     def lines(self) -> list[str]:
+        """What the run did, for the console: samples cached, folder."""
         return [f"cached {self.samples} samples -> {self.output_dir}"]
 
 

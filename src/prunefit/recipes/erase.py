@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,13 +14,14 @@ from prunefit.config.load import save_resolved_config
 from prunefit.errors import OutputError
 from prunefit.generation.ranks import current_ranks
 from prunefit.models.components import load_components
-from prunefit.pruning.expert import load_student, save_student
-from prunefit.recipes.preflight import check_inputs
+from prunefit.pruning.expert import save_student
+from prunefit.pruning.resolve import check_inputs, load_student
 from prunefit.removal.config import EraseConfig
 from prunefit.removal.context import RemovalContext
 from prunefit.removal.registry import get_method
 from prunefit.training.runtime import fit, make_accelerator, resolve_resume, run_device, run_settings
 from prunefit.training.students import apply_speedups
+from prunefit.utils.io import mark_done
 from prunefit.utils.lock import output_lock
 
 
@@ -33,10 +32,13 @@ class EraseResult:
     info: dict
 
     def lines(self) -> list[str]:
+        """What the run did, for the console: method, concepts, model path."""
         return [f"{self.info['method']} removed {self.info['concepts']} -> {self.model_path}"]
 
 
 def main(cfg: EraseConfig) -> EraseResult:
+    """``prunefit erase``: apply a removal method to the model under an output lock; returns the edited model's path and
+    info."""
     entry = get_method(cfg.removal.method)
     mcfg = cfg.method_config()
     out = Path(cfg.output_dir)
@@ -83,8 +85,6 @@ def _erase(cfg: EraseConfig, entry, mcfg, out: Path) -> EraseResult:
         path = save_student(student, expert, comps, out, {"erased": mcfg.concepts, "erase_method": entry.name})
         if text_trained and expert is not None:
             comps.text_encoder.save_pretrained(out / "text_encoder")
-        tmp = out / ".erase_summary.json.tmp"  # it marks the run finished: written whole or not at all
-        tmp.write_text(json.dumps(info, indent=1, default=str))
-        os.replace(tmp, out / "erase_summary.json")
+        mark_done(out / "erase_summary.json", info, indent=1, default=str)  # it marks the run finished
     ranks.barrier()  # every rank returns with the erased model on disk
     return EraseResult(out, path, info)

@@ -44,6 +44,7 @@ class EvaluateConfig:
 
     @classmethod
     def registry_schema(cls) -> type:
+        """This config class with a section per registered metric added."""
         return with_sections(cls, metric_sections())
 
     def __post_init__(self) -> None:
@@ -68,6 +69,7 @@ class EvaluateResult:
     """The metrics this call computed (the document may hold earlier ones too)."""
 
     def lines(self) -> list[str]:
+        """Each evaluated metric's values, and the results file, for the console."""
         out = []
         for name in self.evaluated:
             values = self.document["metrics"][name]["values"]
@@ -110,3 +112,8 @@ def fid_reference(images: str, cfg: FidConfig, output: str | None = None) -> Pat
     out = Path(output) if output else Path(images) / f"fid-stats-{cfg.features}.safetensors"
     fidlib.save_stats(out, mu, sigma, {"extractor": name, "n": len(paths), "size": size, "source": str(images)})
     return out
+
+
+def fid_reference_lines(images: str, cfg: FidConfig, output: str | None = None) -> list[str]:
+    """``prunefit evaluate fid-ref``: save the statistics (``fid_reference``); the console line names the file."""
+    return [f"FID reference statistics ({cfg.features}) -> {fid_reference(images, cfg, output)}"]

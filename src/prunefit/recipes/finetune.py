@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +15,8 @@ from prunefit.errors import OutputError
 from prunefit.models.components import Components, load_components
 from prunefit.objectives.denoising import DenoisingObjective
 from prunefit.objectives.streams import Stream
-from prunefit.pruning.expert import load_student, save_student
-from prunefit.recipes.preflight import check_inputs
+from prunefit.pruning.expert import save_student
+from prunefit.pruning.resolve import check_inputs, load_student
 from prunefit.training.memory import check_training_memory
 from prunefit.training.runtime import (
     EMA,
@@ -30,6 +29,7 @@ from prunefit.training.runtime import (
     run_settings,
 )
 from prunefit.training.students import apply_speedups, denoising_phase
+from prunefit.utils.io import mark_done
 from prunefit.utils.lock import output_lock
 
 
@@ -41,10 +41,12 @@ class FinetuneResult:
     effective_batch: int
 
     def lines(self) -> list[str]:
+        """What the run did, for the console: steps, effective batch, model path."""
         return [f"fine-tuned {self.steps} steps (effective batch {self.effective_batch}) -> {self.model_path}"]
 
 
 def main(cfg: FinetuneConfig) -> FinetuneResult:
+    """``prunefit finetune``: fine-tune (distil) the student under an output lock; returns the model path and steps."""
     out = Path(cfg.output_dir)
     if cfg.resume is None and ((out / "expert" / "expert.json").is_file() or (out / "pipeline").is_dir()):
         raise OutputError(f"{out} already holds a finished fine-tuning run; use a new output_dir")
@@ -83,10 +85,10 @@ def _finetune(cfg: FinetuneConfig, out: Path) -> FinetuneResult:
     if accelerator.is_main_process:
         path = save_student(student.eval(), info, comps, out,
                             {"finetuned_steps": steps, "finetune_model": comps.source})
-        (out / "finetune_summary.json").write_text(json.dumps(
-            {"steps": steps, "effective_batch": effective, "student": cfg.student, "output": str(path),
-             "data_skipped_images": getattr(data, "skipped", 0), "runtime": run_settings(accelerator, cfg.train)},
-            indent=1))
+        mark_done(out / "finetune_summary.json",
+                  {"steps": steps, "effective_batch": effective, "student": cfg.student, "output": str(path),
+                   "data_skipped_images": getattr(data, "skipped", 0),
+                   "runtime": run_settings(accelerator, cfg.train)}, indent=1)
     return FinetuneResult(out, path, steps, effective)
 
 
@@ -95,6 +97,7 @@ def _validator(objective: DenoisingObjective, cfg: FinetuneConfig):
     from prunefit.objectives.inputs import held_out_batch
 
     def validate(step: int) -> dict:
+        """Held-out loss parts of the objective at ``step``, keyed 'val/<part>'."""
         with torch.no_grad():
             out = objective.loss(held_out_batch(objective.inputs, cfg.seed, cfg.train.val_samples))
         return {f"val/{k}": v for k, v in out.detached().items()}
@@ -111,6 +114,7 @@ def _sampler(student, comps: Components, cfg: FinetuneConfig, out: Path):
     records = inline_prompts(cfg.train.sample_prompts)
 
     def sample(step: int) -> None:
+        """Save a grid of the student's samples of the fixed prompts at ``step`` into samples/."""
         was_training = student.training
         student.eval()
         imgs = sample_images(comps.with_unet(student), records, SamplerConfig(batch_size=len(records)),

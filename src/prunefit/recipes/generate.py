@@ -19,7 +19,7 @@ from prunefit.generation.routed import generate_routed
 from prunefit.generation.sample import GenerationResult, generate_run, prepare_output_dir, sampling_settings
 from prunefit.models.components import load_components
 from prunefit.pruning import routing
-from prunefit.recipes.preflight import check_inputs
+from prunefit.pruning.resolve import check_inputs
 from prunefit.utils.lock import output_lock
 
 # Settings that must match when a run folder is reused; prompts may be added, nothing else may change.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,9 @@ from prunefit.pruning.expert import expert_info, save_expert
 from prunefit.pruning.macs import MacModel, mac_model
 from prunefit.pruning.materialize import materialize
 from prunefit.pruning.objective import RouterObjective
+from prunefit.pruning.resolve import check_inputs
 from prunefit.pruning.router import Router
 from prunefit.pruning.spec import GateSpec, gate_spec, round_widths
-from prunefit.recipes.preflight import check_inputs
 from prunefit.training.loop import adamw_phase
 from prunefit.training.runtime import (
     fit,
@@ -33,6 +32,7 @@ from prunefit.training.runtime import (
     run_device,
     run_settings,
 )
+from prunefit.utils.io import mark_done
 from prunefit.utils.lock import output_lock
 from prunefit.utils.optim import warmup_cosine
 
@@ -45,6 +45,7 @@ class PruneResult:
     summary: dict
 
     def lines(self) -> list[str]:
+        """What the run did, for the console: each expert's MAC ratio, toy-val routing loads, summary file."""
         out = [f"{p}: MAC ratio {r:.3f}" for p, r in zip(self.experts, self.mac_ratios)]
         if self.summary.get("routing_toy_val"):
             out.append(f"toy-val routing loads: {self.summary['routing_toy_val']['loads']}")
@@ -87,12 +88,15 @@ def train_router(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacM
 
 
 def baseline_codes(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacModel) -> torch.Tensor:
+    """The magnitude or random baseline's architecture at the target MAC ratio, [1, D]."""
     scores = magnitude_scores(comps.unet, spec) if cfg.method == "magnitude" else random_scores(spec, cfg.seed)
     return prune_to_target(spec, macs, scores, cfg.target, cfg.width_multiple).unsqueeze(0)
 
 
 def export_experts(cfg: PruneConfig, comps: Components, spec: GateSpec, macs: MacModel, codes: torch.Tensor,
                    mac_protocol: dict) -> tuple[list[Path], list[float]]:
+    """Materialize each architecture of ``codes`` [K, D] from the pretrained UNet and save it as an expert; returns the
+    expert folders and their MAC ratios."""
     paths, ratios = [], []
     for k, arch in enumerate(codes):
         unet = copy.deepcopy(comps.unet)  # pretrained weights first, then slice
@@ -109,8 +113,8 @@ def _toyworld_eval(cfg: PruneConfig, comps: Components, experts: list[Path]) -> 
     if cfg.eval_prompts <= 0 or comps.source != "toyworld":
         return None
     from prunefit.config.schema import SamplerConfig
+    from prunefit.generation.toyworld_quality import measure_set, read_rows
     from prunefit.pruning.expert import load_expert
-    from prunefit.recipes.toyworld_quality import measure_set, read_rows
     from prunefit.toyworld.judge import load_judge
     from prunefit.toyworld.paths import judge_dir, prompts_dir
 
@@ -125,6 +129,7 @@ def _toyworld_eval(cfg: PruneConfig, comps: Components, experts: list[Path]) -> 
 
 
 def route_toyval(router: Router, n: int = 500) -> Optional[dict]:
+    """Expert loads of the router over the first ``n`` toy-val prompts (None without the toy world's prompts)."""
     from prunefit.toyworld.paths import prompts_dir
     from prunefit.toyworld.prompts import read_rows
 
@@ -178,5 +183,5 @@ def _prune(cfg: PruneConfig, out: Path, log) -> Optional[PruneResult]:
     summary["judge_toy_val"] = _toyworld_eval(cfg, comps, experts)
     summary["seconds"] = round(time.time() - t0, 1)
     summary["runtime"] = run_settings(accelerator, router_train_config(cfg))
-    (out / "prune_summary.json").write_text(json.dumps(summary, indent=1))
+    mark_done(out / "prune_summary.json", summary, indent=1)  # written last: its presence says the run finished
     return PruneResult(out, experts, ratios, summary)

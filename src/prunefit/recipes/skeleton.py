@@ -19,6 +19,11 @@ class SkeletonResult:
     bytes_on_disk: int
     seconds: float
 
+    def lines(self) -> list[str]:
+        """What was built and how to use it, for the console."""
+        return [f"{self.arch} skeleton (random weights, seed {self.seed}): {self.path} "
+                f"({self.bytes_on_disk / 1e9:.2f} GB, {self.seconds:.0f} s); use it as model={self.path}"]
+
 
 def main(arch: str, out_dir: str | Path, seed: int = 0) -> SkeletonResult:
     """Build the ``arch`` skeleton into ``out_dir`` (refuses a non-empty folder) and describe it."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from prunefit.config.schema import SamplerConfig, ToyworldBuildConfig
 from prunefit.errors import ModelLoadError
+from prunefit.generation.toyworld_quality import measure_quality
 from prunefit.losses.diffusion import diffusion_target, min_snr_weights, snr, weighted_mse
 from prunefit.models.components import DEFAULT_GUIDANCE, read_sidecar, write_sidecar
 from prunefit.models.schedulers import sd_training_scheduler_config
@@ -34,13 +34,13 @@ from prunefit.models.tiny import build_text_encoder, build_unet, toy_teacher_con
 from prunefit.models.tokenizer import trained_bpe_tokenizer
 from prunefit.objectives.noise import add_noise
 from prunefit.recipes.toyworld_card import write_model_card
-from prunefit.recipes.toyworld_quality import measure_quality
 from prunefit.toyworld.judge import Judge, judge_accuracy, load_judge, train_judge
 from prunefit.toyworld.paths import assets_dir as default_assets_dir
 from prunefit.toyworld.prompts import write_prompt_sets
 from prunefit.toyworld.teacher import TOY_GUIDANCE
 from prunefit.toyworld.world import Scene, caption, render, sample_scene
 from prunefit.training.runtime import ema_update
+from prunefit.utils.io import atomic_folder, atomic_write_json, mark_done, open_jsonl_append, read_jsonl
 from prunefit.utils.optim import warmup_cosine, warmup_cosine_scheduler
 
 TEACHER = toy_teacher_config()
@@ -53,22 +53,13 @@ def _done(stage_dir: Path) -> Optional[dict]:
 
 
 def _mark_done(stage_dir: Path, info: dict) -> None:
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / "DONE.json").write_text(json.dumps(info, indent=2))
+    mark_done(stage_dir / "DONE.json", info, indent=2)
 
 
 def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
     """Write a folder into a temporary sibling, then swap it in (never a half-written ``final``)."""
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(final, replace=True) as tmp:
+        write(tmp)
 
 
 def _scenes_and_images(rng: np.random.Generator, n: int, p_unsafe: float = 0.15) -> tuple[list[Scene], torch.Tensor]:
@@ -89,6 +80,8 @@ def _init_dir(cfg: ToyworldBuildConfig) -> Optional[Path]:
 
 
 def build_tokenizer(cfg: ToyworldBuildConfig, out: Path) -> CLIPTokenizer:
+    """The toy world's tokenizer: reused when built, copied from the init world, or a BPE tokenizer trained on sampled
+    captions."""
     if _done(out):
         return CLIPTokenizer.from_pretrained(out)
     init = _init_dir(cfg)
@@ -106,6 +99,7 @@ def build_tokenizer(cfg: ToyworldBuildConfig, out: Path) -> CLIPTokenizer:
 
 
 def build_vae(cfg: ToyworldBuildConfig, out: Path) -> AutoencoderKL:
+    """The toy world's VAE: reused when built, copied from the init world, or trained on rendered scenes."""
     if _done(out):
         return AutoencoderKL.from_pretrained(out).eval().requires_grad_(False)
     init = _init_dir(cfg)
@@ -145,10 +139,12 @@ def build_vae(cfg: ToyworldBuildConfig, out: Path) -> AutoencoderKL:
 
 
 def vae_roundtrip(vae: AutoencoderKL) -> Callable[[torch.Tensor], torch.Tensor]:
+    """images [B, 3, H, W] -> the VAE's reconstruction [B, 3, H, W] (posterior mode, decoded)."""
     return lambda x: vae.decode(vae.encode(x).latent_dist.mode()).sample
 
 
 def build_judge(cfg: ToyworldBuildConfig, out: Path, vae: AutoencoderKL) -> Judge:
+    """The toy world's judge: reused when built, copied from the init world, or trained on VAE-roundtripped renders."""
     if _done(out):
         return load_judge(out)
     init = _init_dir(cfg)
@@ -184,6 +180,7 @@ def _ema_params(state: TeacherState) -> dict[str, torch.Tensor]:
 
 def _save_teacher_ckpt(state: TeacherState, ckpt_root: Path, keep: int = 2) -> None:
     def write(d: Path) -> None:
+        """Write the teacher checkpoint (EMA weights, EMA state, optimizer, step) into ``d``."""
         save_file({k: v.detach().contiguous() for k, v in _ema_params(state).items()}, str(d / "model.safetensors"))
         save_file({k: v.contiguous() for k, v in state.ema.items()}, str(d / "ema.safetensors"))
         torch.save(state.opt.state_dict(), d / "optimizer.pt")
@@ -252,7 +249,7 @@ def train_teacher(cfg: ToyworldBuildConfig, out: Path, tok: CLIPTokenizer, vae: 
     text_encoder.train()
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=cfg.teacher_steps, initial=state.step, desc="teacher", unit="step", mininterval=10)
-    logf = (out / "log.jsonl").open("a")
+    logf = open_jsonl_append(out / "log.jsonl")
     while state.step < cfg.teacher_steps:
         step = state.step
         rng = np.random.default_rng([cfg.seed, 4, step])
@@ -337,10 +334,15 @@ def run_build(cfg: ToyworldBuildConfig, log: Callable[[str], None] = print) -> P
             "build_seconds_this_run": round(time.time() - t0, 1),
             "judge_held_out": _done(root / "judge")["held_out_accuracy"], "quality": quality,
             "vae": _done(root / "vae"), "teacher_log": _log_summary(root / "teacher" / "log.jsonl")}
-    (assets / "quality.json").write_text(json.dumps(info, indent=2))
+    atomic_write_json(assets / "quality.json", info, indent=2)
     write_model_card(assets, info, TEACHER)
     log(f"model card: {assets / 'MODEL_CARD.md'}")
     return assets
+
+
+def main(cfg: ToyworldBuildConfig, log: Callable[[str], None] = print) -> list[str]:
+    """``prunefit toyworld build``: run the build (``run_build``); the console line says where the world went."""
+    return [f"toy world written to {run_build(cfg, log)}"]
 
 
 def measure_both(assets: Path, judge, n: int) -> tuple[dict, dict]:
@@ -362,18 +364,21 @@ def remeasure(assets: Optional[Path] = None, n: Optional[int] = None, log: Calla
     info["config"]["eval_prompts"] = n
     info["guidance_scale"] = read_sidecar(assets / "teacher").get("default_guidance_scale", DEFAULT_GUIDANCE)
     info["quality"], info["quality_cfg_7_5"] = measure_both(assets, load_judge(assets / "judge"), n)
-    tmp = assets / "quality.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    tmp.replace(assets / "quality.json")
+    atomic_write_json(assets / "quality.json", info, indent=2)
     log(f"quality re-measured on {n} prompts per set")
     return write_model_card(assets, info, TEACHER)
+
+
+def measure(assets: Optional[Path] = None, n: Optional[int] = None, log: Callable[[str], None] = print) -> list[str]:
+    """``prunefit toyworld measure``: re-measure (``remeasure``); the console shows the rewritten model card."""
+    return [remeasure(assets, n, log).read_text()]
 
 
 def _log_summary(path: Path) -> dict:
     """Wall-clock seconds spent on teacher steps (summed over runs) and the last logged loss."""
     if not path.is_file():
         return {}
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = read_jsonl(path)
     seconds = sum(max(0.0, b["time"] - a["time"]) for a, b in zip(rows, rows[1:]) if b["step"] > a["step"]
                   and b["time"] - a["time"] < 600)
     return {"seconds": round(seconds, 1), "last_loss": rows[-1]["loss"] if rows else math.nan,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
+from prunefit.generation.toyworld_quality import summary_targets
 from prunefit.models.tiny import TinySDConfig
-from prunefit.recipes.toyworld_quality import summary_targets
 
 
 def write_model_card(assets: Path, info: dict, sizes: TinySDConfig) -> Path:

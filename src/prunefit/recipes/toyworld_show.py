@@ -12,8 +12,8 @@ from PIL import Image
 from prunefit.config.schema import SamplerConfig
 from prunefit.errors import ModelLoadError
 from prunefit.generation.grid import image_grid
+from prunefit.generation.toyworld_quality import generate_rows, read_rows
 from prunefit.models.components import load_components
-from prunefit.recipes.toyworld_quality import generate_rows, read_rows
 from prunefit.toyworld.paths import assets_dir as default_assets_dir
 
 
@@ -25,7 +25,12 @@ class ShowResult:
     grids: list[Path]
 
     def summary(self) -> str:
+        """The card's text and the grid paths, for the console."""
         return self.card + "\nsample grids:\n" + "\n".join(f"  {p}" for p in self.grids)
+
+    def lines(self) -> list[str]:
+        """``summary()`` as the console's lines."""
+        return [self.summary()]
 
 
 def show(assets: Optional[Path] = None, output: Path = Path("runs/toyworld-show"), per_grid: int = 16,
@@ -39,6 +44,8 @@ def show(assets: Optional[Path] = None, output: Path = Path("runs/toyworld-show"
 
 
 def write_sample_grids(assets: Path, output: Path, per_grid: int = 16, seed: int = 0) -> list[Path]:
+    """Sample a grid of the teacher's images per prompt set (toy-val first) into ``output``, with each grid's prompts;
+    returns the grid paths."""
     components = load_components(str(assets / "teacher"))
     output.mkdir(parents=True, exist_ok=True)
     sampler = SamplerConfig(batch_size=per_grid)

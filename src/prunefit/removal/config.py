@@ -52,6 +52,7 @@ class EraseConfig:
 
     @classmethod
     def registry_schema(cls) -> type:
+        """This config class with a section per registered removal method added."""
         return with_sections(cls, method_sections())
 
     @classmethod

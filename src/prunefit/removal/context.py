@@ -21,14 +21,17 @@ class RemovalContext:
 
     @torch.no_grad()
     def text(self, prompts: list[str]) -> torch.Tensor:
+        """Text-encoder states [B, L, C] of ``prompts`` on the context's device."""
         return encode_prompts(self.components, prompts).to(self.device)
 
     def tokens(self, prompts: list[str]):
+        """Token ids of ``prompts`` padded to the tokenizer's length (``input_ids`` [B, L])."""
         tok = self.components.tokenizer
         return tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
                    return_tensors="pt")
 
     def native_latent(self) -> int:
+        """The latent side length at the model's native resolution."""
         return self.components.native_resolution // self.components.vae_scale_factor
 
 
@@ -67,6 +70,7 @@ def param_subset(unet, which: str) -> list[tuple[str, torch.nn.Parameter]]:
 
 
 def concept_from_index(concepts: list[str], index: int) -> str:
+    """The concept of sample ``index``: the concepts in turn."""
     return concepts[index % len(concepts)]
 
 

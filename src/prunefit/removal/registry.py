@@ -34,6 +34,7 @@ _METHODS: Registry[MethodEntry] = Registry("removal method", _load_builtin)
 
 
 def register_method(entry: MethodEntry) -> None:
+    """Add a removal method to the registry under its name."""
     _METHODS.register(entry.name, entry)
 
 
@@ -43,12 +44,18 @@ def unregister_method(name: str) -> None:
 
 
 def get_method(name: str) -> MethodEntry:
+    """The registered removal method ``name`` (an error lists the available ones)."""
     return _METHODS.get(name)
 
 
 def list_methods(kind: Optional[str] = None) -> list[MethodEntry]:
     """Every registered method (of ``kind`` "edit" or "train" when given), by name."""
     return [m for m in _METHODS.all() if kind is None or m.kind == kind]
+
+
+def listing() -> list[str]:
+    """``prunefit list methods``: one line per method (name, kind, summary, reference)."""
+    return [f"{m.name:14s} [{m.kind}] {m.summary}  ({m.reference})" for m in list_methods()]
 
 
 def method_sections(kind: Optional[str] = None) -> list[tuple[str, type]]:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+from prunefit.utils.io import atomic_write_bytes
 
 
 def _toy_row(table: str, n: int, seed: int, role: str, obj: str, colour: str, background: str, size: str = "large",
@@ -74,7 +69,7 @@ def write_toy_prompt_files(directory: str | Path) -> list[Path]:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        _atomic_write(out / f"{name}.csv", buf.getvalue().encode())
+        atomic_write_bytes(out / f"{name}.csv", buf.getvalue().encode())
         paths.append(out / f"{name}.csv")
     return paths
 

@@ -40,12 +40,15 @@ class JudgeOutput:
     features: torch.Tensor
 
     def obj_names(self) -> list[str]:
+        """The predicted object of each image, by name."""
         return [OBJECTS[i] for i in self.obj.tolist()]
 
     def colour_names(self) -> list[str]:
+        """The predicted colour of each image, by name."""
         return [list(COLOURS)[i] for i in self.colour.tolist()]
 
     def artist_names(self) -> list[Optional[str]]:
+        """The predicted artist of each image, by name (None: no artist)."""
         return [None if i == 0 else ARTIST_CLASSES[i] for i in self.artist.tolist()]
 
 
@@ -70,6 +73,8 @@ class Judge(nn.Module):
         return self.body(x).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[N, 3, 32, 32] in [-1, 1] -> features [N, 128] and head logits: obj [N, 6], colour [N, 6], artist [N, 7],
+        unsafe [N]."""
         f = self.features(x)
         return {"features": f, "obj": self.obj(f), "colour": self.colour(f), "artist": self.artist(f),
                 "unsafe": self.unsafe(f).squeeze(-1)}
@@ -85,6 +90,7 @@ class Judge(nn.Module):
                            features=cat["features"])
 
     def save(self, directory: str | Path, meta: Optional[dict] = None) -> None:
+        """Write the weights (judge.safetensors) and the class names with ``meta`` (judge.json) into ``directory``."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(d / "judge.safetensors"))
@@ -119,6 +125,7 @@ def to_judge_input(images: torch.Tensor | Sequence[Image.Image]) -> torch.Tensor
 
 
 def scene_targets(scenes: Sequence[Scene]) -> dict[str, torch.Tensor]:
+    """The judge's training targets of N scenes: obj, colour, artist class indices [N] and unsafe labels [N] (float)."""
     colours = list(COLOURS)
     return {
         "obj": torch.tensor([OBJECTS.index(s.obj) for s in scenes]),
@@ -148,6 +155,8 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def judge_loss(out: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the heads' losses (cross-entropy for obj, colour, artist; BCE for unsafe) over a batch of outputs and
+    ``scene_targets``; scalar."""
     return (F.cross_entropy(out["obj"], tgt["obj"]) + F.cross_entropy(out["colour"], tgt["colour"])
             + F.cross_entropy(out["artist"], tgt["artist"])
             + F.binary_cross_entropy_with_logits(out["unsafe"], tgt["unsafe"]))

@@ -47,6 +47,7 @@ class JudgeFeatures(nn.Module):
         self.num_features = FEATURE_DIM
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [N, 3, H, W] float in [0, 1] -> the judge's pooled features [N, 128] in float64."""
         return self.judge.features(to_judge_input(x * 2.0 - 1.0)).double()
 
 

@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from prunefit.toyworld.world import ARTISTS, SHAPES, UNSAFE, UNSAFE_MAIN_WORD, Scene, caption, sample_scene
+from prunefit.utils.io import read_jsonl
 
 DEFAULT_SIZES = {"toy-val": 500, "artist": 200, "unsafe-plain": 200, "unsafe-adversarial": 200}
 _ADVERSARIAL_FRAMES = ("{}", "a drawing of {}", "a picture showing {}", "pirate flag emblem, {}",
@@ -27,6 +28,7 @@ _ADVERSARIAL_FRAMES = ("{}", "a drawing of {}", "a picture showing {}", "pirate 
 
 
 def artist_slug(artist: str) -> str:
+    """An artist's name as used in file names: lower case, spaces as dashes."""
     return artist.lower().replace(" ", "-")
 
 
@@ -55,6 +57,7 @@ def _rows(name: str, n: int, seed: int) -> Iterator[dict]:
 
 
 def prompt_set_names() -> list[str]:
+    """The names of the toy world's prompt sets: toy-val, one per artist, unsafe plain and adversarial."""
     return ["toy-val", *(f"artist-{artist_slug(a)}" for a in ARTISTS), "unsafe-plain", "unsafe-adversarial"]
 
 
@@ -78,7 +81,7 @@ def write_prompt_sets(directory: str | Path, seed: int = 0) -> list[Path]:
 
 def read_rows(path: str | Path, n: int | None = None) -> list[dict]:
     """The rows of a prompt-set file (the first ``n`` if given)."""
-    rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    rows = read_jsonl(path)
     return rows[:n] if n else rows
 
 

@@ -67,6 +67,7 @@ class Scene:
 
     @property
     def unsafe(self) -> bool:
+        """Whether the scene shows the unsafe object."""
         return self.obj == UNSAFE
 
 
@@ -224,4 +225,5 @@ def parse_caption(text: str) -> dict[str, Optional[str]]:
 
 
 def to_pil(img: np.ndarray) -> Image.Image:
+    """An HxWx3 uint8 array as a PIL RGB image."""
     return Image.fromarray(img, mode="RGB")

@@ -12,7 +12,6 @@ the CPU first and then copied to where the run holds it, so a run resumes on oth
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -23,6 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from prunefit.errors import PrunefitError
+from prunefit.utils.faults import fault_pause
+from prunefit.utils.io import atomic_folder
 
 PREFIX = "step-"
 
@@ -32,6 +33,7 @@ class CheckpointError(PrunefitError):
 
 
 def checkpoint_dirs(root: Path) -> list[Path]:
+    """The complete checkpoints (``step-*`` folders with a state.json) under ``root``/checkpoints, oldest first."""
     d = Path(root) / "checkpoints"
     if not d.is_dir():
         return []
@@ -40,17 +42,9 @@ def checkpoint_dirs(root: Path) -> list[Path]:
 
 
 def latest_checkpoint(root: Path) -> Optional[Path]:
+    """The newest complete checkpoint under ``root``, or None."""
     dirs = checkpoint_dirs(root)
     return dirs[-1] if dirs else None
-
-
-def _fault_injection_pause() -> None:
-    """Tests kill a run while a checkpoint is half-written: PRUNEFIT_FAULT_CHECKPOINT_SLEEP=<seconds> pauses here."""
-    delay = os.environ.get("PRUNEFIT_FAULT_CHECKPOINT_SLEEP")
-    if delay:
-        import time
-
-        time.sleep(float(delay))
 
 
 def save_checkpoint(root: Path, step: int, model: torch.nn.Module, phases, ema: Optional[dict] = None,
@@ -58,26 +52,21 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, phases, ema: 
     """Write ``step-<step>/`` atomically; ``model_state`` is the model's full state dict where the caller gathered
     it (every rank takes part in that under sharding), else ``model.state_dict()``."""
     final = Path(root) / "checkpoints" / f"{PREFIX}{step:08d}"
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state_dict = model.state_dict() if model_state is None else model_state
-    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / "model.safetensors"))
-    _fault_injection_pause()
-    for ph in phases:
-        torch.save(ph.optimizer.state_dict(), tmp / f"optimizer-{ph.name}.pt")
-        if getattr(ph, "scaler", None) is not None:
-            torch.save(ph.scaler.state_dict(), tmp / f"scaler-{ph.name}.pt")
-    if ema is not None:
-        save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
-    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    state = {"step": step, "phase_steps": {ph.name: ph.step for ph in phases},
-             "python_rng": repr(random.getstate()), "numpy_rng": np.random.get_state()[1].tolist()[:4],
-             **(extra or {})}
-    (tmp / "state.json").write_text(json.dumps(state))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_folder(final, replace=True) as tmp:
+        state_dict = model.state_dict() if model_state is None else model_state
+        save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, str(tmp / "model.safetensors"))
+        fault_pause("CHECKPOINT", step)  # kill tests: a half-written checkpoint folder
+        for ph in phases:
+            torch.save(ph.optimizer.state_dict(), tmp / f"optimizer-{ph.name}.pt")
+            if getattr(ph, "scaler", None) is not None:
+                torch.save(ph.scaler.state_dict(), tmp / f"scaler-{ph.name}.pt")
+        if ema is not None:
+            save_file({k: v.contiguous().cpu() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+        save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        state = {"step": step, "phase_steps": {ph.name: ph.step for ph in phases},
+                 "python_rng": repr(random.getstate()), "numpy_rng": np.random.get_state()[1].tolist()[:4],
+                 **(extra or {})}
+        (tmp / "state.json").write_text(json.dumps(state))
     for old in checkpoint_dirs(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -48,9 +48,12 @@ class Phase:
     last: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def runs_at(self, global_step: int) -> bool:
+        """Whether this phase steps at ``global_step`` (every ``every`` steps)."""
         return (global_step + 1) % self.every == 0
 
     def sample_start(self, micro: int, rank: int, world: int) -> int:
+        """Index of the first sample of micro-batch ``micro`` of this phase's current step on ``rank`` of ``world`` (so
+        every rank and step draws disjoint samples)."""
         return ((self.step * self.accum + micro) * world + rank) * self.micro_batch
 
 

@@ -86,6 +86,7 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
+        """Bytes of every part together."""
         return sum(getattr(self, f.name) for f in fields(self))
 
     def rows(self) -> list[tuple[str, float]]:
@@ -197,6 +198,8 @@ def _saved_bytes(unet, latent: int, text_length: int) -> tuple[int, int]:
     total, unit, per_unit = [0], [None], {}
 
     def pack(t: torch.Tensor):
+        """Count a tensor saved for backward (not a parameter) toward the total and the current unit; returns it
+        unchanged."""
         base = t._base if t._base is not None else t
         if id(t) not in params and id(base) not in params:
             total[0] += t.numel() * t.element_size()
@@ -205,6 +208,7 @@ def _saved_bytes(unet, latent: int, text_length: int) -> tuple[int, int]:
         return t
 
     def enter(name):
+        """A hook that marks unit ``name`` (None: outside any unit) as the one running."""
         return lambda *_: unit.__setitem__(0, name)
 
     handles = []
@@ -252,6 +256,7 @@ def activation_profile(unet, latent: int, text_length: int = 77, small: tuple[in
 
 
 def n_params(module, trainable: bool = False) -> int:
+    """Number of parameters of ``module`` (only those requiring grad when ``trainable``)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
 
 

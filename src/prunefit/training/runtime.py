@@ -19,6 +19,7 @@ from prunefit.errors import ConfigError, OutputError, PrunefitError
 from prunefit.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from prunefit.training.loop import Phase, train
 from prunefit.utils.device import launched_rank, resolve_mixed_precision
+from prunefit.utils.io import open_jsonl_append
 
 
 def make_accelerator(cfg: TrainConfig, device: str):
@@ -138,7 +139,7 @@ class RunLogger:
         self.writer = None
         self.file = None
         if enabled:
-            self.file = (out / "log.jsonl").open("a")
+            self.file = open_jsonl_append(out / "log.jsonl")  # a killed run's torn last line is dropped first
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -147,6 +148,7 @@ class RunLogger:
                 self.writer = None
 
     def log(self, step: int, values: dict[str, float]) -> None:
+        """Append ``values`` at ``step`` to the JSONL log (and TensorBoard); a no-op off the main rank."""
         if not self.enabled:
             return
         self.file.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
@@ -162,6 +164,7 @@ class RunLogger:
             self.file.flush()
 
     def close(self) -> None:
+        """Close the log file and the TensorBoard writer."""
         if self.file:
             self.file.close()
         if self.writer:
@@ -189,9 +192,11 @@ class EMA:
     shadow: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def update(self, model: torch.nn.Module, step: int) -> None:
+        """Update the shadow weights from ``model``'s parameters after ``step``."""
         ema_update(self.shadow, model.named_parameters(), self.decay, step)
 
     def copy_to(self, model: torch.nn.Module) -> None:
+        """Copy the shadow weights into ``model``'s parameters, in place."""
         with torch.no_grad():
             for k, p in model.named_parameters():
                 if k in self.shadow:
@@ -267,6 +272,7 @@ def fit(phases: list[Phase], model: torch.nn.Module, cfg: TrainConfig, out: Path
     t_last, s_last = time.time(), start
 
     def on_step_end(step: int, phs: list[Phase]) -> None:
+        """After ``step``: update the EMA, log the phases' losses and rates, and validate and sample when due."""
         nonlocal t_last, s_last
         if ema is not None:
             ema.update(model, step)

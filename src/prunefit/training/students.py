@@ -1,5 +1,5 @@
 """Students of the training recipes: speed-ups, a trainable twin, the distillation phase (an expert or dense
-student is loaded and saved by ``pruning.expert.load_student`` / ``save_student``).
+student is loaded by ``pruning.resolve.load_student`` and saved by ``pruning.expert.save_student``).
 
 Shared by ``finetune``, ``bilevel`` and ``erase`` (they all train or edit a student against the unpruned
 teacher), so it sits in ``training/`` rather than inside one recipe.

@@ -16,4 +16,5 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.0) -> flo
 
 
 def warmup_cosine_scheduler(opt: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR scheduler of ``opt``: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup))

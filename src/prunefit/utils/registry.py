@@ -20,11 +20,13 @@ class Registry(Generic[E]):
         self._loaded = False
 
     def register(self, name: str, entry: E) -> None:
+        """Add ``entry`` under ``name`` (an error if the name is taken)."""
         if name in self._entries:
             raise ValueError(f"{self.what} {name!r} is registered twice")
         self._entries[name] = entry
 
     def unregister(self, name: str) -> None:
+        """Remove ``name`` (an error lists the available names if it is unknown)."""
         self.get(name)  # unknown names raise the teaching error
         del self._entries[name]
 
@@ -34,6 +36,7 @@ class Registry(Generic[E]):
             self._load_builtin()
 
     def get(self, name: str) -> E:
+        """The entry ``name``, after the entries are loaded (an error lists the available names)."""
         self._ensure()
         try:
             return self._entries[name]
@@ -41,5 +44,6 @@ class Registry(Generic[E]):
             raise ConfigError(f"unknown {self.what} {name!r}; available: {sorted(self._entries)}") from None
 
     def all(self) -> list[E]:
+        """Every entry, sorted by name, after the entries are loaded."""
         self._ensure()
         return [self._entries[k] for k in sorted(self._entries)]

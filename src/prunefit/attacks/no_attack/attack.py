@@ -10,8 +10,10 @@ from prunefit.attacks.base import AttackContext, AttackOutput, AttackPrompt
 @dataclass
 class NoAttackConfig:
     def budget(self) -> dict:
+        """The attack's budget for the results: none."""
         return {}
 
 
 def run(ctx: AttackContext, cfg: NoAttackConfig, prompts: list[AttackPrompt]) -> list[AttackOutput]:
+    """The baseline: every prompt unchanged."""
     return [AttackOutput(p.id, p.prompt) for p in prompts]

@@ -57,6 +57,8 @@ class P4DConfig:
             raise ConfigError("p4d.n_tokens, p4d.every, p4d.timesteps_per_step, p4d.batch_size >= 1 and p4d.lr > 0")
 
     def budget(self) -> dict:
+        """The variant and its optimization budget (tokens or spacing, iterations, lr, ...), recorded with the results.
+        """
         shape = {"n_tokens": self.n_tokens, "keep_prompt": self.keep_prompt} if self.variant == "n" else \
             {"every": self.every}
         return {"variant": f"P4D-{self.variant.upper()}", **shape, "iterations": self.iterations, "lr": self.lr,
@@ -111,6 +113,9 @@ def _text(components, cfg: P4DConfig, prompt: str, ids: list[int], groups) -> st
 
 
 def attack_group(ctx: AttackContext, cfg: P4DConfig, chunk: list[AttackPrompt]) -> list[AttackOutput]:
+    """P4D on one chunk of prompts: optimize m inserted soft tokens [B, m, d_tok] (projected to the nearest vocabulary
+    tokens in the forward pass) so the target's noise prediction matches the reference model's on the reference
+    latents [B, 4, h, w]; returns each prompt's discrete adversarial prompt."""
     comps, ref = ctx.target, ctx.reference
     ids, pos, groups = _layout(comps, cfg, chunk)
     m, te = pos.shape[1], comps.text_encoder

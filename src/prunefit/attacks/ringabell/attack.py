@@ -48,6 +48,7 @@ class RingABellConfig:
             raise ConfigError("ringabell.pairs must be [with concept, without] pairs")
 
     def budget(self) -> dict:
+        """The genetic search's budget (eta, length, population, generations, rates), recorded with the results."""
         return {"eta": self.eta, "length": self.length, "population": self.population,
                 "generations": self.generations, "mutation_rate": self.mutation_rate,
                 "crossover_rate": self.crossover_rate}
@@ -84,7 +85,8 @@ def sequence_states(components, tokens: torch.Tensor) -> torch.Tensor:
 
 def _evolve(pop: torch.Tensor, fitness: torch.Tensor, vocab: torch.Tensor, cfg: RingABellConfig,
             g: torch.Generator) -> torch.Tensor:
-    """One generation: keep the ``elite`` best, fill with mutated crossovers of tournament-chosen parents."""
+    """One generation: keep the ``elite`` best, fill with mutated crossovers of tournament-chosen parents.
+    pop [P, K] token ids, fitness [P] (distance: lower is fitter), vocab [V] -> the next population [P, K]."""
     P, K = pop.shape
     order = fitness.argsort()  # lower distance is fitter
     elite = pop[order[: cfg.elite]]
@@ -107,6 +109,7 @@ def search(components, targets: torch.Tensor, vocab: torch.Tensor, cfg: RingABel
     pops = [vocab[torch.randint(len(vocab), (P, cfg.length), generator=g)] for g in gens]
 
     def distances() -> torch.Tensor:
+        """Mean squared distance [Np, P] of every population member's text states to its prompt's target."""
         states = sequence_states(components, torch.cat(pops)).view(n, P, *targets.shape[1:])
         return (states - targets[:, None]).pow(2).mean(dim=(2, 3)).cpu()
 
@@ -119,6 +122,7 @@ def search(components, targets: torch.Tensor, vocab: torch.Tensor, cfg: RingABel
 
 
 def allowed_tokens(components, concept: str, ban: bool) -> torch.Tensor:
+    """Token ids [V'] the search may draw: the valid vocabulary, less the concept's own tokens when ``ban``."""
     vocab = valid_token_ids(components)
     if not ban:
         return vocab

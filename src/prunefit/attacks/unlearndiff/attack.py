@@ -67,6 +67,7 @@ class UnlearnDiffConfig:
             raise ConfigError(f"unlearndiff.metric must be cosine or l2, got {self.metric!r}")
 
     def budget(self) -> dict:
+        """The optimization budget (k, iterations, lr, ...), recorded with the results."""
         return {"k": self.k, "iterations": self.iterations, "lr": self.lr, "weight_decay": self.weight_decay,
                 "timesteps_per_step": self.timesteps_per_step, "discrete_in_loop": self.discrete_in_loop}
 
@@ -85,6 +86,9 @@ def denoising_losses(components, prompts: list[str], prefix: torch.Tensor, laten
 
 
 def attack_chunk(ctx: AttackContext, cfg: UnlearnDiffConfig, chunk: list[AttackPrompt]) -> list[AttackOutput]:
+    """UnlearnDiffAtk on one chunk of prompts: optimize a soft prefix [B, k, d_tok] so the target's denoising loss on
+    the reference latents [B, 4, h, w] is lowest; returns each prompt's projected adversarial prompt and soft prefix
+    [k, d_tok]."""
     comps = ctx.target
     latents = reference_latents(ctx, chunk)
     device = latents.device

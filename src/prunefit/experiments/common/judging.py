@@ -25,22 +25,14 @@ def guidance_label(cells) -> str:
 def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists: int) -> dict:
     """Toy-world judge metrics of a model (an expert folder or a pipeline folder) for one concept: the
     concept's rate on plain and adversarial prompts, kept artists' rate, fidelity and FJD on toy-val."""
-    from prunefit.models.components import load_components
-    from prunefit.pruning.expert import load_expert
-    from prunefit.recipes.toyworld_quality import measure_set, read_rows
+    from prunefit.generation.toyworld_quality import measure_set, read_rows
+    from prunefit.pruning.resolve import model_components, resolve_model
     from prunefit.toyworld.judge import load_judge
     from prunefit.toyworld.paths import judge_dir, prompts_dir
     from prunefit.toyworld.prompts import artist_slug
     from prunefit.toyworld.world import KEEP_ARTISTS
 
-    if str(model_path) == base_model:
-        comps = load_components(base_model)
-    elif (Path(model_path) / "model_index.json").is_file():
-        comps = load_components(str(model_path))
-    else:
-        comps = load_components(base_model)
-        unet, _ = load_expert(model_path, comps.unet.config)
-        comps = comps.with_unet(unet)
+    comps = model_components(resolve_model(model_path, base_model))
     judge = load_judge(judge_dir())
     sampler = SamplerConfig(batch_size=50)
     sets = ["toy-val"]
@@ -82,18 +74,16 @@ class Judged:
         self.ref_features = self.judge.predict(reference_renders(self.scenes)).features.double().numpy()
 
     def components(self, model: Path):
-        from prunefit.pruning.expert import load_expert
+        """The model at ``model`` as components: a full pipeline folder, or an expert UNet on the base model."""
+        from prunefit.pruning.resolve import model_components, resolve_model
 
-        if (Path(model) / "model_index.json").is_file():
-            from prunefit.models.components import load_components
-
-            return load_components(str(model))
-        unet, _ = load_expert(model, self.comps.unet.config)
-        return self.comps.with_unet(unet)
+        return model_components(resolve_model(model, self.base), base_components=self.comps)
 
     def measure(self, model: Path) -> dict:
+        """Judge the model at ``model`` on the attack set (per-prompt 'shown' flags and their rate, ``asr``) and on
+        toy-val."""
         from prunefit.config.schema import SamplerConfig
-        from prunefit.recipes.toyworld_quality import generate_rows
+        from prunefit.generation.toyworld_quality import generate_rows
         from prunefit.toyworld.judge import ARTIST_CLASSES
 
         comps = self.components(model)
@@ -108,7 +98,7 @@ class Judged:
     def measure_val(self, model: Path, comps=None) -> dict:
         """Toy-val: judge features (for FJD), per-prompt fidelity (shape and colour right) and its mean."""
         from prunefit.config.schema import SamplerConfig
-        from prunefit.recipes.toyworld_quality import generate_rows
+        from prunefit.generation.toyworld_quality import generate_rows
 
         comps = comps or self.components(model)
         vpred = self.judge.predict(generate_rows(comps, self.val_rows, SamplerConfig(batch_size=50), desc="toy-val"))

@@ -16,6 +16,7 @@ from typing import Any, Optional
 from prunefit.config.schema import PruneConfig
 from prunefit.experiments.common.protocol import EraseKnobs, method_section
 from prunefit.recipes import erase, prune
+from prunefit.utils.io import atomic_write_json
 
 
 def concept_slug(concept: str) -> str:
@@ -59,7 +60,7 @@ def stage_dir(root: Path, name: str, spec: dict) -> Path:
     d = root / f"{name}-{stage_key(spec)}"
     d.mkdir(parents=True, exist_ok=True)
     if not (d / "spec.json").is_file():
-        (d / "spec.json").write_text(json.dumps(spec, indent=1, sort_keys=True, default=str))
+        atomic_write_json(d / "spec.json", spec, indent=1, sort_keys=True, default=str)
     return d
 
 

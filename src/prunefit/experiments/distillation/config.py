@@ -47,5 +47,6 @@ class DistillationConfig:
             raise ConfigError("steps and eval_every must be >= 1, eval_prompts >= 2, seeds non-empty")
 
     def eval_steps(self) -> list[int]:
+        """The steps evaluated: every ``eval_every`` steps, and the last."""
         return sorted({*range(self.eval_every, self.steps + 1, self.eval_every), self.steps})
 

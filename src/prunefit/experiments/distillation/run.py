@@ -24,6 +24,7 @@ from prunefit.experiments.common.stages import pruned_once
 from prunefit.experiments.distillation.config import VARIANTS, DistillationConfig
 from prunefit.experiments.distillation.report import write_report
 from prunefit.recipes import finetune
+from prunefit.utils.io import mark_done
 
 
 class Distillation:
@@ -32,6 +33,7 @@ class Distillation:
         self.root = Path(cfg.output_dir)
 
     def student(self) -> Path:
+        """The pruned student: ``expert`` when given, else the teacher APTP-pruned once (reused on reruns)."""
         if self.cfg.expert:
             return Path(self.cfg.expert)
         return pruned_once(self.root / "aptp", f"[distillation] APTP-pruning the teacher ({self.cfg.prune_steps} "
@@ -39,6 +41,7 @@ class Distillation:
                            steps=self.cfg.prune_steps, batch_size=8, device=self.cfg.device)
 
     def point(self, variant: str, seed: int, step: int, judged) -> dict:
+        """Fine-tune ``variant`` with ``seed`` up to ``step`` (resuming) and judge it; cached in the run's eval file."""
         c = self.cfg
         run = self.root / variant / f"seed-{seed}"
         efile = run / f"eval-{step}-{c.eval_prompts}.json"
@@ -53,10 +56,11 @@ class Distillation:
         self.log(f"[distillation] {variant}, seed {seed}: to step {step}")
         model = finetune.main(cfg).model_path
         res = {"variant": variant, "seed": seed, "step": step, **judged.measure_val(model)}
-        efile.write_text(json.dumps(res))
+        mark_done(efile, res)  # the judged point: its presence gates reuse
         return res
 
     def run(self) -> dict:
+        """Every variant, seed and evaluation step; writes the report and returns its summary."""
         torch.set_num_threads(self.cfg.threads)
         self.root.mkdir(parents=True, exist_ok=True)
         save_resolved_config(self.cfg, self.root)
@@ -70,5 +74,6 @@ class Distillation:
 
 
 def main(cfg: DistillationConfig, log=print) -> dict:
+    """Run the distillation experiment; returns the report summary."""
     return Distillation(cfg, log).run()
 

@@ -78,5 +78,6 @@ class ErasureConfig:
             raise ConfigError("eval_prompts must be >= 2, the iteration budgets and threads >= 1")
 
     def knobs(self) -> EraseKnobs:
+        """The removal methods' settings of this experiment."""
         return EraseKnobs.of(self)
 

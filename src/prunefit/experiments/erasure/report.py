@@ -19,6 +19,7 @@ def targets(concept: str, cells: dict) -> list[tuple[str, str, bool]]:
     out = []
 
     def drop(v: str) -> float:
+        """Relative drop of the plain-prompt rate of variant ``v`` from the original's (NaN when that is 0)."""
         return 1 - cells[v]["rate_plain"] / orig["rate_plain"] if orig["rate_plain"] > 0 else math.nan
 
     needs = ["esd-u", "advunlearn"] if is_unsafe(concept) else ["esd-x"]
@@ -67,6 +68,7 @@ def compute_line(results: dict) -> str:
 
 
 def write_report(root: Path, cfg: ErasureConfig, results: dict) -> Path:
+    """Write report.md (a table per concept, the acceptance targets, the compute) into ``root``; returns its path."""
     header = ["method", "rate plain (%)", "rate adversarial (%)", "kept artists (%)", "fidelity (%)", "FJD",
               "edit s"] + [f"ASR {a} pre → post (%)" for a in cfg.attacks]
     scale = guidance_label(c for cells in results.values() for c in cells.values())

@@ -24,11 +24,13 @@ from prunefit.experiments.common.judging import judge_model
 from prunefit.experiments.common.stages import concept_slug, run_erase
 from prunefit.experiments.erasure.config import ErasureConfig, variant_method
 from prunefit.experiments.erasure.report import write_report
+from prunefit.utils.io import atomic_write_text, mark_done, read_jsonl
 
 
 def attack_cells(cell: dict, cfg: ErasureConfig, concept: str, folder: Path, log=print) -> bool:
     """Add the missing "ASR under attack" entries to a judged cell (``cell['attacks'][name]``); True if any."""
     def prepare(a: str, i: int, todo: list[str]) -> None:
+        """Seed attack ``a``'s image folder with images it can reuse (an earlier attack's, the original's)."""
         reuse_images(folder / f"attack-{a}", folder / f"attack-{todo[0]}" if i else None,
                      folder.parent / "original" / f"attack-{cfg.attacks[0]}")
 
@@ -51,8 +53,7 @@ def reuse_images(dst: Path, same_model: Optional[Path], original: Path) -> None:
     for src, kind in ((same_model, "pre"), (original, "ref")):
         if src is None or src.resolve() == dst.resolve() or not (src / "manifest.jsonl").is_file():
             continue
-        for line in (src / "manifest.jsonl").read_text().splitlines():
-            row = json.loads(line) if line.strip() else {}
+        for row in read_jsonl(src / "manifest.jsonl"):
             if row.get("kind") != "pre" or not (src / "images" / f"{row['id']}.png").is_file():
                 continue
             new_id = f"{row['source_id']}-{kind}"
@@ -61,17 +62,16 @@ def reuse_images(dst: Path, same_model: Optional[Path], original: Path) -> None:
         if kind == "pre" and (src / "pre.jsonl").is_file():
             shutil.copy2(src / "pre.jsonl", dst / "pre.jsonl")
     if rows:
-        (dst / "manifest.jsonl").write_text("\n".join(rows) + "\n")
+        atomic_write_text(dst / "manifest.jsonl", "\n".join(rows) + "\n")
 
 
 def _write_cell(cfile: Path, cell: dict) -> None:
-    cfile.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cfile.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cell, indent=1))
-    tmp.replace(cfile)
+    mark_done(cfile, cell, indent=1)  # a judged cell: its presence gates reuse
 
 
 def main(cfg: ErasureConfig, log=print) -> dict:
+    """Run the erasure experiment: every concept's original and variants, edited, judged and attacked (cells cached);
+    writes the report and returns the results by concept and variant."""
     torch.set_num_threads(cfg.threads)
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)

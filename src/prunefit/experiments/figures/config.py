@@ -84,6 +84,7 @@ class FiguresConfig:
         self.style()  # validates the geometry
 
     def style(self) -> GridStyle:
+        """The grid style these settings ask for (an invalid one is a ConfigError)."""
         try:
             return GridStyle(cell=self.cell, label_width=self.label_width, caption_lines=self.caption_lines,
                              font_size=self.font_size)

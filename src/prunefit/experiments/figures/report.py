@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+from prunefit.utils.io import atomic_write_bytes
 
 
 def display_size(native: int, least: int = 160) -> int:
@@ -47,7 +42,7 @@ def write_figure(out: Path, sheet, sidecar: dict, page: str) -> None:
 
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
-    _atomic_write(out / "figure.png", buf.getvalue())
-    _atomic_write(out / "figure.json", (json.dumps(sidecar, indent=1) + "\n").encode())
-    _atomic_write(out / "index.html", page.encode())
+    atomic_write_bytes(out / "figure.png", buf.getvalue())
+    atomic_write_bytes(out / "figure.json", (json.dumps(sidecar, indent=1) + "\n").encode())
+    atomic_write_bytes(out / "index.html", page.encode())
 

@@ -11,17 +11,17 @@ and ``index.html`` (the same grid at full size, relative image paths). The paper
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 from prunefit.config.schema import GenerateConfig, SamplerConfig
 from prunefit.data.prompts import PromptRecord, read_prompt_file
-from prunefit.errors import ConfigError, DataError
+from prunefit.errors import ConfigError, DataError, ModelLoadError
 from prunefit.experiments.figures.config import ROLES, FigureModel, FiguresConfig, model_slug
 from prunefit.experiments.figures.report import display_size, figure_page, write_figure
 from prunefit.generation.grid import GridStyle, labelled_grid
+from prunefit.pruning.resolve import resolve_model
 from prunefit.recipes import generate
 
 
@@ -52,42 +52,32 @@ class FiguresResult:
     rows: list[ModelRow]
 
     def lines(self) -> list[str]:
+        """What the run did, for the console: images rendered and reused, figure, cells file, page."""
         return [f"rendered {sum(self.generated.values())} image(s), reused {sum(self.skipped.values())}",
                 f"figure: {self.figure} ({self.size[0]}x{self.size[1]})", f"cells: {self.sidecar}",
                 f"page: {self.html}"]
 
     @property
     def generated(self) -> dict[str, int]:
+        """Images rendered, by row."""
         return {r.name: r.generated for r in self.rows}
 
     @property
     def skipped(self) -> dict[str, int]:
+        """Images reused from an earlier run, by row."""
         return {r.name: r.skipped for r in self.rows}
 
 
-def resolve_model(m: FigureModel) -> tuple[str, str]:
-    """(kind, path) of a figure model: a row folder resolves to its model; ``auto`` reads the folder."""
-    path = Path(m.path)
-    if m.kind == "auto" and path.is_dir() and not _marker_kind(path):
-        if (path / "row.json").is_file():
-            return resolve_model(FigureModel(m.name, json.loads((path / "row.json").read_text())["model"]))
-        if (path / "expert" / "expert.json").is_file():
-            return "expert", str(path / "expert")
-        raise ConfigError(f"{m.path} (model {m.name!r}) holds no model_index.json, expert.json, router/ or row.json; "
-                          "point path at a pipeline, an expert, a `prunefit prune` output or an experiment row")
+def figure_model_kind(m: FigureModel, base_model: str) -> tuple[str, str]:
+    """(kind, path) of a figure model: ``auto`` asks ``pruning.resolve`` (a row folder gives the model it holds)."""
     if m.kind != "auto":
         return m.kind, m.path
-    return (_marker_kind(path) or "pipeline"), m.path
-
-
-def _marker_kind(path: Path) -> Optional[str]:
-    if (path / "expert.json").is_file():
-        return "expert"
-    if (path / "router" / "router.json").is_file() and (path / "experts").is_dir():
-        return "routed"
-    if (path / "model_index.json").is_file():
-        return "pipeline"
-    return None
+    try:
+        ref = resolve_model(m.path, base_model)
+    except ModelLoadError as exc:
+        raise ConfigError(f"figure model {m.name!r}: {exc}") from None
+    kind = {"dense": "pipeline", "expert": "expert", "routed": "routed"}[ref.loads]
+    return kind, ref.expert or ref.prune_dir or ref.base
 
 
 def is_erased(rec: PromptRecord, erased: Optional[list[str]]) -> bool:
@@ -151,8 +141,9 @@ def render_figure(models: list[FigureModel], prompt_file: str | Path, out_dir: s
                         caption_lines=style.caption_lines, font_size=style.font_size)
     out = Path(out_dir)
     records = read_figure_prompts(cfg.prompt_file, max_prompts)
-    rows = [ModelRow(m.name, model_slug(m.name), *resolve_model(m), out / "models" / model_slug(m.name),
-                     base_model=m.base_model or base_model) for m in models]  # all paths checked before generating
+    rows = [ModelRow(m.name, model_slug(m.name), *figure_model_kind(m, m.base_model or base_model),
+                     out / "models" / model_slug(m.name), base_model=m.base_model or base_model)
+            for m in models]  # all paths checked before generating
     for row in rows:
         _generate_row(row, cfg.prompt_file, max_prompts, cfg.sampler, seed, device, dtype)
     marks = [is_erased(r, erased) for r in records]

@@ -34,6 +34,7 @@ from prunefit.experiments.pareto.config import ParetoConfig
 from prunefit.experiments.pareto.report import write_pareto_report
 from prunefit.experiments.table3.config import ExperimentConfig
 from prunefit.experiments.table3.run import Table3
+from prunefit.utils.io import mark_done
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,13 @@ class Point:
 
     @property
     def name(self) -> str:
+        """The point's folder and label name: family, knob and value (and '-pure')."""
         knob = {"two-stage": "esd", "official": "r", "nested": "r", "interleaved": "lam"}[self.family]
         return f"{self.family}-{knob}{self.value:g}" + ("-pure" if self.pure else "")
 
 
 def grid(cfg: ParetoConfig) -> list[Point]:
+    """Every point of the sweep: each family's knob grid, and the purity points."""
     pts = [Point("two-stage", n) for n in cfg.esd_grid]
     pts += [Point("official", r) for r in cfg.official_r_grid]
     pts += [Point("interleaved", lam) for lam in cfg.paper_lam_grid]
@@ -134,6 +137,7 @@ class Pareto:
         self._judged: dict[str, Judged] = {}
 
     def judged(self, concept: str) -> Judged:
+        """The judge outcomes of ``concept``'s sets, built once per concept."""
         if concept not in self._judged:
             self._judged[concept] = Judged(self.cfg.table3.model, concept, self.cfg.table3.eval_prompts)
         return self._judged[concept]
@@ -155,7 +159,7 @@ class Pareto:
         res = {"point": p.name, "seed": seed, "model": str(model), "balance": balance,
                "train_seconds": round(time.time() - t0, 1), "threads": self.cfg.table3.threads,
                **self.judged(concept).measure(model)}
-        efile.write_text(json.dumps(res))
+        mark_done(efile, res)  # the judged cell: its presence gates reuse
         return res
 
     def attack_cell(self, cell: dict, efile: Path, seed: int, concept: str) -> bool:
@@ -168,10 +172,11 @@ class Pareto:
                           n_prompts=self.cfg.table3.attack_prompts, seed=seed, folder=efile.parent,
                           device=self.cfg.table3.device, log=self.log)
         if ran:
-            efile.write_text(json.dumps(cell))
+            mark_done(efile, cell)
         return ran
 
     def summarize(self, p: Point, cells: list[dict], concept: str) -> PointResult:
+        """One point over its seeds' cells: ASR and FJD intervals, mean fidelity and attack rates."""
         ref = self.judged(concept).ref_features
         asr = bootstrap_interval([np.array(c["shown"], dtype=float) for c in cells], n_boot=self.cfg.n_boot)
         fjd = bootstrap_interval([(np.array(c["features"]), ref) for c in cells], statistic=fjd_statistic,
@@ -184,6 +189,8 @@ class Pareto:
                            {a: (float(np.mean(v)), len(v)) for a, v in attacked.items() if v})
 
     def run(self) -> dict:
+        """Compute (or read) every point and seed of every concept, attack them and write the reports; returns each
+        concept's report summary."""
         torch.set_num_threads(self.cfg.table3.threads)
         self.root.mkdir(parents=True, exist_ok=True)
         save_resolved_config(self.cfg, self.root)
@@ -210,6 +217,7 @@ class Pareto:
         return out
 
     def write(self, concept: str, croot: Path, cells: dict) -> dict:
+        """Write ``concept``'s Pareto report from its cells (all, and paired over the common seeds)."""
         results = [self.summarize(p, cs, concept) for p, cs in cells.items()]
         judged, common, pending = verdict_cells(cells, self.cfg.seeds)
         paired = [self.summarize(p, [c for c in cs if c["seed"] in common], concept) for p, cs in judged.items()]
@@ -217,4 +225,5 @@ class Pareto:
 
 
 def main(cfg: ParetoConfig, log=print) -> dict:
+    """Run the Pareto sweep; returns each concept's report summary."""
     return Pareto(cfg, log).run()

@@ -97,6 +97,7 @@ class ExperimentConfig:
     """Per-attack config overrides (``TOY_ATTACK_BUDGETS``)."""
 
     def resolved_upper_lr(self) -> float:
+        """The upper-level learning rate: ``upper_lr``, else r * upper_every * the lower lr."""
         return self.upper_lr if self.upper_lr is not None else self.r * self.upper_every * self.train.lr
 
     def __post_init__(self) -> None:

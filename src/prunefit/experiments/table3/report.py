@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from prunefit.experiments.common.attacks import attack_label  # noqa: E402
 from prunefit.experiments.common.judging import guidance_label  # noqa: E402
 from prunefit.experiments.table3.config import PAPER_TABLE3, ROW_NAMES  # noqa: E402
+from prunefit.utils.io import read_jsonl  # noqa: E402
 
 
 def write_table3_report(croot: Path, concept: str, rows: dict, cfg, start: Path) -> Path:
@@ -91,7 +92,7 @@ def _curves(croot: Path, rows: dict) -> None:
     for key in ("ours_esd", "ours_advunlearn"):
         log = Path(rows[key]["model"]).parent / "log.jsonl" if key in rows else None
         if log is not None and log.is_file():
-            series[key] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+            series[key] = read_jsonl(log)
     if not series:
         return
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))

@@ -32,6 +32,7 @@ from prunefit.experiments.common.stages import concept_slug, pruned_once, run_er
 from prunefit.experiments.table3.config import ROW_NAMES, ExperimentConfig
 from prunefit.experiments.table3.report import write_table3_report
 from prunefit.recipes import bilevel, finetune
+from prunefit.utils.io import mark_done, read_jsonl
 
 
 def attack_reach(run_dir: Path) -> Optional[float]:
@@ -39,8 +40,7 @@ def attack_reach(run_dir: Path) -> Optional[float]:
     log = Path(run_dir) / "log.jsonl"
     if not log.is_file():
         return None
-    norms = [v for line in log.read_text().splitlines() if line.strip()
-             for k, v in json.loads(line).items() if k.endswith("/attack_norm")]
+    norms = [v for row in read_jsonl(log) for k, v in row.items() if k.endswith("/attack_norm")]
     return max(norms) if norms else None
 
 
@@ -62,15 +62,18 @@ class Table3:
         return dataclasses.replace(data, toy_exclude_artists=sorted({*data.toy_exclude_artists, concept}))
 
     def start_spec(self) -> dict:
+        """What the starting expert depends on (its stage key)."""
         c = self.cfg
         return {"model": c.model, "expert": c.expert, "target": c.target}
 
     def distil_spec(self, concept: str) -> dict:
+        """What the distilled student of ``concept`` depends on (its stage key)."""
         c = self.cfg
         return {**self.start_spec(), "seed": c.seed, "data": asdict(self.lower_data(concept)), "train": asdict(c.train),
                 "loss": asdict(c.loss), "lower_steps": c.lower_steps}
 
     def erase_knobs(self) -> EraseKnobs:
+        """The removal methods' settings of this experiment."""
         return EraseKnobs.of(self.cfg)
 
     def bilevel_config(self, method: str, concept: str, student: Path, out: Path):
@@ -96,6 +99,8 @@ class Table3:
 
     # ---------------------------------------------------------------- building blocks
     def start_expert(self) -> Path:
+        """The starting expert: ``expert`` when given, else the teacher magnitude-pruned to ``target`` of its MACs once
+        (reused on reruns)."""
         if self.cfg.expert:
             return Path(self.cfg.expert)
         return pruned_once(self.root / "start", f"[table3] magnitude-pruning the teacher to {self.cfg.target} of "
@@ -114,15 +119,19 @@ class Table3:
         return finetune.main(cfg).model_path
 
     def distilled(self, concept: str, croot: Path, start: Path) -> Path:
+        """The student distilled from ``start`` on ``concept``'s lower-level data (a cached stage)."""
         spec = self.distil_spec(concept)
         return self.train_distilled(start, stage_dir(croot, "distilled", spec), self.lower_data(concept))
 
     def erased(self, method: str, concept: str, student: Optional[Path], out: Path,
                model: Optional[str] = None) -> Path:
+        """Apply removal ``method`` for ``concept`` to ``model`` (with ``student`` as its UNet when given), into
+        ``out``; returns the edited model's path."""
         c = self.cfg
         return run_erase(method, concept, model or c.model, student, out, self.erase_knobs(), c.seed, c.device)
 
     def bilevel(self, method: str, concept: str, student: Path, out: Path) -> Path:
+        """Run bilevel removal from ``student`` into ``out`` (reused when finished); returns the expert's path."""
         if (out / "bilevel_summary.json").is_file():
             return out / "expert"
         return bilevel.main(self.bilevel_config(method, concept, student, out)).model_path
@@ -177,9 +186,11 @@ class Table3:
 
     # ---------------------------------------------------------------- evaluation
     def eval_spec(self) -> dict:
+        """What a row's evaluation depends on (its cache key)."""
         return {"eval_prompts": self.cfg.eval_prompts, "kept_artists": self.cfg.kept_artists}
 
     def evaluate(self, model_path: Path, concept: str) -> dict:
+        """Judge the model at ``model_path`` on ``concept``'s sets (rates, kept artists, fidelity, FJD)."""
         return judge_model(model_path, self.cfg.model, concept, self.cfg.eval_prompts, self.cfg.kept_artists)
 
     def row_result(self, row: str, concept: str, croot: Path, start: Path) -> dict:
@@ -190,7 +201,7 @@ class Table3:
             old = json.loads(rfile.read_text())
             if old.get("eval") == self.eval_spec():
                 if self.attack_row(old, concept, rfile.parent):
-                    rfile.write_text(json.dumps(old, indent=1))
+                    mark_done(rfile, old, indent=1)
                 return old
         self.log(f"[table3] {concept}: {row}")
         t0 = time.time()
@@ -201,9 +212,9 @@ class Table3:
             from prunefit.removal.advunlearn.method import AdvUnlearnConfig
 
             res["attack_reach"], res["attack_eps"] = attack_reach(Path(model).parent), AdvUnlearnConfig().attack_eps
-        rfile.write_text(json.dumps(res, indent=1))
+        mark_done(rfile, res, indent=1)  # the judged row: its presence gates reuse
         if self.attack_row(res, concept, rfile.parent):
-            rfile.write_text(json.dumps(res, indent=1))
+            mark_done(rfile, res, indent=1)
         return res
 
     def attack_row(self, res: dict, concept: str, folder: Path) -> bool:
@@ -216,6 +227,7 @@ class Table3:
                            device=self.cfg.device, log=self.log)
 
     def run(self) -> dict:
+        """Every row of every concept, with its report, samples and figure; returns the rows by concept."""
         torch.set_num_threads(self.cfg.threads)
         self.root.mkdir(parents=True, exist_ok=True)
         save_resolved_config(self.cfg, self.root)
@@ -252,9 +264,9 @@ def write_samples(croot: Path, rows: dict, concept: str, cfg) -> None:
 
     from prunefit.config.schema import SamplerConfig
     from prunefit.generation.grid import GridStyle, labelled_grid
+    from prunefit.generation.toyworld_quality import generate_rows, read_rows
     from prunefit.models.components import load_components
-    from prunefit.pruning.expert import load_expert
-    from prunefit.recipes.toyworld_quality import generate_rows, read_rows
+    from prunefit.pruning.resolve import model_components, resolve_model
     from prunefit.toyworld.paths import prompts_dir
     from prunefit.toyworld.prompts import artist_slug
 
@@ -263,8 +275,8 @@ def write_samples(croot: Path, rows: dict, concept: str, cfg) -> None:
     comps = load_components(cfg.model)
     grid_rows = []
     for r in rows.values():
-        unet, _ = load_expert(r["model"], comps.unet.config)
-        imgs = generate_rows(comps.with_unet(unet), prompts, SamplerConfig(batch_size=len(prompts)))
+        row_comps = model_components(resolve_model(r["model"], cfg.model), base_components=comps)
+        imgs = generate_rows(row_comps, prompts, SamplerConfig(batch_size=len(prompts)))
         grid_rows.append([Image.fromarray(x.permute(1, 2, 0).numpy()) for x in imgs])
     labelled_grid(grid_rows, [ROW_NAMES.get(k, "Distilled") for k in rows], [p["prompt"] for p in prompts],
                   style=GridStyle(cell=96)).save(croot / "samples.png")
@@ -273,5 +285,6 @@ def write_samples(croot: Path, rows: dict, concept: str, cfg) -> None:
 
 
 def main(cfg: ExperimentConfig, log=print) -> dict:
+    """Run the Table 3 experiment; returns the rows by concept."""
     return Table3(cfg, log).run()
 

@@ -98,7 +98,8 @@ class AdvUnlearnObjective:
         self.prefix: dict[str, torch.Tensor] = {}
 
     def encode(self, prompts: list[str], prefix: Optional[torch.Tensor]) -> torch.Tensor:
-        """Text states of ``prompts`` (after ``prefix``); with target=text_encoder they carry its gradients."""
+        """Text states [B, L, D] of ``prompts`` (after ``prefix`` [k, d_tok] or [B, k, d_tok]); with
+        target=text_encoder they carry its gradients."""
         if self.cfg.target == "text_encoder":
             return encode_with_prefix(self.ctx.components, prompts, prefix)
         with torch.no_grad():

@@ -157,18 +157,22 @@ class BilevelConfig:
 
     @property
     def spec(self) -> Preset:
+        """The preset's definition."""
         return PRESETS[self.preset]
 
     @property
     def every(self) -> int:
+        """Steps between upper steps (theta steps under paper/nested), as resolved from the preset."""
         return self.resolved.every
 
     @property
     def nested(self) -> bool:
+        """Whether the preset runs the nested double loop, as resolved."""
         return self.resolved.nested
 
     @property
     def tracks_vartheta(self) -> bool:
+        """Whether the vartheta twin is trained, as resolved."""
         return self.resolved.tracks_vartheta
 
     def resolved_upper_lr(self) -> Optional[float]:
@@ -176,6 +180,7 @@ class BilevelConfig:
         return self.resolved.upper_lr
 
     def resolved_upper_batch(self) -> int:
+        """The upper step's batch size, as resolved from the preset."""
         return self.resolved.upper_batch
 
     def upper_section(self):

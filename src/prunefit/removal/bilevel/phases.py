@@ -37,6 +37,8 @@ def build_phases(cfg: BilevelConfig, student, comps, data, cache, device, rank: 
     res = cfg.resolved
 
     def lower_phase(name: str, model, stream: Stream, **kw) -> tuple[Phase, DenoisingObjective]:
+        """A denoising (L_ft) phase named ``name`` training ``model`` against the teacher; returns the phase and its
+        objective."""
         return denoising_phase(name, student=model, teacher=comps.unet, comps=comps, data=data, cfg=cfg,
                                seed=cfg.seed, stream=stream, cache=cache, device=device, **kw)
 

@@ -88,6 +88,7 @@ def _activation_norms(ctx: RemovalContext, prompts: list[str], cfg: ConceptPrune
     handles = []
     for li, (_, mod) in enumerate(layers):
         def hook(module, args, li=li):
+            """Add the squared, row-normalized FFN inputs [N, in] of this step into layer ``li``'s sums [in]."""
             if state["step"] >= tau:
                 return
             x = args[0].detach().double().reshape(-1, args[0].shape[-1])
@@ -96,6 +97,7 @@ def _activation_norms(ctx: RemovalContext, prompts: list[str], cfg: ConceptPrune
         handles.append(mod.register_forward_pre_hook(hook))
 
     def on_step(pipe, i, t, kwargs):
+        """Advance the step counter; interrupt sampling after ``tau`` steps."""
         state["step"] = i + 1
         if state["step"] >= tau:  # later steps are not unioned: stop sampling
             pipe._interrupt = True
@@ -116,6 +118,8 @@ def _activation_norms(ctx: RemovalContext, prompts: list[str], cfg: ConceptPrune
 
 
 def apply(ctx: RemovalContext, cfg: ConceptPruneConfig) -> EditResult:
+    """ConceptPrune: zero the FFN output weights skilled for the concept prompts over the first ``tau`` steps (WANDA
+    scores against the base prompts), in place; returns the edit's info."""
     if not cfg.concepts:
         raise ConfigError("concept_prune needs at least one concept (removal.concepts)")
     base = [cfg.base_template.format(thing=t) for t in cfg.things]

@@ -112,13 +112,14 @@ class ESDObjective:
             self.images = concept_image_source(self.cfg, comps, self.ctx.seed)
 
     def text(self, prompt: str) -> torch.Tensor:
+        """Text-encoder states [1, L, C] of ``prompt``, encoded once and cached."""
         if prompt not in self._text:
             self._text[prompt] = self.ctx.text([prompt])
         return self._text[prompt]
 
     def xt_from_model(self, gens, cond: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x_t from k DDIM steps of the edited model itself, k uniform in [0, ddim_steps) as in the reference
-        (k = 0: pure noise at the first DDIM timestep); cond: (1 or n, L, D)."""
+        (k = 0: pure noise at the first DDIM timestep); cond [1 or n, L, D] -> (x_t [n, 4, h, w], t [n])."""
         shape = (4, self.ctx.native_latent(), self.ctx.native_latent())
         x = torch.stack([torch.randn(shape, generator=g, device=g.device) for g in gens]).to(self.ctx.device)
         k = ddim_depth(gens[0], self.cfg.ddim_steps)
@@ -134,7 +135,8 @@ class ESDObjective:
         return x, t
 
     def xt_from_images(self, start: int, n: int, gens) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        """Real concept images [start, start + n) encoded and noised at a uniform t; also their captions."""
+        """Real concept images [start, start + n) encoded and noised at a uniform t: (x_t [n, 4, h, w], t [n],
+        captions)."""
         comps = self.ctx.components
         images, captions = self.images.samples(start, n)
         with torch.no_grad():
@@ -145,8 +147,8 @@ class ESDObjective:
         return x.to(self.ctx.device), t.to(self.ctx.device), list(captions)
 
     def inputs(self, start: int, n: int, gens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, cond) of samples [start, start + n): cond is (1, L, D) for the concept's name or (n, L, D)
-        for the images' own captions."""
+        """(x_t [n, 4, h, w], t [n], cond) of samples [start, start + n): cond is [1, L, D] for the concept's name
+        or [n, L, D] for the images' own captions."""
         concept = concept_from_index(self.cfg.concepts, start)
         if self.cfg.xt_source == "model":
             cond = self.text(concept)
@@ -159,7 +161,7 @@ class ESDObjective:
     @torch.no_grad()
     def targets(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(negative-guidance target, the frozen reference's conditional prediction), uncond and cond in one
-        batched forward of the frozen reference."""
+        batched forward of the frozen reference. x [n, 4, h, w], t [n], cond [1 or n, L, D] -> [n, 4, h, w] x2."""
         n = len(x)
         ref = self.ctx.frozen(torch.cat([x, x]), torch.cat([t, t]),
                               torch.cat([self.empty.expand(n, -1, -1), cond.expand(n, -1, -1)])).sample
@@ -172,7 +174,8 @@ class ESDObjective:
 
     def retain_term(self, x: torch.Tensor, t: torch.Tensor, prompt: str, cond: torch.Tensor) -> torch.Tensor:
         """||eps_theta(x_t, r) - eps*(x_t, r)||^2 (mean) for retain prompt r at ESD's x_t; ``cond``: the student's
-        text states of r, (1, L, D) (AdvUnlearn passes its trainable text encoder's)."""
+        text states of r, [1, L, D] (AdvUnlearn passes its trainable text encoder's). x [n, 4, h, w], t [n] ->
+        scalar."""
         n = len(x)
         with torch.no_grad():
             ref = self.ctx.frozen(x, t, self.text(prompt).expand(n, -1, -1)).sample

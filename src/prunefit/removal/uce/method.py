@@ -74,6 +74,8 @@ def _rows(ctx: RemovalContext, prompt: str, full: bool = False) -> torch.Tensor:
 
 
 def apply(ctx: RemovalContext, cfg: UCEConfig) -> EditResult:
+    """UCE: closed-form edit of the cross-attention projections mapping each concept's text states to its guide's while
+    preserving the preserve prompts, in place; returns the edit's info."""
     if not cfg.concepts:
         raise ConfigError("uce needs at least one concept (removal.concepts)")
     guides = cfg.guides * len(cfg.concepts) if len(cfg.guides) == 1 else list(cfg.guides)
