@@ -82,10 +82,11 @@ def run() -> None:
              ["prune", f"output_dir={prune_dir}", "num_experts=4", "target=0.8", "steps=300", "batch_size=8",
               "eval_prompts=0"])
     step("Pareto in small: two-stage ESD vs bilevel for the unsafe concept",
-         ["experiment", "pareto", f"output_dir={OUT / 'pareto'}", f"expert={prune_dir / 'experts' / 'expert-0'}",
-          "concepts=[skull]", "seeds=[0]", "eval_prompts=50", "lower_steps=160", "upper_every=4",
+         ["experiment", "pareto", f"output_dir={OUT / 'pareto'}",
+          f"table3.expert={prune_dir / 'experts' / 'expert-0'}", "table3.concepts=[skull]", "seeds=[0]",
+          "table3.eval_prompts=50", "table3.lower_steps=160", "table3.upper_every=4",
           "esd_grid=[0, 40, 160]", "official_r_grid=[0.25, 1.0]", "paper_lam_grid=[100]", "paper_r_grid=[]",
-          "purity_points=[]", "core_points=[]", "n_boot=200", f"threads={THREADS}"])
+          "purity_points=[]", "core_points=[]", "n_boot=200", f"table3.threads={THREADS}"])
     summary = json.loads((OUT / "pareto" / "skull" / "pareto.json").read_text())
     figure(summary)
     prune_summary = json.loads((prune_dir / "prune_summary.json").read_text())
