@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-fast lint demo bench clean-runs smoke-sd
+.PHONY: venv test test-fast lint demo bench clean-runs smoke-sd dist-check
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,3 +42,28 @@ bench: $(STAMP)
 # one CPU thread, ~25 GB of disk in runs/). Writes runs/smoke-sd/smoke.md.
 smoke-sd: $(STAMP)
 	env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) scripts/smoke_sd.py --arch sd15 --arch sd21
+
+# The package as a user gets it (not part of `make test`; needs the package registry): build the wheel, install it
+# with torch==2.13.0 in ONE pip command (so pip keeps the CPU torch) into a fresh build/dist-check/venv, check the
+# toy world's model files are inside it, and run the CLI from a folder outside the repo (no source tree on the path).
+DIST := build/dist-check
+dist-check:  # no $(STAMP): the wheel is built with .venv's pip + setuptools, nothing is installed there
+	rm -rf $(DIST) && mkdir -p $(DIST)/wheel $(DIST)/tree
+	cp -r pyproject.toml README.md LICENSE src $(DIST)/tree/  # a copy: no egg-info lands in src/ (on .venv's path)
+	find $(DIST)/tree -name __pycache__ -prune -exec rm -rf {} +
+	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w $(DIST)/wheel $(DIST)/tree
+	test "$$($(PY) -m zipfile -l $(DIST)/wheel/prunefit-*.whl | grep -c 'prunefit/toyworld/assets/')" -eq \
+	     "$$(find src/prunefit/toyworld/assets -type f ! -name '.*' | wc -l)" || \
+	     { echo "dist-check: the wheel lacks toy-world asset files"; exit 1; }
+	$(PYTHON) -m venv $(DIST)/venv
+	$(DIST)/venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 $(DIST)/wheel/prunefit-*.whl
+	$(DIST)/venv/bin/pip check
+	set -e; venv=$$(realpath $(DIST)/venv); tmp=$$(mktemp -d); cd $$tmp; \
+	  $$venv/bin/python -c "import prunefit, sys; p = prunefit.__file__; print('prunefit from', p); \
+	    sys.exit(0 if p.startswith('$$venv/') else 'prunefit was not imported from the wheel')"; \
+	  $$venv/bin/prunefit --help > /dev/null; \
+	  $$venv/bin/prunefit generate -p "a red circle on a black background" -o $$tmp/gen sampler.steps=2; \
+	  $$venv/bin/prunefit prune method=magnitude steps=2 eval_prompts=0 output_dir=$$tmp/mag; \
+	  $$venv/bin/prunefit prune method=aptp steps=2 num_experts=2 batch_size=4 hypernet_pretrain_steps=1 \
+	    eval_prompts=0 output_dir=$$tmp/aptp; \
+	  rm -rf $$tmp; echo "dist-check: ok ($$(ls $(CURDIR)/$(DIST)/wheel))"

@@ -3,7 +3,9 @@
 An attack is a folder with a config dataclass (validated once, with a ``budget()`` summary for the protocol)
 and ``run(ctx, cfg, prompts) -> list[AttackOutput]``: the optimization only; rendering and judging belong to
 the caller. Adding an attack = a folder with its ``ENTRY`` + its name in ``_load_builtin`` + a config section in
-``recipes/attack.py``. The folders never import this registry (it imports them), so there is no import cycle.
+``recipes/attack.py``. A plug-in package declares an entry point in the group ``prunefit.attacks`` naming its
+``AttackEntry`` (or a callable that calls ``register_attack``); it is loaded after the built-ins. The folders
+never import this registry (it imports them), so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ def _load_builtin() -> None:
         register_attack(folder.ENTRY)
 
 
-_ATTACKS: Registry[AttackEntry] = Registry("attack", _load_builtin)
+_ATTACKS: Registry[AttackEntry] = Registry("attack", _load_builtin, group="prunefit.attacks", entry_type=AttackEntry)
 
 
 def register_attack(entry: AttackEntry) -> None:

@@ -6,7 +6,9 @@ generation manifest) or "model" (measures a UNet). The entry owns its config cla
 gets one ``<section>.key=value`` section per registered config (``section`` defaults to the metric's name;
 metrics that share settings share a section, e.g. macs and latency read ``cost``). Heavy models (Inception,
 CLIP, NudeNet, the judge) are built by loaders the context caches, and the math lives in pure functions that
-take them as arguments, so it is unit-tested with fakes.
+take them as arguments, so it is unit-tested with fakes. A plug-in package declares an entry point in the group
+``prunefit.metrics`` naming a ``MetricEntry`` or a callable that calls ``register_metric``; it is loaded after the
+built-ins.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ class MetricEntry:
     section: str = ""
     """The evaluate config's section holding them ("" = the metric's name)."""
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("images", "model"):
+            raise ValueError(f"metric kind must be 'images' or 'model', got {self.kind!r}")
+        if not self.section:
+            object.__setattr__(self, "section", self.name)
+
 
 def _load_builtin() -> None:
     from prunefit.evaluation import metrics
@@ -36,14 +44,12 @@ def _load_builtin() -> None:
     metrics.register_builtin(register_metric)
 
 
-_METRICS: Registry[MetricEntry] = Registry("metric", _load_builtin)
+_METRICS: Registry[MetricEntry] = Registry("metric", _load_builtin, group="prunefit.metrics", entry_type=MetricEntry)
 
 
 def register_metric(name: str, fn: Callable[..., MetricResult], kind: str, summary: str,
                     config: Optional[type] = None, section: Optional[str] = None) -> None:
     """Register a metric: ``kind`` 'images' (reads a run's images) or 'model' (reads its model)."""
-    if kind not in ("images", "model"):
-        raise ValueError(f"metric kind must be 'images' or 'model', got {kind!r}")
     _METRICS.register(name, MetricEntry(name, fn, kind, summary, config, section or name))
 
 

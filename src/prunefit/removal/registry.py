@@ -4,8 +4,9 @@ A method is a folder with a config dataclass and either ``apply(ctx, cfg) -> Edi
 the UNet's weights once) or ``build_phase(ctx, cfg, *, ...) -> Phase`` (kind "train": a phase the training loop
 runs; the ``TrainMethod`` protocol below). The entry owns its config class: ``erase`` and ``bilevel`` take their
 method sections (``<name>.key=value``) from this registry. Adding a method = a folder with its ``ENTRY`` + its
-name in ``_load_builtin`` + a row in tests/test_removal_matrix.py; a plugin calls ``register_method``. The folders
-never import this registry (it imports them), so there is no import cycle.
+name in ``_load_builtin`` + a row in tests/test_removal_matrix.py. A plug-in package declares an entry point in
+the group ``prunefit.methods`` naming its ``MethodEntry`` (or a callable that calls ``register_method``); it is
+loaded after the built-ins. The folders never import this registry (it imports them), so there is no import cycle.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def _load_builtin() -> None:
         register_method(folder.ENTRY)
 
 
-_METHODS: Registry[MethodEntry] = Registry("removal method", _load_builtin)
+_METHODS: Registry[MethodEntry] = Registry("removal method", _load_builtin, group="prunefit.methods",
+                                           entry_type=MethodEntry)
 
 
 def register_method(entry: MethodEntry) -> None:
