@@ -287,6 +287,14 @@ class FinetuneLoss:
         require(self.min_snr_gamma is None or self.min_snr_gamma > 0, "loss.min_snr_gamma must be > 0 or null")
 
 
+LR_SCHEDULERS = ("constant_with_warmup", "constant", "linear", "cosine", "cosine_with_restarts", "polynomial")
+"""diffusers.optimization.SchedulerType's names, less piecewise_constant (its rules have no key here)."""
+
+TRACKERS = ("tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio", "all",
+            "none")
+"""accelerate.utils.LoggerType's names, and none."""
+
+
 @dataclass
 class TrainConfig:
     """Optimization settings shared by fine-tuning and bilevel runs (defaults: the paper's)."""
@@ -316,7 +324,16 @@ class TrainConfig:
     teacher_dtype: str = "float32"
     """float32 | bfloat16 | float16: the frozen teacher's weights and forward (fine-tuning). Lower precision
     halves its memory and speeds its forward; distillation targets then carry its rounding (bf16: ~0.5%)."""
+    lr_scheduler: str = "constant_with_warmup"
+    """diffusers' ``get_scheduler`` schedule of the fine-tuning (lower) phase's LR: constant_with_warmup (default, the
+    paper's), constant, linear, cosine, cosine_with_restarts or polynomial; warm-up over warmup_steps, decay over
+    max_steps (prunefit.training.loop.lr_schedule)."""
     ema_decay: Optional[float] = None
+    """EMA of the student's weights (diffusers' EMAModel), shipped as the final weights; null = off."""
+    report_to: str = "tensorboard"
+    """Experiment trackers (accelerate's): tensorboard (default; <output_dir>/tensorboard, skipped where the package
+    is missing), wandb, comet_ml, aim, mlflow, clearml, dvclive, swanlab, trackio, several comma-separated, all
+    (every installed one) or none. log.jsonl is written in every case."""
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -340,6 +357,12 @@ class TrainConfig:
                f"train.teacher_dtype must be float32, bfloat16 or float16, got {self.teacher_dtype!r}")
         require(self.checkpoint_every >= 1 and self.keep_checkpoints >= 1, "checkpoint_every / keep_checkpoints >= 1")
         require(self.max_grad_norm is None or self.max_grad_norm > 0, "train.max_grad_norm must be > 0 or null")
+        require(self.lr_scheduler in LR_SCHEDULERS,
+                f"unknown train.lr_scheduler {self.lr_scheduler!r}; available: {list(LR_SCHEDULERS)}")
+        names = [n.strip() for n in self.report_to.split(",")]
+        bad = [n for n in names if n not in TRACKERS]
+        require(not bad and (len(names) == 1 or not {"none", "all"} & set(names)),
+                f"unknown tracker {(bad or [self.report_to])[0]!r} in train.report_to; available: {list(TRACKERS)}")
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Training checkpoints: atomic folders holding the model, every optimizer, EMA, step counters and RNG.
 
 ``step-<N>/``: model.safetensors, optimizer-<phase>.pt (loaded with weights_only=True), scaler-<phase>.pt
-(fp16 loss scalers), ema.safetensors, rng.safetensors and state.json (global step, each phase's step; LR
-schedules are pure functions of the phase step, and data positions are derived from it, so nothing else is
-needed to continue exactly).
+(fp16 loss scalers), ema.safetensors (the EMA's shadow weights by parameter name), rng.safetensors and state.json
+(global step, each phase's step, the EMA's EMAModel counters under "ema"; LR schedules are pure functions of the
+phase step, and data positions are derived from it, so nothing else is needed to continue exactly).
 A folder is written under a temporary name and renamed when complete: a run killed mid-write leaves
 the previous checkpoint as the latest. The last ``keep`` checkpoints are kept. Everything is read onto
 the CPU first and then copied to where the run holds it, so a run resumes on other devices or ranks.

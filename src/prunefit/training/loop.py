@@ -130,7 +130,11 @@ def own_gradients(phase: Phase):
 
 def run_phase(phase: Phase, global_step: int, backward: Callable, rank: int = 0, world: int = 1,
               autocast=nullcontext, check_finite: bool = True) -> None:
-    """One optimizer step of ``phase`` (``accum`` micro-batches)."""
+    """One optimizer step of ``phase`` (``accum`` micro-batches). Written by hand rather than with accelerate's
+    ``accumulate`` / ``clip_grad_norm_`` / prepared optimizers: those keep one accumulation counter and one fp16
+    GradScaler per Accelerator, while interleaved phases need their own (each phase's scaler is unscaled here before
+    ``torch.nn.utils.clip_grad_norm_`` clips that phase's parameters only, and skips that optimizer's overflow
+    steps)."""
     _clear_grads(phase)
     for g in phase.optimizer.param_groups:
         g["lr"] = phase.lr * phase.lr_factor(phase.step)
@@ -200,3 +204,17 @@ def adamw_phase(name: str, objective: Callable, params: list[torch.nn.Parameter]
 def constant_with_warmup(warmup: int) -> Callable[[int], float]:
     """The paper's schedule: linear warm-up over ``warmup`` optimizer steps, then constant."""
     return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def lr_schedule(name: str, warmup: int, total: int, lr: float = 1.0) -> Callable[[int], float]:
+    """diffusers' ``get_scheduler(name)`` LR factor as a pure function of the phase step (exact resume needs no
+    scheduler state). A LambdaLR is a stateful counter around a pure ``lr_lambda``; we keep the lambda only (built
+    once on a throw-away optimizer at ``lr``: polynomial's factor depends on it). Phase step s trains at the LR
+    diffusers' scheduler holds after s + 1 ``scheduler.step()`` calls, ``lr_lambda(s + 1)``: warm-up counts the
+    step being taken, so no step trains at LR 0 and ``constant_with_warmup`` is exactly ``constant_with_warmup``
+    above (the paper's); ``total`` is the phase's number of optimizer steps."""
+    from diffusers.optimization import get_scheduler
+
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    factor = get_scheduler(name, dummy, num_warmup_steps=warmup, num_training_steps=total).lr_lambdas[0]
+    return lambda step: factor(step + 1)

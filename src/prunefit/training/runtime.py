@@ -1,14 +1,15 @@
-"""Run phases under 🤗 Accelerate: device, mixed precision, logging (TensorBoard + log.jsonl),
-progress, EMA, checkpoints and exact resume. The only place (with recipes) that touches the Accelerator."""
+"""Run phases under 🤗 Accelerate: device, mixed precision, logging (log.jsonl + accelerate's trackers: TensorBoard,
+wandb, ...), progress, EMA (diffusers' EMAModel), checkpoints and exact resume. The only place (with recipes) that
+touches the Accelerator."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -29,6 +30,7 @@ def make_accelerator(cfg: TrainConfig, device: str):
     from accelerate.utils import DistributedDataParallelKwargs
 
     dev = torch.device(device)
+    resolve_trackers(cfg.report_to)  # a tracker whose package is missing fails here, before anything loads
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     check_launch_device(device, world, launched_rank(), torch.cuda.device_count() if dev.type == "cuda" else 0)
     if dev.type == "cuda" and dev.index is not None and world == 1:
@@ -131,31 +133,102 @@ def _fsdp_refused(what: str) -> ConfigError:
                        "--nproc_per_node N -m prunefit ...` on CPUs)")
 
 
-class RunLogger:
-    """Scalars to TensorBoard (if installed) and to log.jsonl, on the main process only."""
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet-ml", "aim": "aim",
+                    "mlflow": "mlflow", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab",
+                    "trackio": "trackio"}
+"""The pip package of each accelerate tracker."""
 
-    def __init__(self, out: Path, enabled: bool) -> None:
+
+def resolve_trackers(report_to: str) -> list[str]:
+    """The accelerate trackers ``train.report_to`` names (``all``: every installed one; ``none``: none); a named
+    tracker whose package is missing is refused in one line, except the default TensorBoard, which is skipped
+    (log.jsonl only) as it always was."""
+    from accelerate.tracking import get_available_trackers
+
+    installed = [str(getattr(t, "value", t)) for t in get_available_trackers()]
+    names = [n.strip() for n in report_to.split(",") if n.strip()]
+    if "all" in names:
+        return installed
+    missing = [n for n in names if n not in installed and n not in ("none", "tensorboard")]
+    if missing:
+        raise ConfigError(f"train.report_to={missing[0]} needs the {TRACKER_PACKAGES.get(missing[0], missing[0])} "
+                          f"package (pip install {TRACKER_PACKAGES.get(missing[0], missing[0])}); installed "
+                          f"trackers: {installed}")
+    return [n for n in names if n in installed]
+
+
+def flat_config(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """A (nested) config dataclass as one flat dict of ``section.key`` -> bool / int / float / str (lists and None as
+    JSON text), the form every tracker's hyperparameter record takes."""
+    data = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (bool, int, float, str)) else json.dumps(v, default=str)
+    return out
+
+
+def start_trackers(report_to: str, out: Path, config: dict) -> list:
+    """Start ``report_to``'s accelerate trackers (call on the main process) with the run's ``config``: TensorBoard
+    writes ``out``/tensorboard as before, wandb names its run after ``out`` (project prunefit), the others get ``out``
+    as their logging folder. These are the tracker classes ``Accelerator(log_with=...)`` builds, started, logged to
+    and finished as ``init_trackers`` / ``log`` / ``end_training`` do, but held here rather than by the Accelerator:
+    that is built before the output folder is known (a launch it refuses fails before anything loads), its
+    ``init_trackers`` puts TensorBoard in ``<logging_dir>/<project name>`` (the wandb project's name too), and
+    ``end_training`` also destroys the process group, which a launched process still needs after ``fit``."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    trackers = []
+    for name in resolve_trackers(report_to):
+        cls = LOGGER_TYPE_TO_CLASS[name]
+        if name in ("tensorboard", "wandb"):
+            tracker = cls("tensorboard", str(out)) if name == "tensorboard" else cls("prunefit", name=out.name,
+                                                                                     dir=str(out))
+        else:
+            tracker = cls("prunefit", str(out)) if cls.requires_logging_directory else cls("prunefit")
+        tracker.start()
+        tracker.store_init_configuration(config)
+        trackers.append(tracker)
+    return trackers
+
+
+class RunLogger:
+    """Scalars to log.jsonl and to accelerate's trackers (``train.report_to``), images to those that take images
+    (TensorBoard, wandb); on the main process only."""
+
+    def __init__(self, out: Path, enabled: bool, report_to: str = "tensorboard", config: Optional[dict] = None) -> None:
         self.enabled = enabled
-        self.writer = None
         self.file = None
+        self.trackers: list = []
         if enabled:
             self.file = open_jsonl_append(out / "log.jsonl")  # a killed run's torn last line is dropped first
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:  # TensorBoard is optional
-                self.writer = None
+            self.trackers = start_trackers(report_to, out, config or {})
+            if "tensorboard" in report_to and not any(t.name == "tensorboard" for t in self.trackers):
+                print("note: tensorboard is not installed (pip install tensorboard): logging to log.jsonl only")
 
     def log(self, step: int, values: dict[str, float]) -> None:
-        """Append ``values`` at ``step`` to the JSONL log (and TensorBoard); a no-op off the main rank."""
+        """Append ``values`` at ``step`` to the JSONL log and the trackers; a no-op off the main rank."""
         if not self.enabled:
             return
         self.file.write(json.dumps({"step": step, "time": round(time.time(), 3), **values}) + "\n")
         self.file.flush()
-        if self.writer is not None:
-            for k, v in values.items():
-                self.writer.add_scalar(k, v, step)
+        for tracker in self.trackers:
+            tracker.log({k: float(v) for k, v in values.items()}, step=step)
+
+    def log_image(self, tag: str, image, step: int) -> None:
+        """Log a PIL ``image`` at ``step`` to the trackers that take images (TensorBoard, wandb)."""
+        for tracker in self.trackers:
+            if tracker.name == "tensorboard":
+                import numpy as np
+
+                tracker.tracker.add_image(tag, np.asarray(image.convert("RGB")), step, dataformats="HWC")
+                tracker.tracker.flush()
+            elif tracker.name == "wandb":
+                import wandb
+
+                tracker.tracker.log({tag: wandb.Image(image)}, step=step)
 
     def record(self, entry: dict) -> None:
         """One JSON line that is not a scalar series (the run's settings)."""
@@ -164,43 +237,79 @@ class RunLogger:
             self.file.flush()
 
     def close(self) -> None:
-        """Close the log file and the TensorBoard writer."""
+        """Close the log file and finish the trackers."""
         if self.file:
             self.file.close()
-        if self.writer:
-            self.writer.close()
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []
 
 
 def ema_update(shadow: dict[str, torch.Tensor], params: Iterable[tuple[str, torch.Tensor]], decay: float,
                step: int) -> None:
-    """shadow <- d * shadow + (1 - d) * param in place, d = min(decay, (1 + step) / (10 + step)) (a short warm-up);
-    a parameter not in ``shadow`` yet starts it at its value."""
+    """shadow <- shadow - (1 - d) * (shadow - param) in place, d = min(decay, (1 + step) / (10 + step)) (a short
+    warm-up): diffusers' EMAModel decay and arithmetic, bit for bit (``EMA``); a parameter not in ``shadow`` yet
+    starts it at its value. Kept by hand for the toy-world teacher, whose EMA spans two modules in one name-keyed
+    dict (its checkpoint format) and is updated from step 0 (EMAModel's first update copies: decay 0)."""
     d = min(decay, (1 + step) / (10 + step))
     with torch.no_grad():
         for k, p in params:
             if k not in shadow:
                 shadow[k] = p.detach().clone()
             else:
-                shadow[k].lerp_(p.detach(), 1 - d)
+                shadow[k].sub_((1 - d) * (shadow[k] - p.detach()))
 
 
-@dataclass
 class EMA:
-    """An exponential moving average of a model's parameters (``ema_update`` each step)."""
+    """An exponential moving average of a model's parameters: diffusers' ``EMAModel`` (default schedule, no
+    warm-up: d = min(decay, (1 + step) / (10 + step)), ``ema_update``'s), built at the first update from the
+    model's weights then (the shadow starts at them, as ``ema_update``'s does), its counter keyed to the global
+    step so a resumed run continues on the same schedule."""
 
-    decay: float
-    shadow: dict[str, torch.Tensor] = field(default_factory=dict)
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.names: list[str] = []
+        self.model = None  # diffusers.training_utils.EMAModel, from the first update or a checkpoint
+
+    @property
+    def shadow(self) -> dict[str, torch.Tensor]:
+        """The shadow weights by parameter name (what checkpoints store in ema.safetensors)."""
+        return dict(zip(self.names, self.model.shadow_params)) if self.model is not None else {}
+
+    def _build(self, model: torch.nn.Module, shadow: Optional[dict[str, torch.Tensor]] = None) -> list:
+        from diffusers.training_utils import EMAModel
+
+        named = list(model.named_parameters())
+        self.names = [k for k, _ in named]
+        self.model = EMAModel([p for _, p in named], decay=self.decay)
+        if shadow:  # a parameter the checkpoint lacks starts at its value
+            self.model.shadow_params = [shadow[k].to(p.device) if k in shadow else s
+                                        for (k, p), s in zip(named, self.model.shadow_params)]
+        return [p for _, p in named]
 
     def update(self, model: torch.nn.Module, step: int) -> None:
-        """Update the shadow weights from ``model``'s parameters after ``step``."""
-        ema_update(self.shadow, model.named_parameters(), self.decay, step)
+        """Update the shadow weights from ``model``'s parameters after global ``step``."""
+        params = self._build(model) if self.model is None else [p for _, p in model.named_parameters()]
+        self.model.optimization_step = step  # step() counts on to step + 1: get_decay(step + 1) is ema_update's d
+        self.model.step(params)
 
     def copy_to(self, model: torch.nn.Module) -> None:
         """Copy the shadow weights into ``model``'s parameters, in place."""
-        with torch.no_grad():
-            for k, p in model.named_parameters():
-                if k in self.shadow:
-                    p.copy_(self.shadow[k])
+        if self.model is not None:
+            self.model.copy_to(model.parameters())
+
+    def state_dict(self) -> dict:
+        """EMAModel's state without its tensors (those go to ema.safetensors by name)."""
+        return {k: v for k, v in self.model.state_dict().items() if k != "shadow_params"} if self.model else {}
+
+    def load(self, model: torch.nn.Module, shadow: dict[str, torch.Tensor], state: Optional[dict]) -> None:
+        """Restore from a checkpoint's shadow weights and EMAModel state (absent in checkpoints written before
+        EMAModel: the counter is set from the step at each update anyway)."""
+        if not shadow:
+            return
+        self._build(model, shadow)
+        if state:
+            self.model.load_state_dict({**state, "decay": self.decay, "shadow_params": None})  # the config wins
 
 
 class RankDivergenceError(PrunefitError):
@@ -252,18 +361,37 @@ def report_effective_batch(accelerator, micro_batch: int, accum: int, log: Calla
     return effective
 
 
+def _resume(path: Path, model: torch.nn.Module, phases: list[Phase], ema: Optional[EMA]) -> int:
+    """Restore a checkpoint (model, optimizers, scalers, EMA) into this run; returns its global step."""
+    shadow: dict[str, torch.Tensor] = {}
+    state = load_checkpoint(path, model, phases, shadow if ema else None)
+    if ema is not None:
+        ema.load(model, shadow, state.get("ema"))
+    return int(state["step"])
+
+
+def _checkpoint(accelerator, out: Path, step: int, model: torch.nn.Module, phases: list[Phase],
+                ema: Optional[EMA], keep: int) -> None:
+    """Every rank gathers the weights (a collective where ranks hold shards); rank 0 writes the checkpoint."""
+    accelerator.wait_for_everyone()
+    weights = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        save_checkpoint(out, step, model, phases, ema.shadow if ema else None, keep=keep, model_state=weights,
+                        extra={"ema": ema.state_dict()} if ema else None)
+    accelerator.wait_for_everyone()
+
+
 def fit(phases: list[Phase], model: torch.nn.Module, cfg: TrainConfig, out: Path, accelerator,
         resume: Optional[Path] = None, validate: Optional[Callable[[int], dict]] = None,
-        sample: Optional[Callable[[int], None]] = None, ema: Optional[EMA] = None) -> int:
-    """Train ``phases`` to cfg.max_steps with logging, checkpoints (main process) and resume."""
+        sample: Optional[Callable[[int], Any]] = None, ema: Optional[EMA] = None, run_config: Any = None) -> int:
+    """Train ``phases`` to cfg.max_steps with logging, checkpoints (main process) and resume. ``sample(step)`` may
+    return an image (logged to the trackers that take images); ``run_config`` (default ``cfg``) is the resolved
+    config the trackers record."""
     main = accelerator.is_main_process
     sharded = "FSDP" in str(getattr(accelerator, "distributed_type", ""))  # FSDP ranks hold different shards
     scaled = attach_grad_scalers(phases, accelerator)  # before resuming: checkpoints hold the scalers' state
-    start = 0
-    if resume is not None:
-        state = load_checkpoint(resume, model, phases, ema.shadow if ema else None)
-        start = int(state["step"])
-    logger = RunLogger(out, main)
+    start = _resume(resume, model, phases, ema) if resume is not None else 0
+    logger = RunLogger(out, main, cfg.report_to, flat_config(run_config if run_config is not None else cfg))
     settings = run_settings(accelerator, cfg)
     logger.record({"step": start, "settings": settings})
     if main:
@@ -290,14 +418,11 @@ def fit(phases: list[Phase], model: torch.nn.Module, cfg: TrainConfig, out: Path
         if validate is not None and cfg.val_every and step % cfg.val_every == 0:
             logger.log(step, validate(step))
         if sample is not None and cfg.sample_every and step % cfg.sample_every == 0 and main:
-            sample(step)
+            image = sample(step)
+            if image is not None:
+                logger.log_image("samples", image, step)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps:
-            accelerator.wait_for_everyone()
-            weights = accelerator.get_state_dict(model)  # on every rank: a collective gather where ranks hold shards
-            if main:
-                save_checkpoint(out, step, model, phs, ema.shadow if ema else None, keep=cfg.keep_checkpoints,
-                                model_state=weights)
-            accelerator.wait_for_everyone()
+            _checkpoint(accelerator, out, step, model, phs, ema, cfg.keep_checkpoints)
 
     try:
         # fp16: each phase scales its own loss (accelerate's one scaler would scale it a second time)

@@ -18,7 +18,7 @@ from prunefit.models.features import drop_feature_hooks, keep_feature_hooks
 from prunefit.objectives.denoising import DenoisingObjective
 from prunefit.objectives.inputs import InputBuilder
 from prunefit.objectives.streams import Stream
-from prunefit.training.loop import Phase, adamw_phase, constant_with_warmup
+from prunefit.training.loop import Phase, adamw_phase, lr_schedule
 
 
 def apply_speedups(student, teacher, t) -> None:
@@ -61,7 +61,8 @@ def denoising_phase(name: str, *, student, teacher, comps: Components, data, cfg
     """The lower level / fine-tuning phase: DDPM + output KD + feature KD against ``teacher`` at ``cfg.train.lr``
     (``cfg`` is any config with ``loss`` and ``train`` sections: finetune or bilevel). ``wrap`` turns the denoising
     objective into the phase's objective (bilevel's G_lambda); ``every``, ``lr`` and ``warmup`` (steps) replace
-    the train section's cadence, lr and warm-up. Returns the phase and the plain denoising objective."""
+    the train section's cadence, lr and warm-up (of train.lr_scheduler's schedule). Returns the phase and the plain
+    denoising objective."""
     sched = DDPMScheduler.from_config(comps.scheduler.config)
     builder = InputBuilder(components=comps, data=data, seed=seed, num_train_timesteps=sched.config.num_train_timesteps,
                            stream=stream, cache=cache, device=device, num_workers=cfg.data.num_workers,
@@ -74,7 +75,8 @@ def denoising_phase(name: str, *, student, teacher, comps: Components, data, cfg
     params = [p for p in student.parameters() if p.requires_grad]
     phase = adamw_phase(name, wrap(objective) if wrap is not None else objective, params, lr=lr or t.lr,
                         model=student, every=every,
-                        lr_factor=constant_with_warmup(t.warmup_steps if warmup is None else warmup),
+                        lr_factor=lr_schedule(t.lr_scheduler, t.warmup_steps if warmup is None else warmup,
+                                              max(1, t.max_steps // every), lr or t.lr),
                         micro_batch=t.micro_batch_size, accum=t.grad_accum_steps, max_grad_norm=t.max_grad_norm,
                         betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps, weight_decay=t.weight_decay)
     return phase, objective

@@ -25,15 +25,15 @@ def concept_slug(concept: str) -> str:
 
 
 ADDED_SETTINGS = {"esd": {"retain_weight": 0.0, "retain_prompts": [], "retain_xt": "concept"},
-                  "train": {"allow_tf32": True, "cudnn_benchmark": True},
+                  "train": {"allow_tf32": True, "cudnn_benchmark": True, "lr_scheduler": "constant_with_warmup"},
                   "data": {"num_workers": 2, "pin_memory": True}}
 """Settings added to a section after stages were archived (docs/results/pareto_cells): at these values, which leave
 the method as it was, they stay out of a stage's key, so the archived stages keep their folders."""
 
 
-UNKEYED_SETTINGS = {"data": ("num_workers", "pin_memory")}
-"""Settings that never change a stage's result (the data loader's workers give bit-identical batches: test_data_loader)
-and so stay out of its key at any value."""
+UNKEYED_SETTINGS = {"data": ("num_workers", "pin_memory"), "train": ("report_to",)}
+"""Settings that never change a stage's result (the data loader's workers give bit-identical batches: test_data_loader;
+the trackers only watch) and so stay out of its key at any value."""
 
 
 def _keyed(spec: Any) -> Any:
