@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -111,12 +109,13 @@ def test_resolved_config_records_what_auto_became(tmp_path):
     assert saved["device"] == "cpu" and saved["train"]["mixed_precision"] == "no"
 
 
-def test_the_cli_refuses_a_gpu_this_machine_lacks_before_loading_anything(tmp_path):
+def test_the_cli_refuses_a_gpu_this_machine_lacks_before_loading_anything(tmp_path, capsys):
+    from prunefit.cli import main
+
     out = tmp_path / "g"
-    proc = subprocess.run([sys.executable, "-m", "prunefit", "generate", f"output_dir={out}", "device=cuda",
-                           "prompts=[a red circle]"], capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "no CUDA GPU is visible" in proc.stderr
+    assert main(["generate", f"output_dir={out}", "device=cuda", "prompts=[a red circle]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no CUDA GPU is visible" in err
     assert not out.exists()
 
 

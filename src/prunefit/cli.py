@@ -1,10 +1,7 @@
 """Parse ``prunefit <command> [--config FILE] [key=value ...]`` and call the recipe; nothing else.
 
-Every command is a row of ``_COMMANDS`` (help, schema, recipe - by default ``prunefit.recipes.<command>:main`` -
-and arguments as data; ``prunefit.utils.argtable`` turns the table into argparse parsers). ``_run`` runs any row and
-prints the lines its recipe returns. Every error that is the user's to fix surfaces as one line on stderr and exit
-code 2.
-"""
+Every command is a row of ``_COMMANDS`` (help, schema, recipe (default ``prunefit.recipes.<command>:main``),
+arguments as data; ``utils.argtable`` builds the parsers); ``_run`` runs any row. User errors: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -16,11 +13,10 @@ from pkgutil import resolve_name as _named
 from typing import Callable, Optional, Sequence
 
 from prunefit.errors import ConfigError, PrunefitError
-from prunefit.utils.argtable import Command as _Cmd
-from prunefit.utils.argtable import arg as _a
-from prunefit.utils.argtable import build
+from prunefit.utils import argtable
 from prunefit.utils.quiet import quiet_libraries as _quiet_libraries
 
+_Cmd, _a = argtable.Command, argtable.arg
 _EXPERIMENTS = {n: f"prunefit.experiments.{n}.config:{c}" for n, c in {
     "table3": "ExperimentConfig", "erasure": "ErasureConfig", "figures": "FiguresConfig", "pareto": "ParetoConfig",
     "distillation": "DistillationConfig"}.items()}
@@ -111,6 +107,11 @@ _COMMANDS: dict[str, _Cmd] = {
         _a("--prompt-file", required=True), _a("--format FORMAT", "prompt file format (see `prunefit list prompt-"
                                                "formats`)", dest="fmt", default="auto"),
         _a("--output -o", "routes file (.jsonl)", required=True))),
+    "export": _Cmd("an expert as a pipeline folder plain diffusers loads (trust_remote_code=True)", args=(_a(
+        "src EXPERT", "expert, run with expert/, or prune run: one folder per expert, no router (a diffusers pipeline "
+        "holds one UNet and routes no prompts)"), _a("--output -o", required=True), _a("--base", "default: its own"))),
+    "push": _Cmd("upload a folder and its model card to the Hugging Face Hub", args=(
+        _a("folder"), _a("--repo-id", required=True), _a("--private", action="store_true"))),
     "evaluate": _Cmd(
         "run metrics over a generation run (or `evaluate fid-ref`)", "prunefit.recipes.evaluate:EvaluateConfig",
         description="prunefit evaluate RUN_DIR --metrics toyworld,fid ...  |  prunefit evaluate fid-ref --images DIR "
@@ -176,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every command, built from ``_COMMANDS``."""
     root = argparse.ArgumentParser(prog="prunefit", description="Prune, distil, unlearn, generate and evaluate "
                                    "Stable Diffusion models.")
-    return build(root, _Cmd("", sub=_COMMANDS), _CONFIG_ARGS)
+    return argtable.build(root, _Cmd("", sub=_COMMANDS), _CONFIG_ARGS)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -11,6 +11,7 @@ from prunefit.config.load import save_resolved_config
 from prunefit.data.cache import load_cache
 from prunefit.data.datasets import build_data
 from prunefit.errors import ConfigError, OutputError
+from prunefit.models.card import write_card
 from prunefit.models.components import load_components
 from prunefit.objectives.inputs import held_out_batch
 from prunefit.pruning.expert import save_student
@@ -84,7 +85,7 @@ def _main(cfg: BilevelConfig) -> BilevelResult:
         save_resolved_config(cfg, out)
         print(f"bilevel balance: {_balance_line(balance)}")
     validate = _gap_validator(cfg, built) if cfg.train.val_every else None
-    steps = fit(built.phases, student, cfg.train, out, accelerator, resume, validate)
+    steps = fit(built.phases, student, cfg.train, out, accelerator, resume, validate, run_config=cfg)
     path = out
     if accelerator.is_main_process:
         path = save_student(student.eval().requires_grad_(False), expert, comps, out,
@@ -94,6 +95,7 @@ def _main(cfg: BilevelConfig) -> BilevelResult:
             "upper_every": cfg.every, "upper_steps": steps // cfg.every, "upper_train_method": mcfg.train_method,
             "upper_xt_source": mcfg.xt_source, "upper_condition": mcfg.condition, "balance": balance,
             "output": str(path), "runtime": run_settings(accelerator, cfg.train)}, indent=1)
+        write_card(out)
     return BilevelResult(out, path, steps, balance)
 
 

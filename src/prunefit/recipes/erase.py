@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from prunefit.config.load import save_resolved_config
 from prunefit.errors import OutputError
 from prunefit.generation.ranks import current_ranks
+from prunefit.models.card import write_card
 from prunefit.models.components import load_components
 from prunefit.pruning.expert import save_student
 from prunefit.pruning.resolve import check_inputs, load_student
@@ -86,5 +87,6 @@ def _erase(cfg: EraseConfig, entry, mcfg, out: Path) -> EraseResult:
         if text_trained and expert is not None:
             comps.text_encoder.save_pretrained(out / "text_encoder")
         mark_done(out / "erase_summary.json", info, indent=1, default=str)  # it marks the run finished
+        write_card(out)
     ranks.barrier()  # every rank returns with the erased model on disk
     return EraseResult(out, path, info)

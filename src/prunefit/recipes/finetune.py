@@ -12,6 +12,7 @@ from prunefit.config.schema import FinetuneConfig
 from prunefit.data.cache import load_cache
 from prunefit.data.datasets import build_data
 from prunefit.errors import OutputError
+from prunefit.models.card import write_card
 from prunefit.models.components import Components, load_components
 from prunefit.objectives.denoising import DenoisingObjective
 from prunefit.objectives.streams import Stream
@@ -78,7 +79,7 @@ def _finetune(cfg: FinetuneConfig, out: Path) -> FinetuneResult:
     ema = EMA(cfg.train.ema_decay) if cfg.train.ema_decay else None
     validate = _validator(objective, cfg) if cfg.train.val_every else None
     sampler = _sampler(student, comps, cfg, out) if cfg.train.sample_every and cfg.train.sample_prompts else None
-    steps = fit([phase], student, cfg.train, out, accelerator, resume, validate, sampler, ema)
+    steps = fit([phase], student, cfg.train, out, accelerator, resume, validate, sampler, ema, run_config=cfg)
     if ema is not None:
         ema.copy_to(student)
     path = out
@@ -89,6 +90,7 @@ def _finetune(cfg: FinetuneConfig, out: Path) -> FinetuneResult:
                   {"steps": steps, "effective_batch": effective, "student": cfg.student, "output": str(path),
                    "data_skipped_images": getattr(data, "skipped", 0),
                    "runtime": run_settings(accelerator, cfg.train)}, indent=1)
+        write_card(out)
     return FinetuneResult(out, path, steps, effective)
 
 
@@ -113,14 +115,17 @@ def _sampler(student, comps: Components, cfg: FinetuneConfig, out: Path):
 
     records = inline_prompts(cfg.train.sample_prompts)
 
-    def sample(step: int) -> None:
-        """Save a grid of the student's samples of the fixed prompts at ``step`` into samples/."""
+    def sample(step: int):
+        """Save a grid of the student's samples of the fixed prompts at ``step`` into samples/; returns it (fit
+        logs it to the trackers that take images)."""
         was_training = student.training
         student.eval()
         imgs = sample_images(comps.with_unet(student), records, SamplerConfig(batch_size=len(records)),
                              [cfg.seed + i for i in range(len(records))])
         (out / "samples").mkdir(exist_ok=True)
-        image_grid(imgs).save(out / "samples" / f"step-{step:08d}.png")
+        grid = image_grid(imgs)
+        grid.save(out / "samples" / f"step-{step:08d}.png")
         student.train(was_training)
+        return grid
 
     return sample

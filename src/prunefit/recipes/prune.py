@@ -14,6 +14,7 @@ from prunefit.config.load import save_resolved_config
 from prunefit.config.schema import PruneConfig, TrainConfig
 from prunefit.data.datasets import build_data
 from prunefit.errors import OutputError
+from prunefit.models.card import write_card
 from prunefit.models.components import Components, load_components
 from prunefit.pruning.baselines import magnitude_scores, prune_to_target, random_scores
 from prunefit.pruning.expert import expert_info, save_expert
@@ -184,4 +185,5 @@ def _prune(cfg: PruneConfig, out: Path, log) -> Optional[PruneResult]:
     summary["seconds"] = round(time.time() - t0, 1)
     summary["runtime"] = run_settings(accelerator, router_train_config(cfg))
     mark_done(out / "prune_summary.json", summary, indent=1)  # written last: its presence says the run finished
+    write_card(out)
     return PruneResult(out, experts, ratios, summary)

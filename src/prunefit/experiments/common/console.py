@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from prunefit.experiments.common.stages import concept_slug
+from prunefit.models.card import write_card
 
 REPORTS = {"table3": (True, ()), "erasure": (False, ()), "pareto": (True, ("plot:pareto.png",)),
            "distillation": (False, ("curves:curves.png",))}
@@ -25,6 +26,7 @@ def main(cfg, log: Callable[[str], None] = print) -> list[str]:
     per_concept, extras = REPORTS[name]
     results = run.main(cfg, log=log)
     root = Path(cfg.output_dir)
+    write_card(root)
     out = []
     for folder in [root / concept_slug(c) for c in results] if per_concept else [root]:
         out += [(folder / "report.md").read_text(), f"report: {folder / 'report.md'}"]
