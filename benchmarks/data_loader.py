@@ -1,13 +1,14 @@
 """Images/s of the training data path: serial ``samples`` vs ``Prefetcher`` with 1 and 2 DataLoader workers.
 
 Two sources: the toy world at its native 32 px (rendered), and an image-caption folder of 256 generated 512x512
-JPEGs decoded, centre-cropped and resized to 256 px. Each is read as the training loop reads it (consecutive
-batches ``(k * batch, batch)``), once with nothing else to do ("data only") and once with a simulated accelerator
-step of fixed length after each batch (a sleep: the process waits on the GPU while workers keep decoding), which
-is where prefetching pays. The first batches (misses, worker start-up) are warm-up and not timed; every
-prefetched batch is checked to equal the serial one bit for bit. Ratios are to the serial path of the same
-source and scenario, measured in the same process (best of two interleaved rounds). Torch threads are set to 1
-and recorded.
+JPEGs decoded, centre-cropped and resized to 256 px; the same folder is also read as a Hugging Face imagefolder
+(``data.source=hf``, when ``datasets`` is installed), its ``vs_folder`` the images/s over the folder source's. Each
+is read as the training loop reads it (consecutive batches ``(k * batch, batch)``), once with nothing else to do
+("data only") and once with a simulated accelerator step of fixed length after each batch (a sleep: the process
+waits on the GPU while workers keep decoding), which is where prefetching pays. The first batches (misses, worker
+start-up) are warm-up and not timed; every prefetched batch is checked to equal the serial one bit for bit. Ratios
+are to the serial path of the same source and scenario, measured in the same process (best of two interleaved
+rounds). Torch threads are set to 1 and recorded.
 """
 
 from __future__ import annotations
@@ -89,19 +90,37 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     toy = lambda: ToyWorldData(seed=0)  # noqa: E731
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as hf_cache:
         t0 = time.perf_counter()
         folder = jpeg_folder(Path(tmp))
         made_s = time.perf_counter() - t0
         images = lambda: image_caption_folder(folder, resolution=256, seed=0)  # noqa: E731
+        hf = None
+        try:
+            import datasets
+
+            from prunefit.data.datasets import hf_dataset
+
+            datasets.config.HF_DATASETS_CACHE = hf_cache  # outside the image folder, which imagefolder scans
+            hf = lambda: hf_dataset(str(folder), resolution=256, seed=0)  # noqa: E731
+        except ImportError:
+            pass
         for step_ms in (0.0, 100.0):
             rows += measure("toyworld 32px", toy, 64, 24, step_ms)
-            rows += measure("folder 512px jpeg -> 256px", images, 16, 12, step_ms)
+            rows += (folder_rows := measure("folder 512px jpeg -> 256px", images, 16, 12, step_ms))
+            if hf is not None:
+                hf_rows = measure("hf imagefolder, same files", hf, 16, 12, step_ms)
+                for r, f in zip(hf_rows, folder_rows):
+                    r["vs_folder"] = r["images_per_s"] / f["images_per_s"]
+                rows += hf_rows
+    for r in rows:
+        r.setdefault("vs_folder", 1.0 if r["data"].startswith("folder") else "-")
     report("data_loader", rows, {
         "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "generate_jpegs_s": made_s,
         "ratio": "images/s over the serial path (workers 0) of the same source and step, same process; "
                  "each row the best of 2 interleaved rounds",
+        "vs_folder": "hf rows: images/s over the folder source's row with the same workers and step (same files)",
         "step_ms": "simulated accelerator step after each batch (a sleep); 0 = the data path alone",
         "note": "2 CPU cores shared with other agents' jobs: the workers compete with the main process and "
                 "with other load, so absolute numbers are noisy; with a real GPU step the main process is idle "

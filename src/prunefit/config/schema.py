@@ -144,9 +144,17 @@ class DataConfig:
     """Training data: the toy world (rendered on the fly), an image-caption folder, or COCO-2017 captions."""
 
     source: str = "toyworld"
-    """toyworld | folder (metadata.jsonl with file_name, text) | coco (annotations JSON + image folder)."""
+    """toyworld | folder (metadata.jsonl with file_name, text) | coco (annotations JSON + image folder) | hf (a
+    Hugging Face datasets dataset; pip install 'prunefit[hf]')."""
     path: Optional[str] = None
-    """folder: the image-caption folder."""
+    """folder: the image-caption folder. hf: a folder saved with save_to_disk, an imagefolder (images +
+    metadata.jsonl), or a hub dataset id (needs the network)."""
+    split: str = "train"
+    """hf: the split to read."""
+    image_column: str = "image"
+    """hf: the column holding the images."""
+    caption_column: str = "text"
+    """hf: the column holding the caption (or a list of k captions: epoch e uses caption e % k)."""
     annotations: Optional[str] = None
     """coco: captions_train2017.json."""
     images: Optional[str] = None
@@ -170,9 +178,9 @@ class DataConfig:
         require(0 <= self.toy_p_unsafe <= 1 and 0 <= self.toy_p_artist <= 1,
                "data.toy_p_unsafe and data.toy_p_artist must be in [0, 1]")
         require(self.num_workers >= 0, f"data.num_workers must be >= 0 (0 = load in the step), got {self.num_workers}")
-        require(self.source in ("toyworld", "folder", "coco"),
-               f"data.source must be toyworld, folder or coco, got {self.source!r}")
-        require(self.source != "folder" or bool(self.path), "data.source=folder needs data.path")
+        require(self.source in ("toyworld", "folder", "coco", "hf"),
+               f"data.source must be toyworld, folder, coco or hf, got {self.source!r}")
+        require(self.source not in ("folder", "hf") or bool(self.path), f"data.source={self.source} needs data.path")
         require(self.source != "coco" or bool(self.annotations and self.images),
                "data.source=coco needs data.annotations and data.images")
 

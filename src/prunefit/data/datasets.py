@@ -149,6 +149,103 @@ def coco_captions(annotations: str | Path, images: str | Path, resolution: int, 
     return CaptionRows(rows, resolution, seed)
 
 
+def _import_datasets():
+    """The optional ``datasets`` package, or a one-line DataError saying how to install it."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("data.source=hf needs the Hugging Face datasets package: pip install 'prunefit[hf]'") from None
+    return datasets
+
+
+@dataclass
+class HFRows(CaptionRows):
+    """Rows of a Hugging Face ``datasets`` table (image column + caption column), with the same per-epoch seeded
+    permutation, centre crop + resize and unreadable-image substitutes as ``CaptionRows``. ``rows`` is the table
+    itself (images kept undecoded, read per sample); a caption column holding k captions per row gives, in epoch
+    e (sample i = e * rows + position), caption e % k, so each sample stays a function of its index."""
+
+    image_column: str = "image"
+    caption_column: str = "text"
+    _caps: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self._caps = self.rows.select_columns([self.caption_column])
+
+    def _caption(self, j: int, i: int) -> str:
+        cap = self._caps[j][self.caption_column]
+        if isinstance(cap, (list, tuple)):
+            if not cap:
+                raise DataError(f"row {j} of the dataset has an empty caption list in column {self.caption_column!r}")
+            cap = cap[(i // len(self.rows)) % len(cap)]  # epoch e shows caption e % k: each one, in turn
+        return str(cap)
+
+    def captions(self, start: int, n: int) -> list[str]:
+        """The captions of samples start .. start+n-1 (no image read)."""
+        return [self._caption(self._index(i), i) for i in range(start, start + n)]
+
+    def samples(self, start: int, n: int) -> tuple[torch.Tensor, list[str]]:
+        """Images [n, 3, R, R] in [-1, 1] of samples start .. start+n-1 and their captions (as ``CaptionRows``)."""
+        import io
+
+        images, caps = [], []
+        for i in range(start, start + n):
+            for attempt in range(64):  # an unreadable row is replaced by a deterministic substitute
+                j = self._index(i + attempt * 7919)
+                img = self.rows[j][self.image_column]
+                src = io.BytesIO(img["bytes"]) if img.get("bytes") else img.get("path")
+                x = _load_rgb(src, self.resolution) if src else None
+                if x is not None:
+                    break
+                self.skipped += 1
+            else:
+                raise DataError(f"64 unreadable images in a row near sample {i}; check the data set")
+            images.append(x)
+            caps.append(self._caption(j, i + attempt * 7919))
+        return torch.stack(images), caps
+
+
+def hf_dataset(path: str, resolution: int, seed: int = 0, split: str = "train", image_column: str = "image",
+               caption_column: str = "text") -> HFRows:
+    """A Hugging Face ``datasets`` dataset: a folder saved with ``save_to_disk``, an imagefolder (images +
+    ``metadata.jsonl``), or a hub id (needs the network unless it is in the datasets cache)."""
+    datasets = _import_datasets()
+    folder = Path(path)
+    try:
+        if folder.is_dir() and ((folder / "dataset_info.json").is_file() or (folder / "dataset_dict.json").is_file()):
+            ds = datasets.load_from_disk(str(folder))
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise DataError(f"{folder} has no split {split!r}; it has {sorted(ds)}")
+                ds = ds[split]
+        elif folder.is_dir():
+            ds = datasets.load_dataset("imagefolder", data_dir=str(folder), split=split)
+        else:
+            from huggingface_hub import constants
+
+            if constants.HF_HUB_OFFLINE:
+                raise DataError(f"data.path {path!r} is not a local folder and HF_HUB_OFFLINE is set; unset it to "
+                                "download the dataset, or point data.path at a saved dataset or an imagefolder")
+            ds = datasets.load_dataset(path, split=split)
+    except DataError:
+        raise
+    except Exception as exc:
+        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        hint = "" if folder.is_dir() else "; offline, set HF_HUB_OFFLINE=1 and use a local folder"
+        raise DataError(f"cannot load dataset {path!r} split {split!r} ({why}){hint}") from None
+    missing = [c for c in (image_column, caption_column) if c not in ds.column_names]
+    if missing:
+        raise DataError(f"dataset {path!r} has no column {missing[0]!r}; its columns: {ds.column_names} "
+                        "(set data.image_column / data.caption_column)")
+    if len(ds) == 0:
+        raise DataError(f"dataset {path!r} split {split!r} has no rows")
+    try:
+        ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    except Exception as exc:
+        raise DataError(f"dataset {path!r}: column {image_column!r} does not hold images ({str(exc)[:80]})") from None
+    return HFRows(ds, resolution, seed, image_column=image_column, caption_column=caption_column)
+
+
 def build_data(cfg, resolution: int, seed: int = 0):
     """The data source a ``DataConfig`` names, at ``resolution`` pixels."""
     if cfg.source == "toyworld":
@@ -156,4 +253,6 @@ def build_data(cfg, resolution: int, seed: int = 0):
                             exclude_artists=tuple(cfg.toy_exclude_artists))
     if cfg.source == "folder":
         return image_caption_folder(cfg.path, resolution, seed)
+    if cfg.source == "hf":
+        return hf_dataset(cfg.path, resolution, seed, cfg.split, cfg.image_column, cfg.caption_column)
     return coco_captions(cfg.annotations, cfg.images, resolution, seed)

@@ -18,6 +18,9 @@ class CacheConfig:
     output_dir: str = "runs/cache"
     samples: int = 4096
     batch_size: int = 64
+    shard_size: int = 1024
+    """Samples per shard file (shard-00000.safetensors, ...): training reads only the rows a batch needs, so the
+    cache never has to fit in RAM. 0 = the older single cache.safetensors, loaded whole into RAM."""
     seed: int = 0
     device: str = "auto"
     """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
@@ -28,6 +31,8 @@ class CacheConfig:
         self.device = resolve_device(self.device)
         if self.samples < 1 or self.batch_size < 1:
             raise ConfigError("samples and batch_size must be >= 1")
+        if self.shard_size < 0:
+            raise ConfigError(f"shard_size must be >= 1 (0 = one unsharded file), got {self.shard_size}")
 
 
 @dataclass
@@ -50,5 +55,5 @@ def main(cfg: CacheConfig) -> CacheResult:
     comps = load_components(cfg.model, device=cfg.device)
     data = build_data(cfg.data, cfg.data.resolution or comps.native_resolution, cfg.seed)
     out = build_cache(comps, data, cfg.samples, Path(cfg.output_dir), cfg.batch_size,
-                      {"model": comps.source, "data": cfg.data.source, "seed": cfg.seed})
+                      {"model": comps.source, "data": cfg.data.source, "seed": cfg.seed}, cfg.shard_size or None)
     return CacheResult(out, cfg.samples)
