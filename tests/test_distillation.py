@@ -22,6 +22,7 @@ def toy_expert(tmp_path_factory):
     return out / "experts" / "expert-0"
 
 
+@pytest.mark.experiment
 @pytest.mark.slow
 def test_ablation_curves_resume_and_report(toy_expert, tmp_path):
     from prunefit.experiments.distillation.config import DistillationConfig

@@ -14,6 +14,7 @@ from prunefit.experiments.erasure.config import ErasureConfig
 from prunefit.experiments.erasure.report import targets
 
 
+@pytest.mark.experiment
 @pytest.mark.slow
 def test_erasure_matrix_runs_reuses_cells_and_reports(tmp_path):
     from prunefit.cli import main

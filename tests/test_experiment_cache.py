@@ -59,6 +59,7 @@ def test_the_bilevel_row_config_carries_every_knob(tmp_path):
     assert art.data.toy_exclude_artists == ["Claude Dots"]
 
 
+@pytest.mark.experiment
 @pytest.mark.slow
 def test_pareto_resumes_and_extends_a_grid_without_recomputing(tmp_path, monkeypatch):
     from prunefit.experiments.pareto import run as pareto
