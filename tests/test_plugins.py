@@ -106,6 +106,8 @@ import sys
 from prunefit.cli import main
 codes = [main(["list", what]) for what in ("methods", "metrics", "attacks")]
 codes.append(main(["evaluate", sys.argv[1], "-m", "demo_metric", "demo_metric.weight=2.5"]))
+codes.append(main(["attack", "toyworld", "--attack", "demo_echo", "--concept", "skull", "-o", sys.argv[2],
+                   "n_prompts=2", "sampler.steps=2", "device=cpu"]))
 print("codes", codes)
 """
 
@@ -116,10 +118,12 @@ def test_an_installed_plugin_reaches_the_cli(site, tiny, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
            "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     # one interpreter runs the four commands (each `python -m prunefit` would pay the ~3 s of imports again)
-    res = subprocess.run([sys.executable, "-c", CLI, str(run)], capture_output=True, text=True, env=env, timeout=120,
-                         cwd=tmp_path)
+    res = subprocess.run([sys.executable, "-c", CLI, str(run), str(tmp_path / "attack")], capture_output=True,
+                         text=True, env=env, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "codes [0, 0, 0, 0]" in res.stdout
+    assert "codes [0, 0, 0, 0, 0]" in res.stdout
+    attacked = json.loads((tmp_path / "attack" / "results.json").read_text())  # a plug-in attack runs from the CLI
+    assert "demo_echo" in json.dumps(attacked)
     lines = res.stdout.splitlines()
     assert any(ln.startswith("demo_halve") and "[edit] halves conv_out  (prunefit_demo_plugin)" in ln for ln in lines)
     assert any(ln.startswith("esd ") for ln in lines)  # the built-ins are still there

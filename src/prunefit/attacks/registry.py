@@ -42,3 +42,8 @@ def list_attacks() -> list[AttackEntry]:
 def listing() -> list[str]:
     """``prunefit list attacks``: one line per attack (name, kind, summary, reference)."""
     return [f"{a.name:12s} [{a.kind}] {a.summary}  ({a.reference})" for a in list_attacks()]
+
+
+def attack_sections() -> list[tuple[str, type]]:
+    """``(name, config class)`` of every registered attack: the sections of ``prunefit attack``'s config."""
+    return [(a.name, a.config_cls) for a in list_attacks()]

@@ -29,13 +29,10 @@ from safetensors.torch import save_file
 
 from prunefit.attacks.base import AttackContext, AttackPrompt
 from prunefit.attacks.detectors import DetectorConfig, build_detector
-from prunefit.attacks.no_attack.attack import NoAttackConfig
-from prunefit.attacks.p4d.attack import P4DConfig
-from prunefit.attacks.registry import AttackEntry, get_attack
-from prunefit.attacks.ringabell.attack import RingABellConfig
+from prunefit.attacks.registry import AttackEntry, attack_sections, get_attack
 from prunefit.attacks.soft_prompt import encode_with_prefix
-from prunefit.attacks.unlearndiff.attack import UnlearnDiffConfig
 from prunefit.config.schema import SamplerConfig
+from prunefit.config.sections import with_sections
 from prunefit.errors import ConfigError, DataError, OutputError
 from prunefit.generation.ranks import Ranks, current_ranks, merge_parts
 from prunefit.utils.device import resolve_device
@@ -68,10 +65,11 @@ class AttackConfig:
     """Prompts attacked, rendered and recorded together (the unit a re-run resumes after)."""
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(batch_size=16))
     detector: DetectorConfig = field(default_factory=DetectorConfig)
-    unlearndiff: UnlearnDiffConfig = field(default_factory=UnlearnDiffConfig)
-    p4d: P4DConfig = field(default_factory=P4DConfig)
-    ringabell: RingABellConfig = field(default_factory=RingABellConfig)
-    none: NoAttackConfig = field(default_factory=NoAttackConfig)
+
+    @classmethod
+    def registry_schema(cls) -> type:
+        """One section per registered attack (``unlearndiff.*``, ``p4d.*``, ``ringabell.*``, ``none.*``, plug-ins)."""
+        return with_sections(cls, attack_sections())
 
     def __post_init__(self) -> None:
         self.device = resolve_device(self.device)
@@ -80,8 +78,9 @@ class AttackConfig:
 
     def attack_config(self):
         """The chosen attack's own config section (an unknown attack name is the registry's error)."""
-        get_attack(self.attack)  # unknown names: the registry's teaching error
-        return getattr(self, self.attack)
+        entry = get_attack(self.attack)  # unknown names: the registry's teaching error
+        section = getattr(self, self.attack, None)
+        return section if section is not None else entry.config_cls()
 
 
 @dataclass
