@@ -10,6 +10,7 @@ of 8 (gradient accumulation is exactly equivalent). Unreadable images are skippe
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,16 +107,24 @@ class CaptionRows:
         images, caps = [], []
         for i in range(start, start + n):
             for attempt in range(64):  # an unreadable row is replaced by a deterministic substitute
-                path, cap = self.rows[self._index(i + attempt * 7919)]
-                x = _load_rgb(path, self.resolution)
+                j = self._index(i + attempt * 7919)
+                x = self._row_image(j)
                 if x is not None:
                     break
                 self.skipped += 1
             else:
                 raise DataError(f"64 unreadable images in a row near sample {i}; check the data set")
             images.append(x)
-            caps.append(cap)
+            caps.append(self._row_caption(j, i + attempt * 7919))
         return torch.stack(images), caps
+
+    def _row_image(self, j: int) -> Optional[torch.Tensor]:
+        """Row ``j``'s image [3, R, R] in [-1, 1], or None when it cannot be read."""
+        return _load_rgb(self.rows[j][0], self.resolution)
+
+    def _row_caption(self, j: int, i: int) -> str:
+        """Row ``j``'s caption for sample index ``i``."""
+        return self.rows[j][1]
 
 
 def image_caption_folder(folder: str | Path, resolution: int, seed: int = 0) -> CaptionRows:
@@ -172,7 +181,7 @@ class HFRows(CaptionRows):
     def __post_init__(self) -> None:
         self._caps = self.rows.select_columns([self.caption_column])
 
-    def _caption(self, j: int, i: int) -> str:
+    def _row_caption(self, j: int, i: int) -> str:
         cap = self._caps[j][self.caption_column]
         if isinstance(cap, (list, tuple)):
             if not cap:
@@ -182,27 +191,14 @@ class HFRows(CaptionRows):
 
     def captions(self, start: int, n: int) -> list[str]:
         """The captions of samples start .. start+n-1 (no image read)."""
-        return [self._caption(self._index(i), i) for i in range(start, start + n)]
+        return [self._row_caption(self._index(i), i) for i in range(start, start + n)]
 
-    def samples(self, start: int, n: int) -> tuple[torch.Tensor, list[str]]:
-        """Images [n, 3, R, R] in [-1, 1] of samples start .. start+n-1 and their captions (as ``CaptionRows``)."""
-        import io
+    def _row_image(self, j: int) -> Optional[torch.Tensor]:
+        """Row ``j``'s image [3, R, R] in [-1, 1] (from its bytes or path), or None when it cannot be read."""
+        img = self.rows[j][self.image_column]
+        src = io.BytesIO(img["bytes"]) if img.get("bytes") else img.get("path")
+        return _load_rgb(src, self.resolution) if src else None
 
-        images, caps = [], []
-        for i in range(start, start + n):
-            for attempt in range(64):  # an unreadable row is replaced by a deterministic substitute
-                j = self._index(i + attempt * 7919)
-                img = self.rows[j][self.image_column]
-                src = io.BytesIO(img["bytes"]) if img.get("bytes") else img.get("path")
-                x = _load_rgb(src, self.resolution) if src else None
-                if x is not None:
-                    break
-                self.skipped += 1
-            else:
-                raise DataError(f"64 unreadable images in a row near sample {i}; check the data set")
-            images.append(x)
-            caps.append(self._caption(j, i + attempt * 7919))
-        return torch.stack(images), caps
 
 
 def hf_dataset(path: str, resolution: int, seed: int = 0, split: str = "train", image_column: str = "image",
