@@ -130,3 +130,47 @@ def test_bilevel_paper_refuses_fp16_naming_bf16(monkeypatch):
         BilevelConfig(preset="paper", concepts=["x"], train=TrainConfig(mixed_precision="fp16"))
     assert BilevelConfig(preset="official", concepts=["x"],
                          train=TrainConfig(mixed_precision="fp16")).train.mixed_precision == "fp16"
+
+
+def _device_defaults() -> list[tuple[str, str, object]]:
+    """(file, class, default) of every class field named ``device`` in src/, and of every public function's
+    ``device`` keyword in the API, the experiments' helpers and the attack detectors."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "src" / "prunefit"
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                for item in node.body:
+                    if (isinstance(item, ast.AnnAssign) and getattr(item.target, "id", "") == "device"
+                            and isinstance(item.value, ast.Constant)):
+                        out.append((str(path.relative_to(root)), node.name, item.value.value))
+    return out
+
+
+def test_no_config_or_context_defaults_to_the_cpu():
+    """Every config, context and detector with a ``device`` field defaults to auto (our users run on GPUs)."""
+    found = _device_defaults()
+    assert len(found) >= 17  # the 12 command / experiment configs + the runtime contexts and the CLIP detector
+    assert [f for f in found if f[2] != "auto"] == []
+
+
+def test_contexts_resolve_auto_and_keep_a_torch_device(monkeypatch):
+    from prunefit.evaluation.context import EvalContext
+    from prunefit.utils.device import as_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert EvalContext("x", []).device == "cpu" and as_device(torch.device("meta")) == torch.device("meta")
+    _fake_gpus(monkeypatch, 2)
+    assert EvalContext("x", []).device == "cuda:0"
+    import prunefit
+
+    assert inspect_default(prunefit.load, "device") == "auto"
+
+
+def inspect_default(fn, name: str):
+    import inspect
+
+    return inspect.signature(fn).parameters[name].default

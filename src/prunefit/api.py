@@ -50,12 +50,13 @@ def _model_and_student(model: str | Path) -> tuple[str, Optional[str]]:
     return ref.base, ref.expert
 
 
-def load(model: str | Path = "toyworld", *, device: str = "cpu", dtype: str = "float32"):
-    """The components (tokenizer, text encoder, VAE, UNet, scheduler) of a model; an expert folder gives its
-    base model's components with the expert as UNet."""
+def load(model: str | Path = "toyworld", *, device: str = "auto", dtype: str = "float32"):
+    """The components (tokenizer, text encoder, VAE, UNet, scheduler) of a model on ``device`` (auto: the GPU when
+    one is visible, as every command); an expert folder gives its base model's components with the expert as UNet."""
     from prunefit.pruning.resolve import model_components, resolve_model
+    from prunefit.utils.device import resolve_device
 
-    return model_components(resolve_model(model), device=device, dtype=dtype)
+    return model_components(resolve_model(model), device=resolve_device(device), dtype=dtype)
 
 
 def prune(model: str | Path = "toyworld", *, output_dir: str | Path, **settings):

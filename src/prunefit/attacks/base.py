@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from prunefit.models.components import Components
+from prunefit.utils.device import as_device
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,14 @@ class AttackContext:
     reference: Components
     concept: str
     seed: int = 0
-    device: str | torch.device = "cpu"
+    device: str | torch.device = "auto"
+    """auto (the default, as every config's): resolved by ``utils.device.as_device`` when the context is made."""
     reference_images: Optional[Callable[[list[AttackPrompt]], list[Image.Image]]] = None
     all_prompts: list[AttackPrompt] = field(default_factory=list)
     """The whole attack set (attacks that build statistics over it, e.g. Ring-A-Bell's concept vector)."""
+
+    def __post_init__(self) -> None:
+        self.device = as_device(self.device)
 
 
 class Detector(Protocol):

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from prunefit.errors import ConfigError
+from prunefit.utils.device import as_device
 
 NUDITY_CONCEPTS = ("nudity", "nude", "naked", "nsfw", "sexual")
 
@@ -141,8 +142,8 @@ class ClipArtistDetector:
     model: str = "openai/clip-vit-base-patch32"
     template: str = "a painting in the style of {}"
     name: str = "clip-zero-shot"
-    device: str = "cpu"
-    """Where CLIP runs (the attack's device)."""
+    device: str = "auto"
+    """Where CLIP runs (the attack's device; auto as every config's)."""
 
     def __post_init__(self) -> None:
         if self.concept not in self.labels:
@@ -150,6 +151,7 @@ class ClipArtistDetector:
                               "add it to detector.clip_labels")
         from prunefit.evaluation.clip import load_clip
 
+        self.device = as_device(self.device)
         self.clip = load_clip(self.model, self.device)
         self.label_embeds = torch.nn.functional.normalize(
             self.clip.text_embeds([self.template.format(x) for x in self.labels]).double(), dim=-1)
@@ -172,7 +174,7 @@ class ClipArtistDetector:
                 "flag": "top-1 zero-shot label == concept"}
 
 
-def build_detector(cfg: DetectorConfig, concept: str, toy: bool, device: str = "cpu"):
+def build_detector(cfg: DetectorConfig, concept: str, toy: bool, device: str = "auto"):
     """The detector for ``concept`` (CLIP on ``device``); ``toy`` = the attacked model belongs to the toy world."""
     kind = cfg.kind
     if kind == "auto":

@@ -12,6 +12,7 @@ import torch
 from prunefit.errors import DataError
 from prunefit.evaluation.fid import load_image
 from prunefit.generation.manifest import MANIFEST, read_manifest
+from prunefit.utils.device import as_device
 
 
 @dataclass
@@ -41,11 +42,15 @@ class EvalContext:
 
     run_dir: Path
     rows: list[dict[str, Any]]
-    device: str = "cpu"
+    device: str = "auto"
+    """auto (the default, as every config's): resolved by ``utils.device.as_device`` when the context is made."""
     _images: Optional[torch.Tensor] = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        self.device = as_device(self.device)
+
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "cpu") -> "EvalContext":
+    def from_run(cls, run_dir: str | Path, device: str = "auto") -> "EvalContext":
         """The context of a generation run folder, from its manifest."""
         run_dir = Path(run_dir)
         return cls(run_dir, read_manifest_rows(run_dir), device)

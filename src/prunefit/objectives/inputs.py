@@ -18,6 +18,7 @@ from prunefit.data.loader import prefetching
 from prunefit.models.components import Components, encode_prompts
 from prunefit.objectives.noise import posterior_draws
 from prunefit.objectives.streams import Stream
+from prunefit.utils.device import as_device
 
 HELD_OUT_STREAM = Stream.HELD_OUT
 HELD_OUT_START = 10**9
@@ -48,12 +49,14 @@ class InputBuilder:
     num_train_timesteps: int = 1000
     stream: int = Stream.LOWER
     cache: Optional[LatentCache] = None
-    device: str | torch.device = "cpu"
+    device: str | torch.device = "auto"
+    """auto (the default, as every config's): resolved by ``utils.device.as_device`` when the context is made."""
     num_workers: int = 0
     """Processes that load image batches ahead of the step (``data.num_workers``); 0 = in the step. Same batches."""
     pin_memory: bool = True
 
     def __post_init__(self) -> None:
+        self.device = as_device(self.device)
         if self.cache is None:
             self.data = prefetching(self.data, self.num_workers, self.pin_memory)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from prunefit.models.components import Components, encode_prompts
+from prunefit.utils.device import as_device
 
 
 @dataclass
@@ -17,7 +18,11 @@ class RemovalContext:
     frozen: torch.nn.Module
     components: Components
     seed: int = 0
-    device: str | torch.device = "cpu"
+    device: str | torch.device = "auto"
+    """auto (the default, as every config's): resolved by ``utils.device.as_device`` when the context is made."""
+
+    def __post_init__(self) -> None:
+        self.device = as_device(self.device)
 
     @torch.no_grad()
     def text(self, prompts: list[str]) -> torch.Tensor:

@@ -38,8 +38,8 @@ def resolve_device(spec: str, key: str = "device") -> str:
         dev = torch.device(spec)
     except RuntimeError:
         raise ConfigError(f"{key} must be {DEVICE_CHOICES}, got {spec!r}") from None
-    if dev.type == "cpu":
-        return "cpu"
+    if dev.type in ("cpu", "meta"):  # meta: shapes without data (the device tests' stand-in for a GPU)
+        return dev.type
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"{key}={spec} but no CUDA GPU is visible to this torch "
@@ -56,6 +56,12 @@ def resolve_device(spec: str, key: str = "device") -> str:
             raise ConfigError(f"{key}={spec} but MPS is not available here; use {key}=auto or {key}=cpu")
         return "mps"
     raise ConfigError(f"{key} must be {DEVICE_CHOICES}, got {spec!r}")
+
+
+def as_device(spec: "str | torch.device") -> "str | torch.device":
+    """A runtime context's device: a ``torch.device`` as given (tests put contexts on ``meta``), a string resolved as
+    a config's ``device`` is (``auto`` by default everywhere)."""
+    return spec if isinstance(spec, torch.device) else resolve_device(spec)
 
 
 def resolve_mixed_precision(value: str, device: str, key: str = "train.mixed_precision") -> str:

@@ -16,7 +16,7 @@ from prunefit.recipes.attack import AttackConfig, AttackResult
 def attack_asr(model_path: str | Path, base_model: str, concept: str, attack: str = "unlearndiff",
                budget: Optional[dict] = None, n_prompts: int = 32, seed: int = 0,
                output_dir: Optional[str | Path] = None, prompts: Optional[str] = None,
-               device: str = "cpu") -> AttackResult:
+               device: str = "auto") -> AttackResult:
     """Attack ``model_path`` (a pipeline or expert folder, or the base model itself) for ``concept`` and return its
     pre- and post-attack ASR. ``budget`` overrides the attack's config section (e.g. {"iterations": 20});
     ``output_dir`` defaults to <model_path>/attacks/<attack>-<concept> (finished runs are reused)."""
@@ -33,7 +33,7 @@ def attack_asr(model_path: str | Path, base_model: str, concept: str, attack: st
 
 
 def add_attacks(entry: dict, *, model: str | Path, base_model: str, concept: str, attacks: list[str],
-                budgets: dict, n_prompts: int, seed: int, folder: Path, device: str = "cpu", log=print,
+                budgets: dict, n_prompts: int, seed: int, folder: Path, device: str = "auto", log=print,
                 prepare=None) -> bool:
     """Add the missing "ASR under attack" entries of an experiment's judged row (``entry['attacks'][name]``,
     each run in ``folder/attack-<name>``); ``prepare(name, i, todo)`` may seed a folder first. True if any ran."""

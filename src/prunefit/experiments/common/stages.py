@@ -75,7 +75,7 @@ def pruned_once(out: Path, message: str, log, **settings) -> Path:
 
 
 def run_erase(method: str, concept: str, model: str, student: Optional[Path], out: Path, knobs: EraseKnobs,
-              seed: int = 0, device: str = "cpu", train_method: Optional[str] = None) -> Path:
+              seed: int = 0, device: str = "auto", train_method: Optional[str] = None) -> Path:
     """``prunefit erase`` of one concept with an experiment's budgets; a finished run is reused, an
     interrupted one resumed. ``train_method`` overrides the ESD / AdvUnlearn parameter subset."""
     done = out / ("expert" if student else "pipeline")

@@ -130,7 +130,7 @@ def _cells(rows: list[ModelRow], records: list[PromptRecord], marks: list[bool],
 def render_figure(models: list[FigureModel], prompt_file: str | Path, out_dir: str | Path,
                   sampler: Optional[SamplerConfig] = None, erased: Optional[list[str]] = None,
                   base_model: str = "toyworld", seed: int = 0, max_prompts: Optional[int] = None,
-                  style: GridStyle = GridStyle(), device: str = "cpu", dtype: str = "float32") -> FiguresResult:
+                  style: GridStyle = GridStyle(), device: str = "auto", dtype: str = "float32") -> FiguresResult:
     """Generate ``models`` x the prompts of ``prompt_file`` (cached per model and prompt under
     ``out_dir/models/<slug>/``) and write figure.png, figure.json and index.html into ``out_dir``."""
     from PIL import Image
@@ -145,7 +145,7 @@ def render_figure(models: list[FigureModel], prompt_file: str | Path, out_dir: s
                      out / "models" / model_slug(m.name), base_model=m.base_model or base_model)
             for m in models]  # all paths checked before generating
     for row in rows:
-        _generate_row(row, cfg.prompt_file, max_prompts, cfg.sampler, seed, device, dtype)
+        _generate_row(row, cfg.prompt_file, max_prompts, cfg.sampler, seed, cfg.device, dtype)
     marks = [is_erased(r, erased) for r in records]
     cells = _cells(rows, records, marks, out)
     images = [[Image.open(out / c["image"]).convert("RGB") for c in cells if c["row"] == r] for r in range(len(rows))]
