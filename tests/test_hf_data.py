@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_data_loader import _folder as caption_folder
 
 from prunefit.config.schema import DataConfig
 from prunefit.data.datasets import HFRows, build_data
@@ -27,20 +28,9 @@ def _datasets_cache(tmp_path, monkeypatch):
 
 
 def _folder(root: Path, n: int = 6) -> Path:
-    """``n`` small PNGs of mixed sizes (centre crop matters) with captions, one of them unreadable."""
+    """``n`` small PNGs of mixed sizes with captions, one unreadable (the data-loader tests' folder)."""
     root.mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        name = f"{i}.png"
-        if i == 3:
-            (root / name).write_bytes(b"not a png")
-        else:
-            h, w = (12, 20) if i % 2 else (24, 16)
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name)
-        rows.append(json.dumps({"file_name": name, "text": f"picture {i}"}))
-    (root / "metadata.jsonl").write_text("\n".join(rows))
-    return root
+    return caption_folder(root, n)
 
 
 def test_hf_imagefolder_batches_equal_the_folder_source_bit_for_bit(tmp_path):
