@@ -21,6 +21,7 @@ from prunefit.removal.bilevel.phases import BilevelPhases, build_phases
 from prunefit.removal.registry import get_method
 from prunefit.training.memory import check_training_memory
 from prunefit.training.runtime import (
+    EMA,
     fit,
     make_accelerator,
     report_effective_batch,
@@ -85,7 +86,10 @@ def _main(cfg: BilevelConfig) -> BilevelResult:
         save_resolved_config(cfg, out)
         print(f"bilevel balance: {_balance_line(balance)}")
     validate = _gap_validator(cfg, built) if cfg.train.val_every else None
-    steps = fit(built.phases, student, cfg.train, out, accelerator, resume, validate, run_config=cfg)
+    ema = EMA(cfg.train.ema_decay) if cfg.train.ema_decay else None  # theta's average: the weights saved
+    steps = fit(built.phases, student, cfg.train, out, accelerator, resume, validate, ema=ema, run_config=cfg)
+    if ema is not None:
+        ema.copy_to(student)
     path = out
     if accelerator.is_main_process:
         path = save_student(student.eval().requires_grad_(False), expert, comps, out,
@@ -94,6 +98,7 @@ def _main(cfg: BilevelConfig) -> BilevelResult:
             "preset": cfg.preset, "upper_method": cfg.upper_method, "concepts": mcfg.concepts, "steps": steps,
             "upper_every": cfg.every, "upper_steps": steps // cfg.every, "upper_train_method": mcfg.train_method,
             "upper_xt_source": mcfg.xt_source, "upper_condition": mcfg.condition, "balance": balance,
+            "ema_decay": cfg.train.ema_decay,
             "output": str(path), "runtime": run_settings(accelerator, cfg.train)}, indent=1)
         write_card(out)
     return BilevelResult(out, path, steps, balance)

@@ -24,10 +24,13 @@ def concept_slug(concept: str) -> str:
     return concept.lower().replace(" ", "-").replace("'", "")
 
 
-ADDED_SETTINGS = {"esd": {"retain_weight": 0.0, "retain_prompts": [], "retain_xt": "concept"},
+ADDED_SETTINGS = {"esd": {"retain_weight": 0.0, "retain_prompts": [], "retain_xt": "concept",
+                          "concept_vocabulary": "all"},
+                  "advunlearn": {"concept_vocabulary": "all"},
                   "train": {"allow_tf32": True, "cudnn_benchmark": True, "lr_scheduler": "constant_with_warmup"},
                   "data": {"num_workers": 2, "pin_memory": True, "split": "train", "image_column": "image",
-                           "caption_column": "text"}}
+                           "caption_column": "text", "toy_shapes": [], "toy_colours": [], "toy_backgrounds": [],
+                           "toy_size": 0}}
 """Settings added to a section after stages were archived (docs/results/pareto_cells): at these values, which leave
 the method as it was, they stay out of a stage's key, so the archived stages keep their folders."""
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 from prunefit.errors import ConfigError
+from prunefit.experiments.pareto.decision import DecisionRule
 from prunefit.experiments.table3.config import ExperimentConfig
 
-FAMILIES = ("two-stage", "official", "nested", "interleaved")
+FAMILIES = ("two-stage", "official", "official-full", "appc", "nested", "interleaved", "sequential", "redistil")
+VAL_SETS = ("toy-val", "toy-world", "toy-narrow")
 
 
 def _table3_defaults() -> ExperimentConfig:
@@ -38,6 +40,32 @@ class ParetoConfig:
                                                              "nested:0.25"])
     """Points (family:value) computed for every seed first, so a partial run already has intervals where they
     decide most; the rest of the grid follows seed by seed."""
+    official_full_r_grid: list[float] = field(default_factory=list)
+    """The official preset with every parameter trained (the authors' code; ``official`` trains the two-stage ESD
+    row's subset, ESD-u / ESD-x), one point per r."""
+    appc_r_grid: list[float] = field(default_factory=list)
+    """The App. C reading (bilevel preset ``appc``: ESD steps on rollouts, concept name, batch 1, every
+    ``appc_every`` steps), one point per r."""
+    appc_every: int = 20
+    sequential_grid: list[int] = field(default_factory=list)
+    """The sequential control: the ``sequential_of`` point's upper operator alone (same lr, parameters, batch,
+    x_t source, conditioning and teacher reference), run after distillation for each number of steps."""
+    sequential_of: str = "official-full:0.5"
+    redistil_grid: list[int] = field(default_factory=list)
+    """Distil -> ESD (each number of iterations) -> a short re-distillation of ``redistil_steps`` lower steps."""
+    redistil_steps: int = 100
+    val_set: str = "toy-val"
+    """The FJD / fidelity set (the faithful regime: toy-world, the whole world but the erased concept)."""
+    side_val_set: Optional[str] = None
+    """A second FJD set reported beside the first (the faithful regime: toy-narrow, the lower data's slice)."""
+    side_prompts: int = 0
+    """> 0: what FJD cannot see, on this many prompts per set: the concept's rate on plain prompts, each kept
+    artist's rate, and (always) the neutral style leak on the validation set."""
+    val_offset: int = 0
+    """First row of the validation set used: a development slice (toy-val rows 300-499) that the reported numbers
+    (rows 0 .. eval_prompts - 1) never use."""
+    registered: Optional[DecisionRule] = None
+    """The decision rule fixed before the runs (experiments/pareto/decision.py); None: the overlap screen only."""
     n_boot: int = 1000
     report_only: bool = False
     """Write the report from the cells finished so far (e.g. while a sweep runs elsewhere); train nothing."""
@@ -53,7 +81,25 @@ class ParetoConfig:
         if any(n < 0 for n in self.esd_grid) or any(v <= 0 for v in [*self.official_r_grid, *self.paper_r_grid,
                                                                       *self.paper_lam_grid]):
             raise ConfigError("esd_grid values must be >= 0 and r / lambda grid values > 0")
-        for p in [*self.purity_points, *self.core_points]:
+        if any(n < 1 for n in [*self.sequential_grid, *self.redistil_grid, self.redistil_steps, self.appc_every]):
+            raise ConfigError("sequential_grid, redistil_grid, redistil_steps and appc_every must be >= 1")
+        if any(v <= 0 for v in [*self.official_full_r_grid, *self.appc_r_grid]):
+            raise ConfigError("official_full_r_grid and appc_r_grid values must be > 0")
+        for name in [self.val_set, self.side_val_set]:
+            if name is not None and name not in VAL_SETS:
+                raise ConfigError(f"val_set / side_val_set must be one of {list(VAL_SETS)}, got {name!r}")
+        if self.side_prompts < 0 or self.val_offset < 0:
+            raise ConfigError("side_prompts and val_offset must be >= 0")
+        points = [*self.purity_points, *self.core_points, self.sequential_of]
+        if self.registered is not None:
+            points += [self.registered.primary] + [c.split("@")[0] for c in self.registered.secondary]
+            fams = [self.registered.against] + [c.split("@")[1] for c in self.registered.secondary if "@" in c]
+            bad = [f for f in fams if f not in FAMILIES]
+            if bad or not self.registered.primary:
+                raise ConfigError(f"registered: primary must be set and fronts must be families {list(FAMILIES)}")
+        for p in points:
             fam, _, val = p.partition(":")
             if fam not in FAMILIES or not val:
                 raise ConfigError(f"point {p!r} must be family:value with family in {list(FAMILIES)}")
+        if self.sequential_of.partition(":")[0] not in ("official", "official-full"):
+            raise ConfigError(f"sequential_of must be an official or official-full point, got {self.sequential_of!r}")

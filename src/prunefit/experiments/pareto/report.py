@@ -10,7 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLOURS = {"two-stage": "tab:gray", "official": "tab:blue", "interleaved": "tab:orange", "nested": "tab:green"}
+COLOURS = {"two-stage": "tab:gray", "official": "tab:blue", "interleaved": "tab:orange", "nested": "tab:green",
+           "official-full": "tab:purple", "appc": "tab:red", "sequential": "tab:brown", "redistil": "tab:olive"}
 
 
 def could_dominate(q, p) -> bool:
@@ -23,7 +24,7 @@ def verdict(results: list, seeds: list[int], pending: tuple[str, ...] = ()) -> t
     ``results`` are summaries over the same ``seeds`` for every point (a seed's distilled model moves every point
     trained from it, so points are compared on the seeds they share)."""
     base = [r for r in results if r.point.family == "two-stage" and not r.point.pure]
-    ours = [r for r in results if r.point.family != "two-stage"]
+    ours = [r for r in results if r.point.family not in ("two-stage", "sequential", "redistil")]
     if not base or not ours or not seeds:
         return False, "verdict: not enough points yet (needs two-stage and bilevel points on a common seed)"
     beyond = [p for p in ours if not any(could_dominate(q, p) for q in base)]
@@ -50,42 +51,108 @@ def _balance(b: dict) -> tuple[str, str]:
     return r, lam
 
 
+def _pct(v) -> str:
+    return "" if v is None else f"{100 * v:.1f}"
+
+
+def registered_section(reg, cfg) -> list[str]:
+    """The registered test in markdown: the rule, the verdict, per-seed Delta, and the secondary contrasts."""
+    rule = cfg.registered
+    d = reg.primary.decision
+    md = ["## Registered test", "",
+          f"Rule (fixed before the runs{', ' + rule.registered_on if rule.registered_on else ''}): primary "
+          f"`{rule.primary}` against each seed's own `{rule.against}` front at the same ASR; one-sided alpha "
+          f"{rule.alpha:g}{' (alpha/2 per look: one interim look)' if rule.interim_seeds else ''}, margin "
+          f"{rule.margin:g} FJD, ASR tolerance {rule.asr_tolerance:g} points, seeds {rule.seeds}"
+          f"{f' + interim {rule.interim_seeds}' if rule.interim_seeds else ''}.", "",
+          f"**verdict: {d.line()}**", ""]
+    if len(reg.looks) > 1:
+        md += [f"first look: {reg.looks[0].line()}", ""]
+    md += ["| seed | ASR % | FJD | front FJD at ASR | matched ASR % | Delta FJD | dASR (points) |",
+           "|---|---|---|---|---|---|---|"]
+    md += [f"| {x.seed} | {100 * x.asr:.1f} | {x.fjd:.3f} | {x.front_fjd:.3f} | {100 * x.front_asr:.1f} | "
+           f"{x.delta:+.3f} | {x.dasr:+.1f} |" for x in d.deltas]
+    if reg.secondary:
+        md += ["", "Secondary contrasts (Holm over their one-sided t-tests):", "",
+               "| point | front | mean Delta [CI] | t p | Wilcoxon p | dASR | Holm rejects H0 | rule's reading |",
+               "|---|---|---|---|---|---|---|---|"]
+        for c in reg.secondary:
+            x = c.decision
+            md.append(f"| {c.point} | {c.against} | {x.mean_delta:+.3f} [{x.interval[0]:+.3f}, {x.interval[1]:+.3f}] "
+                      f"| {x.p_t:.4f} | {x.p_wilcoxon:.4f} | {x.mean_dasr:+.1f} | {'yes' if c.holm_reject else 'no'} "
+                      f"| {x.verdict} |")
+    return md + [""]
+
+
+def registered_json(reg) -> dict:
+    """The registered result as plain data (pareto.json)."""
+    def dec(x):
+        return {"verdict": x.verdict, "n": x.n, "mean_delta": x.mean_delta, "interval": list(x.interval),
+                "p_t": x.p_t, "p_wilcoxon": x.p_wilcoxon, "mean_dasr": x.mean_dasr, "reason": x.reason,
+                "deltas": [{"seed": y.seed, "asr": y.asr, "fjd": y.fjd, "front_fjd": y.front_fjd,
+                            "front_asr": y.front_asr, "delta": y.delta, "dasr": y.dasr} for y in x.deltas]}
+
+    return {"primary": {"point": reg.primary.point, "against": reg.primary.against, **dec(reg.primary.decision)},
+            "looks": [dec(x) for x in reg.looks],
+            "secondary": [{"point": c.point, "against": c.against, "holm_reject": c.holm_reject, **dec(c.decision)}
+                          for c in reg.secondary]}
+
+
 def write_pareto_report(croot: Path, concept: str, results: list, cfg, paired: list, common: list[int],
-                        pending: tuple[str, ...] = ()) -> dict:
-    """``results``: every point over all its seeds (the table, the plot); ``paired``: the points the verdict
-    compares, over the ``common`` seeds only; ``pending``: the points it leaves out for now."""
+                        pending: tuple[str, ...] = (), registered=None, inert: tuple[str, ...] = ()) -> dict:
+    """``results``: every point over all its seeds (the table, the plot); ``paired``: the points the overlap screen
+    compares, over the ``common`` seeds only; ``pending``: the points it leaves out for now; ``registered``: the
+    registered rule's result (its verdict is the report's); ``inert``: lines on points that test nothing."""
     croot.mkdir(parents=True, exist_ok=True)
     ok, line = verdict(paired, common, tuple(pending))
+    if registered is not None:
+        line = "overlap screen (secondary): " + line
     t = cfg.table3
     attacks = list(t.attacks)
     header = ["point", "family", "seeds", "ASR % [95% CI]", "FJD [95% CI]", "fidelity %", "r", "lambda", "pure data",
+              "plain %", "kept artists %", "neutral leak %", "FJD 2nd set",
               *[f"ASR {a} post (%, seeds)" for a in attacks]]
-    md = [f"# ASR vs FJD fronts on the toy world: suppressing `{concept}`", "",
+    sets = f"validation set {cfg.val_set}" + (f", second FJD set {cfg.side_val_set}" if cfg.side_val_set else "")
+    sets += f" from row {cfg.val_offset} (a development slice)" if cfg.val_offset else ""
+    sets += f", side metrics on {cfg.side_prompts} prompts per set" if cfg.side_prompts else ""
+    md = [f"# ASR vs FJD fronts on the toy world: suppressing `{concept}`", "", sets + ".", "",
+          *(registered_section(registered, cfg) if registered is not None else []),
           f"{t.eval_prompts} prompts per set (adversarial / artist set for ASR, toy-val for FJD and fidelity), "
           f"{t.lower_steps} lower steps per run, upper every {t.upper_every}, ESD lr {t.esd_lr:g}, lower lr "
           f"{t.train.lr:g}, torch threads {t.threads}; intervals: hierarchical bootstrap over seeds and prompts "
           f"({cfg.n_boot} draws for ASR: percentile; {max(50, cfg.n_boot // 5)} for FJD: centred, since resampled FJDs "
-          "are biased upward). Grids fixed before any run.", "", line, "",
+          "are biased upward). Grids fixed before any run.", "", line, "", *[f"- {x}" for x in inert],
+          *([""] if inert else []),
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     rows = []
     for r in results:
         rr, lam = _balance(r.balance)
         rows.append({"point": r.point.name, "family": r.point.family, "value": r.point.value, "pure": r.point.pure,
                      "seeds": r.seeds, "asr": vars(r.asr), "fjd": vars(r.fjd), "fidelity": r.fidelity,
-                     "balance": r.balance, "models": r.models, "attacks": r.attacks})
+                     "balance": r.balance, "models": r.models, "attacks": r.attacks, "side": r.side})
         att = "".join(f" {100 * r.attacks[a][0]:.0f} ({r.attacks[a][1]}) |" if a in r.attacks else " – |"
                       for a in attacks)
+        kept = r.side.get("kept") or {}
+        kept_txt = f"{100 * sum(kept.values()) / len(kept):.1f}" if kept else ""
+        side_fjd = f"{r.side['side_fjd']:.2f}" if "side_fjd" in r.side else ""
         md.append(f"| {r.point.name} | {r.point.family} | {len(r.seeds)} | {r.asr.text(100)} | {r.fjd.text(1, 2)} | "
-                  f"{100 * r.fidelity:.1f} | {rr} | {lam} | {'yes' if r.point.pure else ''} |{att}")
+                  f"{100 * r.fidelity:.1f} | {rr} | {lam} | {'yes' if r.point.pure else ''} | "
+                  f"{_pct(r.side.get('plain_rate'))} | {kept_txt} | {_pct(r.side.get('neutral_leak'))} | "
+                  f"{side_fjd} |{att}")
     md += ["", "```", *ascii_fronts(results), "```"]
     (croot / "report.md").write_text("\n".join(md) + "\n")
-    summary = {"concept": concept, "verdict": line, "beyond_front": ok, "points": rows}
+    summary = {"concept": concept, "verdict": line, "beyond_front": ok, "points": rows,
+               "inert": list(inert)}
+    if registered is not None:
+        summary["registered"] = registered_json(registered)
+        summary["verdict"] = registered.primary.decision.line()
     (croot / "pareto.json").write_text(json.dumps(summary, indent=1))
     _plot(croot, concept, results, line)
     return summary
 
 
-MARKS = {"two-stage": "E", "official": "O", "interleaved": "I", "nested": "N"}
+MARKS = {"two-stage": "E", "official": "O", "interleaved": "I", "nested": "N", "official-full": "F", "appc": "A",
+         "sequential": "S", "redistil": "R"}
 
 
 def ascii_fronts(results: list, width: int = 64, height: int = 14) -> list[str]:
@@ -107,7 +174,9 @@ def ascii_fronts(results: list, width: int = 64, height: int = 14) -> list[str]:
     lines = [f"{100 * (height - 1 - i) / (height - 1):5.0f}% |" + "".join(g) for i, g in enumerate(grid)]
     lines.append("       +" + "-" * width)
     lines.append(f"        FJD {10 ** lo:.2f} (log scale) {'':>{max(0, width - 34)}}{10 ** hi:.2f}")
-    lines.append("        E two-stage ESD  O official  I paper/interleaved  N paper/nested  (lower case: pure data)")
+    lines.append("        E two-stage ESD  O official (ESD subset)  F official (all parameters)  A App. C  "
+                 "S sequential control  R ESD + re-distil")
+    lines.append("        I paper/interleaved  N paper/nested  (lower case: pure data)")
     return lines
 
 

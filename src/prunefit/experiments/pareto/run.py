@@ -7,7 +7,14 @@ captions. Families and their knob:
   official    bilevel official preset for each r in ``official_r_grid`` (upper_lr = r x upper_every x lower lr);
   nested      bilevel paper preset, nested double loop, for each r in ``paper_r_grid`` (the theta step's lr);
   interleaved bilevel paper preset, interleaved double loop, for each lambda in ``paper_lam_grid``;
+  official-full  the official preset training every parameter (the authors' code), each r in ``official_full_r_grid``;
+  appc        the App. C reading (preset appc, every ``appc_every``), each r in ``appc_r_grid``;
+  sequential  the control: ``sequential_of``'s upper operator alone after distillation, each step count in
+              ``sequential_grid`` (is a gain the schedule's or the operator's?);
+  redistil    distil -> ESD (each iteration count in ``redistil_grid``) -> ``redistil_steps`` of re-distillation;
 plus, when ``purity_points`` is set, those points again with the concept's share of the lower-level data at 0.
+With ``registered`` set, the verdict is the registered rule's (experiments/pareto/decision.py: paired per-seed
+Delta against the seed's own front); the interval-overlap screen stays as a secondary line.
 Intervals are hierarchical bootstrap 95% intervals over seeds and prompts (ASR: per-prompt outcomes; FJD: paired
 generated / reference judge features). The grids are fixed before any run (no setting is chosen on the
 reported prompts). Every (point, seed) folder is keyed by its settings, so the run resumes and a grid can be
@@ -31,6 +38,8 @@ from prunefit.experiments.common.attacks import add_attacks
 from prunefit.experiments.common.judging import Judged, fjd_statistic
 from prunefit.experiments.common.stages import concept_slug, stage_dir, stage_key
 from prunefit.experiments.pareto.config import ParetoConfig
+from prunefit.experiments.pareto.controls import redistil_spec, run_redistil, run_sequential, sequential_spec
+from prunefit.experiments.pareto.decision import registered_decisions
 from prunefit.experiments.pareto.report import write_pareto_report
 from prunefit.experiments.table3.config import ExperimentConfig
 from prunefit.experiments.table3.run import Table3
@@ -46,8 +55,20 @@ class Point:
     @property
     def name(self) -> str:
         """The point's folder and label name: family, knob and value (and '-pure')."""
-        knob = {"two-stage": "esd", "official": "r", "nested": "r", "interleaved": "lam"}[self.family]
+        knob = {"two-stage": "esd", "official": "r", "nested": "r", "interleaved": "lam", "official-full": "r",
+                "appc": "r", "sequential": "n", "redistil": "esd"}[self.family]
         return f"{self.family}-{knob}{self.value:g}" + ("-pure" if self.pure else "")
+
+    @property
+    def key(self) -> str:
+        """``family:value`` as configs name points (pure points are not addressable)."""
+        return f"{self.family}:{self.value:g}"
+
+
+def parse_point(text: str) -> Point:
+    """``family:value`` -> Point."""
+    fam, _, val = text.partition(":")
+    return Point(fam, float(val))
 
 
 def grid(cfg: ParetoConfig) -> list[Point]:
@@ -56,6 +77,10 @@ def grid(cfg: ParetoConfig) -> list[Point]:
     pts += [Point("official", r) for r in cfg.official_r_grid]
     pts += [Point("interleaved", lam) for lam in cfg.paper_lam_grid]
     pts += [Point("nested", r) for r in cfg.paper_r_grid]
+    pts += [Point("official-full", r) for r in cfg.official_full_r_grid]
+    pts += [Point("appc", r) for r in cfg.appc_r_grid]
+    pts += [Point("sequential", n) for n in cfg.sequential_grid]
+    pts += [Point("redistil", n) for n in cfg.redistil_grid]
     for p in cfg.purity_points:
         fam, _, val = p.partition(":")
         pts.append(Point(fam, float(val), pure=True))
@@ -83,6 +108,17 @@ def point_config(cfg: ParetoConfig, p: Point, seed: int) -> tuple[ExperimentConf
         return dataclasses.replace(base, esd_iterations=int(p.value)), "distilled+esd"
     if p.family == "official":
         return dataclasses.replace(base, bilevel_preset="official", r=p.value, upper_lr=None), "ours_esd"
+    if p.family == "official-full":
+        return dataclasses.replace(base, bilevel_preset="official", r=p.value, upper_lr=None,
+                                   upper_train_method="full"), "ours_esd"
+    if p.family == "appc":
+        return dataclasses.replace(base, bilevel_preset="appc", r=p.value, upper_lr=None,
+                                   upper_every=cfg.appc_every), "ours_esd"
+    if p.family == "sequential":
+        op, _ = point_config(cfg, parse_point(cfg.sequential_of), seed)
+        return dataclasses.replace(op, lower_concept_share=base.lower_concept_share), "sequential"
+    if p.family == "redistil":
+        return dataclasses.replace(base, esd_iterations=int(p.value)), "redistil"
     if p.family == "nested":
         return dataclasses.replace(base, bilevel_preset="paper", double_loop="nested", r=p.value,
                                    upper_lr=None), "ours_esd"
@@ -117,6 +153,25 @@ class PointResult:
     """The trained model of each seed."""
     attacks: dict = field(default_factory=dict)
     """{attack: (mean post-attack ASR, seeds attacked)} over the seeds whose cell carries the attack."""
+    side: dict = field(default_factory=dict)
+    """Means over seeds of what FJD cannot see: plain-prompt rate, each kept artist's rate, neutral style leak,
+    the second FJD set (where the cells carry them)."""
+
+
+def side_means(cells: list[dict], side_ref=None) -> dict:
+    """The side metrics of a point's cells, averaged over the seeds that carry each."""
+    def mean(vals: list) -> float | None:
+        vals = [v for v in vals if v is not None and v == v]
+        return float(np.mean(vals)) if vals else None
+
+    out = {"neutral_leak": mean([c.get("neutral_leak") for c in cells]),
+           "plain_rate": mean([c.get("plain_rate") for c in cells])}
+    kept = sorted({a for c in cells for a in (c.get("kept") or {})})
+    out["kept"] = {a: mean([(c.get("kept") or {}).get(a) for c in cells]) for a in kept}
+    if side_ref is not None:
+        out["side_fjd"] = mean([fjd_statistic([(np.array(c["side_val"]["features"]), side_ref)]) for c in cells
+                                if c.get("side_val")])
+    return {k: v for k, v in out.items() if v not in (None, {})}
 
 
 @dataclass
@@ -139,28 +194,72 @@ class Pareto:
     def judged(self, concept: str) -> Judged:
         """The judge outcomes of ``concept``'s sets, built once per concept."""
         if concept not in self._judged:
-            self._judged[concept] = Judged(self.cfg.table3.model, concept, self.cfg.table3.eval_prompts)
+            c = self.cfg
+            self._judged[concept] = Judged(c.table3.model, concept, c.table3.eval_prompts, val_set=c.val_set,
+                                           val_offset=c.val_offset, side_prompts=c.side_prompts,
+                                           side_val_set=c.side_val_set)
         return self._judged[concept]
 
     def _stage(self, p: Point, seed: int, concept: str, croot: Path) -> CellStage:
         tcfg, row = point_config(self.cfg, p, seed)
         t3 = Table3(tcfg, self.log)
-        spec = t3.distil_spec(concept) if row == "distilled" else t3.row_spec(row, concept)
-        efile = croot / "cells" / f"{row}-{stage_key(spec)}" / f"eval-{self.cfg.table3.eval_prompts}.json"
+        if row == "distilled":
+            spec = t3.distil_spec(concept)
+        elif row == "sequential":
+            spec = sequential_spec(t3, concept, int(p.value))
+        elif row == "redistil":
+            spec = redistil_spec(t3, concept, self.cfg.redistil_steps)
+        else:
+            spec = t3.row_spec(row, concept)
+        efile = croot / "cells" / f"{row}-{stage_key(spec)}" / self.eval_name()
         return CellStage(t3, row, spec, efile)
+
+    def eval_name(self) -> str:
+        """A judged cell's file: ``eval-<n>.json`` on toy-val from row 0 (the archived cells' name), else with the
+        validation set and the first row in the name."""
+        c = self.cfg
+        name = f"eval-{c.table3.eval_prompts}"
+        if c.val_set != "toy-val":
+            name += f"-{c.val_set}"
+        if c.val_offset:
+            name += f"-from{c.val_offset}"
+        return name + ".json"
+
+    def train(self, stage: CellStage, p: Point, seed: int, concept: str, croot: Path) -> tuple[Path, dict]:
+        """The (point, seed)'s model, trained where missing, and its bilevel balance (or {})."""
+        t3, start = stage.table3, stage.table3.start_expert()
+        if stage.row == "sequential":
+            out = stage_dir(croot / "cells", "sequential", stage.spec)
+            return run_sequential(t3, concept, int(p.value), croot / "cells", start, out), {}
+        if stage.row == "redistil":
+            out = stage_dir(croot / "cells", "redistil", stage.spec)
+            return run_redistil(t3, concept, self.cfg.redistil_steps, croot / "cells", start, out), {}
+        return t3.run_row(stage.row, concept, croot / "cells", start)
 
     def compute(self, stage: CellStage, p: Point, seed: int, concept: str, croot: Path) -> dict:
         """Train and judge one (point, seed); the judged cell is kept in ``eval-<n>.json``."""
-        t3, row, efile = stage.table3, stage.row, stage.eval_file
+        row, efile = stage.row, stage.eval_file
         stage_dir(croot / "cells", row, stage.spec)  # the cell's folder, with its spec.json
         self.log(f"[pareto] {concept}: {p.name}, seed {seed}")
         t0 = time.time()
-        model, balance = t3.run_row(row, concept, croot / "cells", t3.start_expert())
+        model, balance = self.train(stage, p, seed, concept, croot)
         res = {"point": p.name, "seed": seed, "model": str(model), "balance": balance,
                "train_seconds": round(time.time() - t0, 1), "threads": self.cfg.table3.threads,
                **self.judged(concept).measure(model)}
         mark_done(efile, res)  # the judged cell: its presence gates reuse
         return res
+
+    def side_cell(self, cell: dict, efile: Path, concept: str) -> bool:
+        """Add the side metrics (plain-prompt rate, kept artists, second FJD set) a judged cell lacks, on its trained
+        model (a cell restored without its model is left as it is); True if they were added."""
+        c = self.cfg
+        want = (c.side_prompts and cell.get("side_prompts") != c.side_prompts) or (
+            c.side_val_set and (cell.get("side_val") or {}).get("set") != c.side_val_set)
+        if not want or not cell.get("model") or not Path(cell["model"]).exists():
+            return False
+        cell.update(self.judged(concept).measure_side(Path(cell["model"])))
+        mark_done(efile, cell)
+        return True
 
     def attack_cell(self, cell: dict, efile: Path, seed: int, concept: str) -> bool:
         """Run the configured attacks a judged cell lacks, on its trained model (cells restored without their
@@ -184,9 +283,11 @@ class Pareto:
         fidelity = float(np.mean([c["fidelity"] for c in cells]))
         attacked = {a: [c["attacks"][a]["asr"] for c in cells if a in c.get("attacks", {})]
                     for a in self.cfg.table3.attacks}
+        judged = self.judged(concept)
         return PointResult(p, [c["seed"] for c in cells], asr, fjd, fidelity, cells[0].get("balance") or {},
                            [c["model"] for c in cells],
-                           {a: (float(np.mean(v)), len(v)) for a, v in attacked.items() if v})
+                           {a: (float(np.mean(v)), len(v)) for a, v in attacked.items() if v},
+                           side_means(cells, judged.side_ref))
 
     def run(self) -> dict:
         """Compute (or read) every point and seed of every concept, attack them and write the reports; returns each
@@ -208,6 +309,7 @@ class Pareto:
                 fresh = done is None
                 if fresh:
                     done = self.compute(stage, p, seed, concept, croot)
+                fresh = self.side_cell(done, efile, concept) or fresh
                 fresh = self.attack_cell(done, efile, seed, concept) or fresh
                 cells[p].append(done)
                 if fresh:  # the report is refreshed after each new cell, not after each reused one (bootstraps)
@@ -221,7 +323,33 @@ class Pareto:
         results = [self.summarize(p, cs, concept) for p, cs in cells.items()]
         judged, common, pending = verdict_cells(cells, self.cfg.seeds)
         paired = [self.summarize(p, [c for c in cs if c["seed"] in common], concept) for p, cs in judged.items()]
-        return write_pareto_report(croot, concept, results, self.cfg, paired, common, pending)
+        registered = None
+        if self.cfg.registered is not None:
+            ref = self.judged(concept).ref_features
+            keyed = {p.key: cs for p, cs in cells.items() if not p.pure}
+            registered = registered_decisions(keyed, self.cfg.registered,
+                                              lambda c: fjd_statistic([(np.array(c["features"]), ref)]))
+        return write_pareto_report(croot, concept, results, self.cfg, paired, common, pending, registered,
+                                   inert_lines(cells))
+
+
+def inert_lines(cells: dict) -> list[str]:
+    """For each interleaved point at lambda >= 100: how many (seed, prompt) outcomes differ from the same seed's
+    distilled model (the upper term is about k / lambda of the step there, so it does nearly nothing)."""
+    base = {c["seed"]: c["shown"] for p, cs in cells.items() if p.family == "two-stage" and p.value == 0
+            and not p.pure for c in cs}
+    lines = []
+    for p, cs in cells.items():
+        if p.family != "interleaved" or p.value < 100 or p.pure:
+            continue
+        pairs = [(c["shown"], base[c["seed"]]) for c in cs if c["seed"] in base]
+        if pairs:
+            changed = sum(int(a != b) for s, t in pairs for a, b in zip(s, t))
+            total = sum(len(s) for s, _ in pairs)
+            lines.append(f"{p.name}: {changed} of {total} (seed, prompt) outcomes differ from the distilled model's: "
+                         "at lambda >= 100 the distillation term outweighs the upper term in every step, so the "
+                         "point is (nearly) the distilled model and tests nothing; it is not counted as evidence")
+    return lines
 
 
 def main(cfg: ParetoConfig, log=print) -> dict:

@@ -19,7 +19,12 @@ drop out. The paper's r is 5e-6 / (20 * 1e-6) = 0.25; the official code's 5e-6 /
     * ``nested``: k steps on vartheta (the inner max: vartheta minimizes L_ft at ``train.lr``), then one theta
       step on grad f + lambda grad L_ft at ``upper_lr``; vartheta is then mandatory.
   With one Adam the balance is set by lambda (the gradient ratio), not by a learning-rate ratio.
+- ``appc`` (App. C's description of the method, which the authors' code does not run): two AdamW optimizers at the
+  paper's learning rates (lower 1e-6, upper 5e-6: r = 0.25), an upper step every 20 lower steps, each an ESD step on
+  the student's own DDIM rollout (x_t from the model), conditioned on the concept's name, batch 1 (ESD's), the
+  method's own parameter subset (ESD-u for nudity, ESD-x for artists), the unpruned teacher as the reference.
 An optional vartheta twin (``track_vartheta``) reports the constraint gap L_ft(theta) - L_ft(vartheta).
+With ``train.ema_decay`` set, the saved weights are theta's exponential moving average (as fine-tuning's are).
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ PRESETS = {
                        upper_lr=5e-6, upper_batch="lower"),
     "paper": Preset(upper_every=20, optimizers=1, xt_source="model", train_method=None, condition="concept",
                     upper_lr=5e-6, upper_batch="method"),
+    "appc": Preset(upper_every=20, optimizers=2, xt_source="model", train_method=None, condition="concept",
+                   upper_lr=5e-6, upper_batch="method"),
 }
 DOUBLE_LOOPS = ("interleaved", "nested")
 

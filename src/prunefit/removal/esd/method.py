@@ -43,6 +43,10 @@ class ESDConfig:
     """Guidance of the edited model's DDIM rollout that produces x_t."""
     concept_images: Optional[str] = None
     """xt_source=images: an image-caption folder of the concept; None on the toy world = renders of the concept."""
+    concept_vocabulary: str = "concept"
+    """Toy-world renders: concept (the unsafe object's captions say only the erased concept's word, so training
+    never sees the adversarial set's phrasings) or all (every phrasing the teacher knows: the evaluation
+    vocabulary leaks into condition=caption; kept to reproduce the archived Pareto cells)."""
     condition: str = "concept"
     """concept: the student and the targets condition on the concept's name (ESD); caption: on each concept
     image's own caption (the official bilevel code's upper step; needs xt_source=images)."""
@@ -55,6 +59,11 @@ class ESDConfig:
     the retain prompt itself (k DDIM steps more per iteration)."""
     section: ClassVar[str] = "esd"
     """The config section's name in error messages (methods that extend ESD's settings set their own)."""
+    kind_defaults: ClassVar[dict[str, dict]] = {"unsafe": {"train_method": "noxattn"},
+                                                "object": {"train_method": "noxattn"}}
+    """Settings per kind of concept (``prunefit.config.concepts``) on a model that carries none: the ESD paper's
+    ESD-u (every non-cross-attention layer) for nudity and for whole object classes (its object-removal study on
+    Imagenette classes), ESD-x (the defaults above) for artist styles."""
 
     def __post_init__(self) -> None:
         s = self.section
@@ -68,6 +77,8 @@ class ESDConfig:
             raise ConfigError(f"{s}.condition=caption needs {s}.xt_source=images (captions come with the images)")
         if self.lr <= 0 or self.iterations < 1 or self.batch_size < 1 or self.ddim_steps < 3:
             raise ConfigError(f"{s}: lr must be > 0, iterations and batch_size >= 1, ddim_steps >= 3")
+        if self.concept_vocabulary not in ("concept", "all"):
+            raise ConfigError(f"{s}.concept_vocabulary must be concept or all, got {self.concept_vocabulary!r}")
         if self.retain_weight < 0:
             raise ConfigError(f"{s}.retain_weight must be >= 0, got {self.retain_weight}")
         if self.retain_xt not in ("concept", "own"):
@@ -206,7 +217,7 @@ def concept_image_source(cfg: ESDConfig, comps, seed: int):
         return image_caption_folder(cfg.concept_images, comps.native_resolution, seed)
     from prunefit.data.toyworld_concepts import ToyWorldConceptData
 
-    return ToyWorldConceptData(cfg.concepts, seed)
+    return ToyWorldConceptData(cfg.concepts, seed, vocabulary=cfg.concept_vocabulary)
 
 
 def build_phase(ctx: RemovalContext, cfg: ESDConfig, *, name: str = "esd", every: int = 1,
