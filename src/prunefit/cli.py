@@ -136,7 +136,29 @@ _COMMANDS: dict[str, _Cmd] = {
             _a("--images", "val2017 image folder (omit to write prompts only)", type=Path),
             _a("--output -o", required=True, type=Path), _a("-n", "images (sorted by id); 0 = all", type=int,
                                                             default=5000),
-            _a("--size", "reference image size (the paper: 512)", type=int, default=512)))}),
+            _a("--size", "reference image size (the paper: 512)", type=int, default=512))), "prompts": _Cmd(
+        "a published prompt set (i2p, mma-diffusion, ring-a-bell, p4d, unlearndiffatk) from the Hub or a local copy "
+        "-> FILE (.csv/.jsonl) + FILE.meta.json (source, revision, protocol)", recipe="prunefit.data.prompt_sets:"
+        "prepare_prompt_set", args=(
+            _a("name", "i2p, mma-diffusion, ring-a-bell, p4d or unlearndiffatk"),
+            _a("--output -o FILE", required=True, type=Path),
+            _a("--from SRC", "convert a local copy (file or folder) instead of downloading", dest="source", type=Path),
+            _a("--force", "replace an existing FILE", action="store_true"),
+            _a("--revision", "Hub branch, tag or commit (default: main)"),
+            _a("--files PATTERN", "only the data files matching this glob", dest="files"),
+            _a("--prompt-column COL", "the column holding the prompt (default: the set's)", dest="prompt_column"),
+            _a("--category NAME", "keep rows whose 'categories' include NAME (I2P: sexual)"),
+            _a("--min-nudity PCT", "keep rows with nudity_percentage >= PCT", dest="min_nudity", type=float)))}),
+    "import": _Cmd("import models saved by other projects' code as prunefit experts", sub={"aptp": _Cmd(
+        "an APTP expert saved by its authors' code (arch_vector.pt + unet/, or quantizer_embeddings.pt + --expert-id) "
+        "as an expert folder; records its MAC ratio beside theirs", recipe="prunefit.pruning.import_aptp:import_aptp",
+        log="stderr", args=(
+            _a("checkpoint CHECKPOINT", "their checkpoint folder (fine-tuned expert or pruning checkpoint)"),
+            _a("--output -o EXPERT_DIR", "new expert folder", required=True),
+            _a("--base", "the dense model it was pruned from (default: unet/config.json's _name_or_path)"),
+            _a("--expert-id", "expert row of a pruning checkpoint's codebook", type=int),
+            _a("--reported-ratio", "the authors' MAC ratio (default: resource_ratios.pt, if present)", type=float),
+            _a("--tolerance", "largest |ours - theirs| that agrees", type=float, default=0.05)))}),
     "dev": _Cmd("developer tools (full-size random-weight SD pipelines)", sub={"skeleton": _Cmd(
         "write a full-size SD pipeline folder from the published configs, random weights from a seed, real CLIP "
         "tokenizer", recipe="prunefit.recipes.skeleton:main", args=(

@@ -23,6 +23,8 @@ MAX_PROMPT_FILE_BYTES = 512 * 1024 * 1024
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _ID_COLUMNS = ("id", "case_number", "image_id")
 _SEED_COLUMNS = ("seed", "evaluation_seed", "sd_seed")
+RESERVED_COLUMNS = ("prompt", *_ID_COLUMNS, *_SEED_COLUMNS)
+"""Columns the reader interprets (prompt, id, seed); any other column is kept as ``extra``."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,11 @@ _READERS = {".txt": _rows_txt, ".csv": _rows_csv, ".jsonl": _rows_jsonl}
 PROMPT_FORMATS: dict[str, str] = {
     "auto": "by file suffix: .txt lines, .csv with a 'prompt' column, .jsonl objects",
     "lines": "one prompt a line, whatever the suffix",
-    "ring-a-bell": "Ring-A-Bell prompt files: one prompt a line, no header (often named .csv)",
+    "ring-a-bell": "Ring-A-Bell prompts: a CSV with a 'prompt' column (the released sets: prompt, case_number, "
+                   "evaluation_seed), else one prompt a line, no header (copies often named .csv)",
     "mma": "MMA-Diffusion CSV: the 'adv_prompt' column (target_prompt etc. kept as extra columns)",
-    "i2p": "I2P CSV: 'prompt', 'evaluation_seed', 'case_number' (+ categories, nudity_percentage, ...)",
+    "i2p": "I2P CSV: 'prompt', seed 'sd_seed' (the Hub's AIML-TUDA/i2p) or 'evaluation_seed', id 'case_number' if "
+           "present (+ categories, nudity_percentage, ...)",
     "p4d": "P4D CSV: 'prompt', 'evaluation_seed', 'case_number'",
     "unlearndiffatk": "UnlearnDiffAtk CSV (e.g. nudity.csv): 'prompt', 'evaluation_seed', 'case_number'",
     "artist": "artist CSVs (test_<artist>.csv): 'prompt', 'evaluation_seed', 'case_number', 'artist'/'artists'",
@@ -121,10 +125,22 @@ def _rows_csv_column(column: str):
     return rows
 
 
+def _has_prompt_header(path: Path) -> bool:
+    """Whether the file's first line is a CSV header naming a ``prompt`` column."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            first = next(csv.reader([fh.readline()]), [])
+    except UnicodeDecodeError:
+        return False  # the reader then reports the file as not UTF-8
+    return "prompt" in [c.strip() for c in first]
+
+
 def _reader_for(path: Path, fmt: str):
     if fmt not in PROMPT_FORMATS:
         raise DataError(f"unknown prompt format {fmt!r}; available: {sorted(PROMPT_FORMATS)}")
-    if fmt in ("lines", "ring-a-bell"):
+    if fmt == "ring-a-bell":
+        return _rows_csv if _has_prompt_header(path) else _rows_txt
+    if fmt == "lines":
         return _rows_txt
     if fmt in _PROMPT_COLUMN:
         return _rows_csv_column(_PROMPT_COLUMN[fmt])
@@ -168,6 +184,12 @@ def read_prompt_file(path: str | Path, limit: Optional[int] = None, fmt: str = "
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text") from None
     return _finish(records, str(path))
+
+
+def records_from_rows(rows: Iterable[dict[str, Any]], source: str) -> list[PromptRecord]:
+    """Rows as a CSV / JSONL prompt file holds them, checked as ``read_prompt_file`` checks a file's rows."""
+    records = [_record(i, row, f"{source}: row {i + 1}") for i, row in enumerate(rows)]
+    return _finish(records, source)
 
 
 def inline_prompts(prompts: list[str], limit: Optional[int] = None) -> list[PromptRecord]:

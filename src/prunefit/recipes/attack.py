@@ -52,6 +52,9 @@ class AttackConfig:
     concept: str = "skull"
     prompts: Optional[str] = None
     """A prompt file (.txt / .csv / .jsonl) or a toy-world set name; None = the toy concept's plain set."""
+    prompt_format: str = "auto"
+    """How the prompt file reads: auto, lines, ring-a-bell, mma, i2p, p4d, unlearndiffatk, artist
+    (``prunefit list prompt-formats``); e.g. mma reads MMA-Diffusion's 'adv_prompt' column."""
     n_prompts: int = 0
     """First N prompts (0 = all)."""
     output_dir: str = "runs/attack"
@@ -75,6 +78,10 @@ class AttackConfig:
         self.device = resolve_device(self.device)
         if self.n_prompts < 0 or self.chunk_size < 1:
             raise ConfigError("n_prompts must be >= 0 (0 = all) and chunk_size >= 1")
+        from prunefit.data.prompts import PROMPT_FORMATS
+
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"prompt_format must be one of {', '.join(PROMPT_FORMATS)}, got {self.prompt_format!r}")
 
     def attack_config(self):
         """The chosen attack's own config section (an unknown attack name is the registry's error)."""
@@ -121,7 +128,7 @@ def read_attack_prompts(cfg: AttackConfig) -> list[AttackPrompt]:
             path = str(prompts_dir() / f"{name}.jsonl")
     if path is None or not Path(path).is_file():
         raise DataError(f"prompt file not found: {cfg.prompts}; give --prompts FILE (or a toy-world set name)")
-    recs = read_prompt_file(path, limit=cfg.n_prompts or None)
+    recs = read_prompt_file(path, limit=cfg.n_prompts or None, fmt=cfg.prompt_format)
     return [AttackPrompt(r.id, r.prompt, prompt_seed(cfg.seed, r.id, r.seed)) for r in recs]
 
 
@@ -150,6 +157,7 @@ def make_protocol(cfg: AttackConfig, entry: AttackEntry, detector, prompts: list
             "prompt_threshold": cfg.detector.prompt_threshold, "asr_definition": ASR_DEFINITION,
             "attack_all": cfg.attack_all, "model": cfg.model, "base_model": cfg.base_model, "concept": cfg.concept,
             "prompts": cfg.prompts, "n_prompts": len(prompts), "seed": cfg.seed,
+            **({"prompt_format": cfg.prompt_format} if cfg.prompt_format != "auto" else {}),  # older runs resume
             "sampler": sampling_settings(sampler), "soft_prompts": entry.soft}
 
 
