@@ -17,7 +17,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-venv: $(STAMP)
+# The FID references (clean-fid 0.1.35, torch-fidelity 0.4.0) as wheel files only: tests/test_fid_modes.py imports
+# them from the wheels in a process of its own (installed, torch-fidelity without torchvision breaks torchmetrics).
+REFWHEELS := $(VENV)/refwheels/.downloaded
+$(REFWHEELS): $(STAMP)
+	$(PY) -m pip download -q --disable-pip-version-check --no-deps -d $(VENV)/refwheels \
+	  torch-fidelity==0.4.0 clean-fid==0.1.35
+	touch $@
+
+venv: $(STAMP) $(REFWHEELS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks scripts
@@ -25,13 +33,13 @@ lint: $(STAMP)
 # The suite CI runs (under 2 minutes on 2 cores) on two xdist workers, one torch thread each. The experiments'
 # end-to-end resume checks (marker `experiment`, ~35 s of worker time) run in `make test-experiments`;
 # test-fast also skips the tests marked slow.
-test: lint
+test: lint $(REFWHEELS)
 	$(PY) -m pytest -n 2 -m "not experiment"
 
-test-experiments: $(STAMP)
+test-experiments: $(STAMP) $(REFWHEELS)
 	$(PY) -m pytest -n 2 -m experiment
 
-test-fast: lint
+test-fast: lint $(REFWHEELS)
 	$(PY) -m pytest -n 2 -m "not slow and not experiment"
 
 demo: $(STAMP)

@@ -186,7 +186,7 @@ torch.save(net.state_dict(), sys.argv[1])
 
 def inception_random(path: Path) -> Path | None:
     """torch-fidelity's FID Inception-v3 with random weights (its exact module structure), saved as the weights file
-    ``fid.inception_weights`` reads; None when torch-fidelity cannot be imported here (it needs torchvision)."""
+    ``fid.weights`` reads; None when torch-fidelity cannot be imported here (it needs torchvision)."""
     if path.is_file():
         return path
     tmp = path.with_name(path.name + ".tmp")
@@ -254,7 +254,7 @@ def commands(arch: str, skel: Path, model: Path, out: Path, data: Path, concept:
     cmds += [("evaluate fid (clip features)", prunefit("evaluate", *ev, "-m", "fid", "fid.features=clip",
                                                        f"fid.clip_model={clip}", "-o", str(out / "ev-fid.json"))),
              ("evaluate fid (Inception, torch-fidelity)",
-              prunefit("evaluate", *ev, "-m", "fid", "fid.features=inception", f"fid.inception_weights={incep}",
+              prunefit("evaluate", *ev, "-m", "fid", "fid.features=inception", f"fid.weights={incep}",
                        "-o", str(out / "ev-fid-inception.json")) if incep else []),
              ("evaluate clip_score (ViT-L)", prunefit("evaluate", *ev, "-m", "clip_score", f"clip_score.model={clip}",
                                                       "-o", str(out / "ev-clip.json"))),

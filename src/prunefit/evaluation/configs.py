@@ -12,19 +12,39 @@ from prunefit.errors import require
 
 @dataclass
 class FidConfig:
+    mode: str = "torchmetrics"
+    """The FID convention. legacy_pytorch = the paper's (clean-fid's legacy_pytorch mode: pytorch-fid's FID
+    Inception-v3, each image resized bilinearly to 299 in float, scipy sqrtm distance; needs features=inception);
+    torchmetrics = torchmetrics' Fréchet math over the chosen features (judge, clip, or torch-fidelity's Inception,
+    resized with PIL bicubic)."""
     features: str = "judge"
-    """Feature network: judge (toy world), clip, or inception (optional extra; needs torchvision)."""
+    """Feature network: judge (toy world), clip, or inception (legacy_pytorch: our pure-torch pytorch-fid network;
+    torchmetrics: torch-fidelity's, an optional extra that needs torchvision)."""
+    weights: Optional[str] = None
+    """Inception weights file (pt_inception-2015-12-05-6726825d.pth); None = the torch hub cache path pytorch-fid
+    uses; random = random weights for tests and CPU smoke runs (legacy_pytorch; labelled so in results.json)."""
     reference_images: Optional[str] = None
-    """Folder of real images; its statistics are computed once and cached in reference_stats."""
+    """Folder of real images; its statistics are computed once and cached beside them, keyed by the protocol."""
     reference_stats: Optional[str] = None
-    """A stats file from `prunefit evaluate fid-ref`; for the toy world None = renders of the captions' scenes."""
-    inception_weights: Optional[str] = None
+    """A stats file from `prunefit evaluate fid-ref`; refused when made under another protocol."""
+    reference_n: Optional[int] = None
+    """Use the first N reference images (sorted by path; the paper: 5,000 COCO-2017 val images); None = all.
+    Reference statistics of another N are refused."""
     clip_model: str = "openai/clip-vit-base-patch32"
     batch_size: int = 64
 
     def __post_init__(self) -> None:
+        require(self.mode in ("legacy_pytorch", "torchmetrics"),
+                f"fid.mode must be legacy_pytorch or torchmetrics, got {self.mode!r}")
         require(self.features in ("judge", "clip", "inception"),
-               f"fid.features must be judge, clip or inception, got {self.features!r}")
+                f"fid.features must be judge, clip or inception, got {self.features!r}")
+        require(self.mode == "torchmetrics" or self.features == "inception",
+                f"fid.mode=legacy_pytorch uses the FID Inception: set fid.features=inception (got {self.features!r}),"
+                " or fid.mode=torchmetrics for judge / clip features")
+        require(self.weights != "random" or self.mode == "legacy_pytorch",
+                "fid.weights=random is for fid.mode=legacy_pytorch (tests and CPU smoke runs)")
+        require(self.reference_n is None or self.reference_n >= 2,
+                f"fid.reference_n must be >= 2 (or None = all), got {self.reference_n}")
         require(self.batch_size >= 1, f"fid.batch_size must be >= 1, got {self.batch_size}")
 
 

@@ -73,54 +73,21 @@ def toyworld_metric(ctx: EvalContext, cfg: ToyworldMetricConfig) -> MetricResult
 
 # ---------------------------------------------------------------- FID
 
-def _feature_network(cfg: FidConfig, device: str = "cpu"):
-    """The FID feature network on ``device`` (the toy judge stays on the CPU: it is a few hundred kB)."""
-    if cfg.features == "judge":
-        return fidlib.judge_features()
-    if cfg.features == "clip":
-        return fidlib.clip_features(cfg.clip_model, device)
-    return fidlib.inception_features(cfg.inception_weights, device)
-
-
-def reference_stats(cfg: FidConfig, feature_fn, size: int, name: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Reference statistics mu [D], sigma [D, D] and their metadata: a cached stats file, or computed from
-    reference_images (and cached)."""
-    if cfg.reference_images:
-        paths = fidlib.images_in(Path(cfg.reference_images))
-        cache = Path(cfg.reference_stats) if cfg.reference_stats else \
-            Path(cfg.reference_images) / f".fid-stats-{fidlib.stats_key(paths, name, size)}.safetensors"
-        if cache.is_file():
-            return fidlib.load_stats(cache)
-        feats = fidlib.batched_features(paths, feature_fn, size, cfg.batch_size)
-        mu, sigma = fidlib.feature_stats(feats)
-        meta = {"extractor": name, "n": len(paths), "size": size, "source": str(cfg.reference_images)}
-        fidlib.save_stats(cache, mu, sigma, meta)
-        return mu, sigma, meta
-    if cfg.reference_stats:
-        mu, sigma, meta = fidlib.load_stats(Path(cfg.reference_stats))
-        if meta.get("extractor") != name:
-            raise ConfigError(f"reference stats {cfg.reference_stats} were made with {meta.get('extractor')!r}, "
-                              f"not {name!r}; recompute them with the same fid.features")
-        return mu, sigma, meta
-    raise ConfigError("fid needs fid.reference_images or fid.reference_stats")
-
-
 def fid_metric(ctx: EvalContext, cfg: FidConfig) -> MetricResult:
-    """FID of the run's images against reference images or statistics."""
+    """FID of the run's images against reference images or statistics, under ``cfg.mode``'s convention."""
     if not (cfg.reference_images or cfg.reference_stats):
         raise ConfigError("fid needs fid.reference_images or fid.reference_stats (toy-world runs: use the toyworld "
                           "metric's FJD, which renders the captions' scenes)")
-    feature_fn, size, name = _feature_network(cfg, ctx.device)
-    mu_r, sigma_r, meta = reference_stats(cfg, feature_fn, size, name)
+    net = fidlib.feature_network(cfg, ctx.device)
+    mu_r, sigma_r, meta = fidlib.reference_stats(cfg, net)
     paths = [ctx.image_path(i) for i in ctx.ids]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise DataError(f"manifest lists {len(missing)} image(s) that are missing, e.g. {missing[0]}")
-    feats = fidlib.batched_features(paths, feature_fn, size, cfg.batch_size)
-    value = fidlib.frechet_distance(*fidlib.feature_stats(feats), mu_r, sigma_r)
-    protocol = {"features": name, "resize": f"bicubic to {size}", "n_generated": len(paths),
-                "n_reference": meta.get("n"), "reference": meta.get("source", cfg.reference_stats),
-                "implementation": "torchmetrics _compute_fid over our features"}
+    feats = fidlib.batched_features(paths, net, cfg.batch_size)
+    value = net.distance(*fidlib.feature_stats(feats), mu_r, sigma_r)
+    protocol = {**net.protocol, "n_generated": len(paths), "n_reference": meta.get("n"),
+                "reference": meta.get("source", cfg.reference_stats)}
     return MetricResult({"fid": value}, protocol)
 
 
@@ -268,8 +235,8 @@ def register_builtin(register_metric) -> None:
     imports the registry, which imports it)."""
     register_metric("toyworld", toyworld_metric, "images",
                     "judge-based concept rates (ASR), prompt fidelity and FJD on toy-world runs", ToyworldMetricConfig)
-    register_metric("fid", fid_metric, "images", "Fréchet distance to reference images (judge, CLIP or Inception)",
-                    FidConfig)
+    register_metric("fid", fid_metric, "images",
+                    "Fréchet distance to reference images (fid.mode: legacy_pytorch or torchmetrics)", FidConfig)
     register_metric("clip_score", clip_score_metric, "images", "CLIP image-prompt similarity (x100 by default)",
                     ClipScoreConfig)
     register_metric("nudity_asr", nudity_metric, "images", "NudeNet attack success rate (optional extra, AGPL)",

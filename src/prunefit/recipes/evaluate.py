@@ -20,7 +20,6 @@ from prunefit.errors import ConfigError
 from prunefit.evaluation import fid as fidlib
 from prunefit.evaluation.configs import FidConfig
 from prunefit.evaluation.context import EvalContext
-from prunefit.evaluation.metrics import _feature_network
 from prunefit.evaluation.registry import get_metric, metric_sections
 from prunefit.evaluation.results import check_results_target, merge_results
 from prunefit.generation.ranks import current_ranks
@@ -103,17 +102,21 @@ def main(cfg: EvaluateConfig) -> EvaluateResult:
 
 
 def fid_reference(images: str, cfg: FidConfig, output: str | None = None) -> Path:
-    """Compute reference statistics of ``images`` with ``cfg.features`` and save them (safetensors)."""
-    feature_fn, size, name = _feature_network(cfg)
-    paths = fidlib.images_in(Path(images))
-    feats = fidlib.batched_features(paths, feature_fn, size, cfg.batch_size,
-                                    progress=lambda r: tqdm(r, desc="fid-ref", unit="batch"))
-    mu, sigma = fidlib.feature_stats(feats)
-    out = Path(output) if output else Path(images) / f"fid-stats-{cfg.features}.safetensors"
-    fidlib.save_stats(out, mu, sigma, {"extractor": name, "n": len(paths), "size": size, "source": str(images)})
+    """Compute reference statistics of ``images`` under ``cfg``'s protocol (mode, features, N, resolution, resize,
+    weights) and save them with it (safetensors); the default file name carries the protocol's key."""
+    net = fidlib.feature_network(cfg)
+    paths = fidlib.reference_paths(images, cfg.reference_n)
+    out = Path(output) if output else \
+        Path(images) / f"fid-stats-{cfg.mode}-{cfg.features}-{fidlib.stats_key(paths, net.protocol)}.safetensors"
+    fidlib.compute_reference_stats(images, net, cfg, out, progress=lambda r: tqdm(r, desc="fid-ref", unit="batch"))
     return out
 
 
 def fid_reference_lines(images: str, cfg: FidConfig, output: str | None = None) -> list[str]:
-    """``prunefit evaluate fid-ref``: save the statistics (``fid_reference``); the console line names the file."""
-    return [f"FID reference statistics ({cfg.features}) -> {fid_reference(images, cfg, output)}"]
+    """``prunefit evaluate fid-ref``: save the statistics (``fid_reference``); the console lines name the file and
+    the protocol it was made under."""
+    out = fid_reference(images, cfg, output)
+    _, _, meta = fidlib.load_stats(out)
+    proto = meta["protocol"]
+    return [f"FID reference statistics ({cfg.mode}, {cfg.features}, N={meta['n']}) -> {out}",
+            f"protocol: resolution {proto['resolution']}, resize {proto['resize']}; weights {proto['weights']}"]
