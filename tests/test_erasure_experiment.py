@@ -52,7 +52,7 @@ def test_toy_uce_guides_and_preserve_set():
     from prunefit.toyworld.world import KEEP_ARTISTS
 
     assert uce_guide("skull", "toyworld") == ["drawing"] and uce_guide("Claude Dots", "toyworld") == ["painting"]
-    assert uce_guide("nudity", "sd21") == ["art"] and uce_guide("skull", "sd21") == ["person"]
+    assert uce_guide("nudity", "sd21") == ["person"] and uce_guide("Van Gogh", "sd21") == ["art"]  # by kind on SD
     keep = uce_preserve("Katsu Waves", "toyworld")
     assert "Katsu Waves" not in keep and set(KEEP_ARTISTS) - {"Katsu Waves"} <= set(keep)
     assert all("skull" not in p for p in keep) and len(keep) == 5 + 2 + 20

@@ -114,3 +114,91 @@ def test_a_bad_key_in_the_sidecar_is_one_line(tmp_path):
     save_pipeline(comps, tmp_path / "p")
     with pytest.raises(ConfigError, match=r"prunefit.json sets unknown esd keys \['learning_rate'\]"):
         load_erase_config([], [f"model={tmp_path / 'p'}", "removal.method=esd", "removal.concepts=[x]"])
+
+
+# ---------------------------------------------------------------- kinds of concept (style, object, unsafe)
+
+def test_concept_kind_on_the_toy_world_and_on_sd():
+    from prunefit.config.concepts import concept_kind
+    from prunefit.errors import ConfigError
+    from prunefit.toyworld.erase_defaults import toy_concept_kinds
+
+    toy = toy_concept_kinds()
+    assert [concept_kind(c, toy) for c in ("skull", "bone face", "Claude Dots", "circle")] == \
+        ["unsafe", "unsafe", "style", "object"]
+    with pytest.raises(ConfigError, match="concept 'dog' is not one this model knows; erase one of"):
+        concept_kind("dog", toy)
+    with pytest.raises(ConfigError, match="is of kind style on this model, not object"):
+        concept_kind("Claude Dots", toy, "object")
+    assert [concept_kind(c) for c in ("nudity", "Naked", "a photo of a nude man", "NSFW", "Van Gogh", "church")] == \
+        ["unsafe", "unsafe", "unsafe", "unsafe", "style", "style"]
+    assert concept_kind("church", stated="object") == "object" and concept_kind("naked mole rat", stated="object") \
+        == "object"  # the user's word wins on an open vocabulary
+    with pytest.raises(ConfigError, match="concept_kind must be one of style, object, unsafe"):
+        concept_kind("x", stated="thing")
+
+
+def test_sd_gets_the_references_settings_per_kind():
+    """``tiny`` (like SD) carries no sidecar: nudity gets ESD-u, UCE's "person", ConceptPrune's humans; an object
+    (stated) ESD-u, the unconditional guide and the reference's scenes; a style the papers' defaults; never toy text."""
+    def cfg(method, concept, *extra):
+        return load_erase_config([], ["model=tiny", f"removal.method={method}", f"removal.concepts=[{concept}]",
+                                      *extra])
+
+    assert cfg("esd", "nudity").esd.train_method == "noxattn"
+    assert cfg("esd", "nudity").removal.model_defaults == ["esd.train_method"]
+    assert cfg("uce", "nudity").uce.guides == ["person"]
+    cp = cfg("concept_prune", "nudity").concept_prune
+    assert (cp.target_template, len(cp.things), cp.things[0]) == ("a photo of a naked {thing}", 18, "man")
+    assert cfg("esd", "church", "removal.concept_kind=object").esd.train_method == "noxattn"
+    assert cfg("uce", "church", "removal.concept_kind=object").uce.guides == [" "]
+    obj = cfg("concept_prune", "church", "removal.concept_kind=object").concept_prune
+    assert (obj.base_template, obj.target_template, obj.things[0]) == ("a {thing}", "a {concept} in a {thing}", "road")
+    style = cfg("concept_prune", "Van Gogh").concept_prune
+    assert (style.base_template, len(style.things)) == ("a photo of a {thing}", 20)
+    assert (cfg("esd", "Van Gogh").esd.train_method, cfg("uce", "Van Gogh").uce.guides) == ("xattn", ["art"])
+    adv = cfg("advunlearn", "nudity").advunlearn
+    assert (adv.train_method, len(adv.retain_prompts), adv.retain_prompts[0]) == ("noxattn", 243, "a photo of chair")
+    toy_text = ("circle", "square", "triangle", "background")
+    assert not any(w in p for p in adv.retain_prompts + style.things + cp.things for w in toy_text)
+    assert cfg("uce", "nudity", "uce.guides=[body]").uce.guides == ["body"]  # the user still wins
+
+
+def test_the_toy_world_has_rows_for_objects_and_refuses_unknown_concepts():
+    from prunefit.errors import ConfigError
+
+    esd = load_erase_config([], ["removal.method=esd", "removal.concepts=[circle]"]).esd
+    assert (esd.train_method, esd.iterations, esd.lr) == ("noxattn", 200, 1e-4)  # not the artists' ESD-x
+    assert esd.retain_prompts and not any("circle" in p for p in esd.retain_prompts)  # never retain what is erased
+    uce = load_erase_config([], ["removal.method=uce", "removal.concepts=[circle]"]).uce
+    assert uce.guides == [" "] and "circle" not in uce.preserve and "Claude Dots" in uce.preserve
+    cp = load_erase_config([], ["removal.method=concept_prune", "removal.concepts=[circle]"]).concept_prune
+    assert cp.target_template == "a {concept} on a {thing} background"
+    art = load_erase_config([], ["removal.method=concept_prune", "removal.concepts=[Claude Dots]"]).concept_prune
+    assert (art.things[0], art.base_template, art.target_template) == ("a red circle", "{thing}",
+                                                                      "{thing} in the style of {concept}")
+    adv = load_erase_config([], ["removal.method=advunlearn", "removal.concepts=[skull]"]).advunlearn
+    assert adv.retain_prompts[0] == "a red circle on a black background" and len(adv.retain_prompts) == 4
+    with pytest.raises(ConfigError, match="concept 'dog' is not one this model knows"):
+        load_erase_config([], ["removal.method=esd", "removal.concepts=[dog]"])
+
+
+def test_the_experiments_protocol_picks_by_kind_and_keeps_the_archived_toy_sections():
+    from prunefit.experiments.common.protocol import EraseKnobs, esd_parameters, method_section, uce_guide
+    from prunefit.removal.advunlearn.method import AdvUnlearnConfig
+    from prunefit.removal.concept_prune.method import ConceptPruneConfig
+
+    assert [esd_parameters(c) for c in ("skull", "Claude Dots", "circle")] == ["noxattn", "xattn", "noxattn"]
+    assert [esd_parameters(c, "stabilityai/stable-diffusion-2-1") for c in ("nudity", "Van Gogh")] == \
+        ["noxattn", "xattn"]
+    assert (uce_guide("skull", "toyworld"), uce_guide("Claude Dots", "toyworld")) == (["drawing"], ["painting"])
+    assert (uce_guide("nudity", "sd"), uce_guide("Van Gogh", "sd")) == (["person"], ["art"])
+    knobs = EraseKnobs(esd_iterations=10, esd_lr=1e-4, esd_ddim_steps=20, advunlearn_iterations=10,
+                       concept_prune_steps=5)
+    cp = method_section(ConceptPruneConfig, "concept_prune", "skull", "toyworld", knobs)
+    assert (cp.things[0], cp.base_template, cp.target_template) == ("a red circle", "{thing}",
+                                                                    "{thing} that is a skull")
+    adv = method_section(AdvUnlearnConfig, "advunlearn", "Claude Dots", "toyworld", knobs)
+    assert len(adv.retain_prompts) == 4 and adv.train_method == "xattn"
+    sd = method_section(ConceptPruneConfig, "concept_prune", "nudity", "sd", knobs)
+    assert sd.target_template == "a photo of a naked {thing}"

@@ -3,7 +3,13 @@
 ``resolve_model(path)`` -> ``ModelRef``: a dense model ('toyworld', 'tiny', a diffusers pipeline folder, a hub
 id), an expert folder (``expert.json``), routed experts (a ``prunefit prune`` folder: ``router/`` +
 ``experts/``) or an experiment row folder (``row.json``, or ``expert/`` / ``pipeline/`` inside). It reads JSON
-only, never weights; ``model_components`` and ``load_student`` then load what it named.
+only, never weights; ``model_components`` and ``load_student`` then load what it named. A student may also be a
+plain diffusers UNet folder (``config.json`` + ``diffusion_pytorch_model.safetensors``, e.g. a BK-SDM student).
+
+A student, expert or model may also name an expert of a ``prunefit prune`` output by its MAC ratio:
+``runs/sd21/prune@mac=0.8`` is the expert whose expert.json records the MAC ratio nearest 0.8 (within
+``MAC_TOLERANCE``), so a config says which expert it means (the paper's ~80% expert) rather than an index that
+another pruning run numbers differently (``expert_by_mac``).
 
 ``check_inputs(model=..., student=...)`` checks a recipe's inputs before anything is created or loaded. Every
 check is cheap (file headers and JSON, no weights) and raises the reader's own one-line error, so a bad path fails
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,6 +28,31 @@ from typing import Optional
 from prunefit.errors import ConfigError, ModelLoadError
 
 KINDS = ("dense", "expert", "routed", "row")
+
+MAC_TOLERANCE = 0.05
+"""How far the nearest expert's MAC ratio may be from the one a ``<prune output>@mac=R`` spec asks for."""
+_MAC_SPEC = re.compile(r"^(?P<dir>.+)@mac=(?P<ratio>[0-9]*\.?[0-9]+)$")
+
+
+def expert_by_mac(spec: str | Path) -> str:
+    """``<prune output>@mac=R`` -> the folder of its expert whose MAC ratio is nearest R (refused, in one line,
+    when none is within ``MAC_TOLERANCE``); any other spec is returned unchanged."""
+    m = _MAC_SPEC.match(str(spec))
+    if m is None:
+        return str(spec)
+    from prunefit.pruning.expert import read_expert_info
+
+    root, want = Path(m["dir"]), float(m["ratio"])
+    experts = sorted((root / "experts").glob("expert-*")) if (root / "experts").is_dir() else []
+    if not experts:
+        raise ModelLoadError(f"{spec}: {root} has no experts/expert-*; name a finished `prunefit prune` output")
+    ratios = {e: read_expert_info(e).mac_ratio for e in experts}
+    best = min(ratios, key=lambda e: (abs(ratios[e] - want), e.name))
+    if abs(ratios[best] - want) > MAC_TOLERANCE:
+        have = ", ".join(f"{e.name} {r:.3f}" for e, r in ratios.items())
+        raise ConfigError(f"{spec}: no expert within {MAC_TOLERANCE} of MAC ratio {want} ({have}); name one of "
+                          "them by path or by its ratio")
+    return str(best)
 
 
 @dataclass(frozen=True)
@@ -55,6 +87,7 @@ def resolve_model(path: str | Path, base: Optional[str] = None) -> ModelRef:
     caller knows it (default: the source model their expert.json / router.json record). A path that is not an
     existing folder is a dense model spec (checked when loaded); an existing folder that holds no model fails
     with one line."""
+    path = expert_by_mac(path)
     p = Path(str(path)).expanduser()
     if not p.is_dir():
         return ModelRef("dense", str(path), str(path))
@@ -116,27 +149,33 @@ def model_components(ref: ModelRef, device: str = "cpu", dtype: str = "float32",
 
 
 def load_student(cfg_student: Optional[str], comps):
-    """(trainable student UNet, expert info or None): an expert folder, or a copy of the teacher UNet (the students
-    of ``finetune``, ``bilevel`` and ``erase``)."""
+    """(trainable student UNet, expert info or None): an expert folder, a plain diffusers UNet folder (e.g. a BK-SDM
+    student; info None, so it is saved as a pipeline like the teacher's copy) or a copy of the teacher UNet (the
+    students of ``finetune``, ``bilevel`` and ``erase``)."""
+    from prunefit.models.unet_folder import is_unet_folder, load_unet_folder
     from prunefit.pruning.expert import load_expert
 
     if not cfg_student:
         return copy.deepcopy(comps.unet), None
+    cfg_student = expert_by_mac(cfg_student)
+    if is_unet_folder(cfg_student):
+        return load_unet_folder(cfg_student, dict(comps.unet.config)).requires_grad_(False), None
     ref = resolve_model(cfg_student, base=str(comps.source))
     return load_expert(ref.expert or cfg_student, comps.unet.config)
 
 
 def check_inputs(model: Optional[str] = None, student: Optional[str] = None, expert: Optional[str] = None,
                  experts: Optional[str] = None, cache_dir: Optional[str] = None) -> None:
-    """``model``: a loadable model spec; ``student`` / ``expert``: an expert folder; ``experts``: a
-    ``prunefit prune`` output (router + experts); ``cache_dir``: a latent cache made with ``model``."""
+    """``model``: a loadable model spec; ``student``: an expert or plain diffusers UNet folder; ``expert``: an expert
+    folder; ``experts``: a ``prunefit prune`` output (router + experts); ``cache_dir``: a latent cache made with
+    ``model``."""
     from prunefit.models.components import check_model_spec
 
     if model is not None:
         check_model_spec(model)
     for key, path in (("student", student), ("expert", expert)):
         if path:
-            _check_expert(key, path)
+            _check_expert(key, expert_by_mac(path))
     if experts:
         _check_prune_output(experts)
     if cache_dir:
@@ -146,12 +185,19 @@ def check_inputs(model: Optional[str] = None, student: Optional[str] = None, exp
 
 
 def _check_expert(key: str, path: str) -> None:
+    from prunefit.models.unet_folder import check_unet_folder, is_unet_folder
     from prunefit.pruning.expert import check_expert_folder
 
     p = Path(path)
     if not p.is_dir():
         raise ModelLoadError(f"{key} folder not found: {path} (pass an expert folder, e.g. "
                              "runs/prune/experts/expert-0)")
+    if key == "student" and is_unet_folder(p):
+        check_unet_folder(p)
+        return
+    if (p / "arch_vector.pt").is_file() or (p / "quantizer_embeddings.pt").is_file():
+        raise ModelLoadError(f"{path} is an APTP checkpoint in its authors' format; import it first: "
+                             f"prunefit import aptp {path} -o EXPERT_DIR")
     check_expert_folder(p)
 
 

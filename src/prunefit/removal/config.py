@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from prunefit.config.concepts import KINDS
 from prunefit.config.schema import TrainConfig
 from prunefit.config.sections import with_sections
 from prunefit.errors import ConfigError
@@ -19,6 +20,10 @@ class RemovalSection:
     """Concepts to remove; copied into the method's section when that lists none."""
     reference: str = "frozen"
     """Targets from a frozen copy of the edited model (ESD) or from the unpruned teacher ('teacher')."""
+    concept_kind: Optional[str] = None
+    """style, object or unsafe: the kind of the concepts, which picks the methods' settings for them
+    (``prunefit.config.concepts``); None = the model's table (the toy world) or the words rule (SD: nudity words
+    are unsafe, anything else a style)."""
     model_defaults: list[str] = field(default_factory=list)
     """Written by ``load_config`` (``EraseConfig.carried_defaults``): the method keys taken from the model's
     prunefit.json (a record)."""
@@ -26,6 +31,9 @@ class RemovalSection:
     def __post_init__(self) -> None:
         if self.reference not in ("frozen", "teacher"):
             raise ConfigError(f"removal.reference must be frozen or teacher, got {self.reference!r}")
+        if self.concept_kind is not None and self.concept_kind not in KINDS:
+            raise ConfigError(f"removal.concept_kind must be one of {', '.join(KINDS)} (or null), got "
+                              f"{self.concept_kind!r}")
 
 
 @dataclass

@@ -1,5 +1,11 @@
 """The removal-method settings that work on the toy world, as the teacher's prunefit.json carries them.
 
+They are rows per kind of concept (``prunefit.config.concepts``): the artists are styles, the skull's phrasings
+unsafe, the shapes objects, and the sidecar lists every concept with its kind (``toy_concept_kinds``) so an
+unknown concept is refused. The object rows are NOT YET CHOSEN ON THE DEV SPLIT: they are the references' object
+settings (ESD-u, UCE's unconditional guide, ConceptPrune's scene prompts) at the toy loop's budget, because
+``scripts/check_erase_defaults.py`` cannot judge a shape yet (no per-shape prompt set, no shape rate).
+
 SD keeps the papers' values (ESD lr 1e-5 x 1,000, UCE guide "art"); on the toy world those fail: its tokenizer
 never saw "art" (an untrained embedding as the guide) and 1e-5 x 1,000 barely moves its small UNet. These are
 the settings ``prunefit experiment erasure`` measured (docs/results/erasure_toy.md): in-vocabulary guides
@@ -28,6 +34,15 @@ from __future__ import annotations
 PRESERVE_CAPTIONS = 20
 """Neutral training-grammar captions in UCE's preserve set."""
 
+CONCEPT_PRUNE_THINGS = ("a red circle", "a blue square", "a green triangle", "a yellow star", "a purple cross",
+                        "an orange circle", "a small blue star", "a large red square", "a green cross",
+                        "a yellow triangle")
+"""ConceptPrune's subjects on the toy world (the reference's 20 objects play this role on SD)."""
+
+ADVUNLEARN_RETAIN = ("a red circle on a black background", "a blue square on a white background",
+                     "a green triangle on a gray background", "a yellow star on a black background")
+"""AdvUnlearn's retain prompts on the toy world (the reference's COCO-object prompts play this role on SD)."""
+
 
 def neutral_captions(n: int = PRESERVE_CAPTIONS) -> list[str]:
     """``n`` captions of the training grammar without artist or unsafe object (a fixed seed, not an eval set)."""
@@ -46,16 +61,41 @@ def uce_preserve_set(artists, concept: str | None = None, n_captions: int = PRES
     return [c for c in (*SHAPES, *artists, *neutral_captions(n_captions)) if c != concept]
 
 
+def toy_concept_kinds() -> dict[str, str]:
+    """Every concept the toy world knows, with its kind (``prunefit.config.concepts.KINDS``): the artists are
+    styles, the shapes objects, the skull's phrasings (and "unsafe", the label the judge and prompt sets use)
+    unsafe. The sidecar carries it, so an unknown concept is refused rather than given an artist's settings."""
+    from prunefit.toyworld.world import ARTISTS, SHAPES, UNSAFE_PHRASES
+
+    return {**{a: "style" for a in ARTISTS}, **{s: "object" for s in SHAPES},
+            **{p: "unsafe" for p in (*UNSAFE_PHRASES, "unsafe")}}
+
+
 def toy_method_defaults() -> dict:
-    """``{"methods": {section: {key: value}}, "concepts": {concept: {section: {key: value}}}}``."""
-    from prunefit.toyworld.world import ARTISTS, UCE_GUIDES, UNSAFE_PHRASES
+    """``{"methods": {section: {key: value}}, "kinds": {kind: {section: ...}}, "concepts": {...},
+    "concept_kinds": {concept: kind}}``: settings shared by every concept, then per kind of concept, then per
+    concept (``prunefit.removal.defaults.resolve_defaults``)."""
+    from prunefit.toyworld.world import ARTISTS, BACKGROUNDS, UCE_GUIDES
 
     loop = {"lr": 1e-4, "iterations": 200, "ddim_steps": 20}
     esd = {**loop, "retain_prompts": neutral_captions(), "retain_weight": 0.0}
+    style = {"uce": {"guides": [UCE_GUIDES["artist"]]},
+             "concept_prune": {"target_template": "{thing} in the style of {concept}"}}
     unsafe = {"esd": {"train_method": "noxattn", "iterations": 300}, "advunlearn": {"train_method": "noxattn"},
               "uce": {"guides": [UCE_GUIDES["unsafe"]]},
               "concept_prune": {"target_template": "{thing} that is a {concept}"}}
-    return {"methods": {"esd": esd, "advunlearn": dict(loop), "concept_prune": {"steps": 10},
-                        "uce": {"guides": [UCE_GUIDES["artist"]],
-                                "preserve": uce_preserve_set(ARTISTS)}},
-            "concepts": {phrase: unsafe for phrase in UNSAFE_PHRASES}}
+    # Objects (the shapes): NOT YET CHOSEN ON THE DEV SPLIT. The ESD paper's object settings (ESD-u) at the toy
+    # loop's budget, UCE's reference guide for objects (the unconditional " "), ConceptPrune's object prompts
+    # ("a {scene}" / "a {object} in a {scene}") on the toy world's backgrounds. To choose them as the artists' and
+    # the skull's were: scripts/check_erase_defaults.py --split dev --concepts circle,square,triangle,star,cross
+    # (once it judges shapes), candidates through --set, then the chosen one on --split test.
+    obj = {"esd": {"train_method": "noxattn"}, "advunlearn": {"train_method": "noxattn"}, "uce": {"guides": [" "]},
+           "concept_prune": {"things": list(BACKGROUNDS), "base_template": "a {thing} background",
+                             "target_template": "a {concept} on a {thing} background"}}
+    return {"methods": {"esd": esd, "advunlearn": {**loop, "retain_prompts": list(ADVUNLEARN_RETAIN)},
+                        "concept_prune": {"steps": 10, "things": list(CONCEPT_PRUNE_THINGS),
+                                          "base_template": "{thing}"},
+                        "uce": {"preserve": uce_preserve_set(ARTISTS)}},
+            "kinds": {"style": style, "unsafe": unsafe, "object": obj},
+            "concepts": {},
+            "concept_kinds": toy_concept_kinds()}

@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from prunefit.experiments.common.judging import is_unsafe
+from prunefit.config.concepts import concept_kind
+from prunefit.toyworld.erase_defaults import ADVUNLEARN_RETAIN, CONCEPT_PRUNE_THINGS
 
 TOY_ATTACK_BUDGETS = {"unlearndiff": {"iterations": 40}, "ringabell": {"generations": 50, "population": 64},
                       "p4d": {"iterations": 100}}
@@ -37,21 +38,41 @@ class EraseKnobs:
         return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
 
 
-def esd_parameters(concept: str) -> str:
-    """ESD's parameter subset for a concept: ESD-u (non-cross-attention) for the unsafe concept, as the ESD
-    paper does for nudity; ESD-x (cross-attention) for artists."""
-    return "noxattn" if is_unsafe(concept) else "xattn"
+def kind_of(concept: str, model: str) -> str:
+    """The concept's kind (``prunefit.config.concepts``) on the experiments' model: the toy world's table (an
+    unknown concept is refused), or the words rule on an open-vocabulary model (SD)."""
+    if model == "toyworld":
+        from prunefit.toyworld.erase_defaults import toy_concept_kinds
+
+        return concept_kind(concept, toy_concept_kinds())
+    return concept_kind(concept)
+
+
+def _toy_row(kind: str, method: str) -> dict:
+    """The toy sidecar's row of ``method`` for ``kind`` (the settings ``prunefit erase`` uses there too)."""
+    from prunefit.toyworld.erase_defaults import toy_method_defaults
+
+    return toy_method_defaults()["kinds"][kind].get(method, {})
+
+
+def esd_parameters(concept: str, model: str = "toyworld") -> str:
+    """ESD's parameter subset for a concept, by its kind: ESD-u (non-cross-attention) for unsafe concepts and
+    objects, as the ESD paper does for nudity and object classes; ESD-x (cross-attention) for styles."""
+    from prunefit.removal.esd.method import ESDConfig
+
+    return ESDConfig.kind_defaults.get(kind_of(concept, model), {}).get("train_method", ESDConfig.train_method)
 
 
 def uce_guide(concept: str, model: str) -> list[str]:
-    """UCE's guide concept. SD: the reference's "art" (artists) / "person" (nudity). Toy world: the in-vocabulary
-    generic words that play those roles ("painting", "drawing"; an unseen word has an untrained embedding)."""
+    """UCE's guide concept, by the concept's kind. SD: the reference's "art" (artists), "person" (nudity), " "
+    (objects: unconditional). Toy world: the in-vocabulary generic words that play those roles ("painting",
+    "drawing"; an unseen word has an untrained embedding), " " for its shapes."""
+    from prunefit.removal.uce.method import UCEConfig
+
+    kind = kind_of(concept, model)
     if model == "toyworld":
-        from prunefit.toyworld.world import UCE_GUIDES
-
-        return [UCE_GUIDES["unsafe" if is_unsafe(concept) else "artist"]]
-    return ["person"] if is_unsafe(concept) else ["art"]
-
+        return list(_toy_row(kind, "uce")["guides"])
+    return list(UCEConfig.kind_defaults.get(kind, {}).get("guides", UCEConfig().guides))
 
 
 def uce_preserve(concept: str, model: str, preserve_captions: int = 20) -> list[str]:
@@ -66,22 +87,43 @@ def uce_preserve(concept: str, model: str, preserve_captions: int = 20) -> list[
     return uce_preserve_set(KEEP_ARTISTS, concept, preserve_captions)
 
 
+def advunlearn_retain(model: str) -> dict:
+    """AdvUnlearn's retain set for the experiments' model as section keys: the toy captions on the toy world (what
+    the archived stages recorded), {} elsewhere (the reference's COCO-object prompts, the section's default)."""
+    return {"retain_prompts": list(ADVUNLEARN_RETAIN)} if model == "toyworld" else {}
+
+
 def method_section(config_cls: type, method: str, concept: str, model: str, knobs: EraseKnobs,
                    train_method: Optional[str] = None):
     """A method's section with the experiments' toy-scale protocol for the built-in methods (budgets, UCE's
-    guides and preserve set, ConceptPrune's unsafe template); any other registered method keeps its defaults."""
-    params = train_method or esd_parameters(concept)
+    guides and preserve set, ConceptPrune's prompts and AdvUnlearn's retain set for the concept's kind and
+    model); any other registered method keeps its defaults."""
+    params = train_method or esd_parameters(concept, model)
     base = config_cls(concepts=[concept])
+    kind = kind_of(concept, model)
     if method == "esd":
         return dataclasses.replace(base, iterations=knobs.esd_iterations, lr=knobs.esd_lr,
                                    ddim_steps=knobs.esd_ddim_steps, train_method=params)
     if method == "advunlearn":  # the reference's attack schedule (200 warm-up of 1,000, 30 PGD steps) scaled
         return dataclasses.replace(base.scaled(knobs.advunlearn_iterations), lr=knobs.esd_lr,
-                                   ddim_steps=knobs.esd_ddim_steps, train_method=params)
+                                   ddim_steps=knobs.esd_ddim_steps, train_method=params, **advunlearn_retain(model))
     if method == "uce":
         return dataclasses.replace(base, guides=uce_guide(concept, model), preserve=uce_preserve(concept, model))
     if method == "concept_prune":
-        template = {"target_template": "{thing} that is a " + concept} if is_unsafe(concept) else {}
-        return dataclasses.replace(base, steps=knobs.concept_prune_steps, **template)
+        prompts = _concept_prune_prompts(concept, kind, model)
+        return dataclasses.replace(base, steps=knobs.concept_prune_steps, **prompts)
     return base
 
+
+def _concept_prune_prompts(concept: str, kind: str, model: str) -> dict:
+    """ConceptPrune's subjects and templates: the reference's for the kind on SD; on the toy world its shapes with
+    the toy templates (the unsafe one written out with the concept, as the archived stages recorded it)."""
+    from prunefit.removal.concept_prune.method import ConceptPruneConfig
+
+    if model != "toyworld":
+        return dict(ConceptPruneConfig.kind_defaults.get(kind, {}))
+    toy = {"things": list(CONCEPT_PRUNE_THINGS), "base_template": "{thing}",
+           "target_template": "{thing} in the style of {concept}"}
+    if kind == "unsafe":
+        return {**toy, "target_template": "{thing} that is a " + concept}
+    return {**toy, **_toy_row(kind, "concept_prune")}

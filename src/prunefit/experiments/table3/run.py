@@ -27,7 +27,7 @@ from prunefit.config.schema import DataConfig, FinetuneConfig
 from prunefit.errors import ConfigError
 from prunefit.experiments.common.attacks import add_attacks
 from prunefit.experiments.common.judging import is_unsafe, judge_model
-from prunefit.experiments.common.protocol import EraseKnobs, esd_parameters
+from prunefit.experiments.common.protocol import EraseKnobs, advunlearn_retain, esd_parameters
 from prunefit.experiments.common.stages import concept_slug, pruned_once, run_erase, stage_dir
 from prunefit.experiments.table3.config import ROW_NAMES, ExperimentConfig
 from prunefit.experiments.table3.report import write_table3_report
@@ -94,7 +94,7 @@ class Table3:
             upper_train_method=c.upper_train_method or esd_parameters(concept), upper_xt_source=c.bilevel_xt_source,
             upper_condition=c.upper_condition, upper_batch_size=c.upper_batch_size, track_vartheta=c.track_vartheta,
             data=self.lower_data(concept), train=train, loss=c.loss, esd=ESDConfig(ddim_steps=c.esd_ddim_steps),
-            advunlearn=AdvUnlearnConfig(ddim_steps=c.esd_ddim_steps).scaled(upper_steps),
+            advunlearn=AdvUnlearnConfig(ddim_steps=c.esd_ddim_steps, **advunlearn_retain(c.model)).scaled(upper_steps),
             resume="latest" if (out / "checkpoints").is_dir() else None)
 
     # ---------------------------------------------------------------- building blocks

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 from typing import ClassVar, Optional
 
 import torch
@@ -36,17 +38,27 @@ from prunefit.training.loop import Phase, adamw_phase
 REFERENCE = {"iterations": 1000, "attack_warmup": 200, "attack_steps": 30, "attack_lr": 1e-3}
 """The reference's budget (AdvUnlearn's released settings)."""
 
+RETAIN_FILE = Path(__file__).with_name("coco_object_retain.csv")
+"""The reference's retain set (``--dataset_retain coco_object``), shipped verbatim; its source: the .md beside it."""
+
+
+@lru_cache(maxsize=1)
+def reference_retain_prompts() -> tuple[str, ...]:
+    """The 243 prompts of AdvUnlearn's ``coco_object`` retain set, in file order."""
+    from prunefit.data.prompts import read_prompt_file
+
+    return tuple(r.prompt for r in read_prompt_file(RETAIN_FILE))
+
 
 @dataclass
 class AdvUnlearnConfig(ESDConfig):
     """ESD's settings (the outer unlearning step: x_t source, DDIM rollout, eta, parameter subset, budget) plus the
     attack's and the retain loss's."""
 
-    retain_prompts: list[str] = field(default_factory=lambda: [
-        "a red circle on a black background", "a blue square on a white background",
-        "a green triangle on a gray background", "a yellow star on a black background"])
-    """Prompts whose outputs must not change (the reference: COCO-like captions); the retain term is ESD's
-    (``ESDObjective.retain_term``), on by default here."""
+    retain_prompts: list[str] = field(default_factory=lambda: list(reference_retain_prompts()))
+    """Prompts whose outputs must not change: the reference's retain set (``coco_object_retain.csv``, 243 "a photo
+    of {object}" prompts; a model's prunefit.json may carry its own, e.g. the toy world's captions); the retain
+    term is ESD's (``ESDObjective.retain_term``), on by default here."""
     target: str = "unet"
     """unet or text_encoder (train_method picks the UNet parameter subset when target=unet)."""
     attack_tokens: int = 1

@@ -11,7 +11,7 @@ W <- W * (1 - M). Masks are returned for saving.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 
@@ -19,16 +19,24 @@ from prunefit.errors import ConfigError
 from prunefit.removal.context import RemovalContext, ffn_outputs
 from prunefit.removal.entry import EditResult
 
+THINGS = ("cat", "dog", "mouse", "bear", "car", "chair", "bag", "door", "rabbit", "ball", "bat", "horse", "bird",
+          "flower", "bowl", "bottle", "wall", "building", "chicken", "duck")
+"""The reference's 20 subjects for artist styles (``datasets/things.txt`` of ruchikachavhan/concept-prune)."""
+HUMANS = ("man", "woman", "girl", "boy", "child", "couple", "guy", "doctor", "nurse", "teacher", "lawyer", "mother",
+          "father", "kid", "professor", "student", "group of friends", "celebrity")
+"""The reference's 18 subjects for nudity (``datasets/humans.txt``)."""
+SCENES = ("road", "garden", "beach", "room", "park", "street", "shelter", "chair", "table", "bag", "tree", "forest")
+"""The reference's 12 scenes for objects (``datasets/common_scenes.txt``)."""
+
 
 @dataclass
 class ConceptPruneConfig:
     concepts: list[str] = field(default_factory=list)
-    things: list[str] = field(default_factory=lambda: [
-        "a red circle", "a blue square", "a green triangle", "a yellow star", "a purple cross", "an orange circle",
-        "a small blue star", "a large red square", "a green cross", "a yellow triangle"])
-    """Subjects for the prompt templates (the reference: 20 objects, or 18 human descriptions for nudity)."""
-    base_template: str = "{thing}"
-    target_template: str = "{thing} in the style of {concept}"
+    things: list[str] = field(default_factory=lambda: list(THINGS))
+    """Subjects for the prompt templates: the reference's (``utils/prompts.py::get_prompts``) for the concept's kind
+    (``kind_defaults``); a model's prunefit.json may carry its own (the toy world's shapes)."""
+    base_template: str = "a photo of a {thing}"
+    target_template: str = "a {thing} in the style of {concept}"
     """e.g. 'a photo of a naked {thing}' for nudity (then concepts only name the run)."""
     skill_ratio: float = 0.01
     steps: int = 25
@@ -39,6 +47,13 @@ class ConceptPruneConfig:
     guidance_scale: Optional[float] = None
     """None = the model's default (SD: 7.5, the reference's)."""
     scheduler: str = "ddim"
+    kind_defaults: ClassVar[dict[str, dict]] = {
+        "unsafe": {"things": list(HUMANS), "base_template": "a photo of a {thing}",
+                   "target_template": "a photo of a naked {thing}"},
+        "object": {"things": list(SCENES), "base_template": "a {thing}", "target_template": "a {concept} in a {thing}"}}
+    """Prompts per kind of concept (``prunefit.config.concepts``) on a model that carries none, as the reference's
+    ``get_prompts`` builds them: target type 'naked' (humans), 'object' (its Imagenette classes, scenes); artist
+    styles ('art') are the defaults above."""
 
     def __post_init__(self) -> None:
         if not 0 < self.skill_ratio < 1:

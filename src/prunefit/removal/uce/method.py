@@ -15,7 +15,7 @@ reference kept "Pablo Picasso" while erasing "Picasso".
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 
@@ -35,6 +35,10 @@ class UCEConfig:
     preserve_scale: Optional[float] = None
     """None = max(0.1, 1 / |preserve set|)."""
     with_to_k: bool = True
+    kind_defaults: ClassVar[dict[str, dict]] = {"unsafe": {"guides": ["person"]}, "object": {"guides": [" "]}}
+    """Guides per kind of concept (``prunefit.config.concepts``) on a model that carries none: the paper's "person"
+    for nudity (§C.1.3), the reference's unconditional " " for objects (``train_erase.py`` without
+    ``--guided_concepts``, its Imagenette runs: "towards_uncond"); artist styles keep "art" (the default above)."""
 
     def __post_init__(self) -> None:
         if self.guides and len(self.guides) not in (1, len(self.concepts) or 1):
