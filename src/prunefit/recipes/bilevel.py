@@ -99,6 +99,7 @@ def _main(cfg: BilevelConfig) -> BilevelResult:
             "upper_every": cfg.every, "upper_steps": steps // cfg.every, "upper_train_method": mcfg.train_method,
             "upper_xt_source": mcfg.xt_source, "upper_condition": mcfg.condition, "balance": balance,
             "ema_decay": cfg.train.ema_decay,
+            **({"dual": built.controller.summary()} if built.controller is not None else {}),
             "output": str(path), "runtime": run_settings(accelerator, cfg.train)}, indent=1)
         write_card(out)
     return BilevelResult(out, path, steps, balance)

@@ -408,6 +408,8 @@ def fit(phases: list[Phase], model: torch.nn.Module, cfg: TrainConfig, out: Path
             ran = [ph for ph in phs if ph.runs_at(step - 1)]  # no stale values of phases that skipped this step
             values = {f"{ph.name}/{k}": float(v) for ph in ran for k, v in ph.last.items()}
             values.update({f"{ph.name}/lr": ph.optimizer.param_groups[0]["lr"] for ph in ran})
+            values.update({f"{ph.name}/{k[4:]}": float(v) for ph in ran  # a controller's state (bilevel dual)
+                           for k, v in ph.optimizer.param_groups[0].items() if k.startswith("log_") and v is not None})
             now = time.time()
             values["steps_per_s"] = (step - s_last) / max(now - t_last, 1e-9)
             if not sharded and check_ranks_agree(model, step):

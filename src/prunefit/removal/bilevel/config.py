@@ -23,6 +23,12 @@ drop out. The paper's r is 5e-6 / (20 * 1e-6) = 0.25; the official code's 5e-6 /
   paper's learning rates (lower 1e-6, upper 5e-6: r = 0.25), an upper step every 20 lower steps, each an ESD step on
   the student's own DDIM rollout (x_t from the model), conditioned on the concept's name, batch 1 (ESD's), the
   method's own parameter subset (ESD-u for nudity, ESD-x for artists), the unpruned teacher as the reference.
+- ``constrained`` (beyond the paper): the official structure (a lower AdamW every step, an upper AdamW every k
+  steps, the authors' upper operator) plus the vartheta twin on the same lower batches, and the upper learning rate
+  set by dual ascent on the distillation constraint L_ft(theta) - L_ft(vartheta) <= delta, delta = ``dual_delta``
+  x L_ft(vartheta): eta_U = r_max k eta_L / (1 + mu_t), mu_{t+1} = max(0, mu_t + ``dual_rho`` (gap - delta) /
+  delta) (removal/bilevel/dual.py, after F2SA's value-function penalty and BOME's dynamic barrier). r_max is the
+  r of ``upper_lr`` (5e-6 over k = 10 lower steps at train.lr); ``dual_delta`` traces a front.
 An optional vartheta twin (``track_vartheta``) reports the constraint gap L_ft(theta) - L_ft(vartheta).
 With ``train.ema_decay`` set, the saved weights are theta's exponential moving average (as fine-tuning's are).
 """
@@ -66,6 +72,8 @@ PRESETS = {
                     upper_lr=5e-6, upper_batch="method"),
     "appc": Preset(upper_every=20, optimizers=2, xt_source="model", train_method=None, condition="concept",
                    upper_lr=5e-6, upper_batch="method"),
+    "constrained": Preset(upper_every=10, optimizers=2, xt_source="images", train_method="full",
+                          condition="caption", upper_lr=5e-6, upper_batch="lower"),
 }
 DOUBLE_LOOPS = ("interleaved", "nested")
 
@@ -111,6 +119,12 @@ class BilevelConfig:
     upper_batch_size: Optional[int] = None
     """Samples per upper step; None = the preset's (official: train.micro_batch_size; paper: the method's)."""
     track_vartheta: bool = False
+    dual_delta: float = 0.05
+    """constrained: the allowed gap L_ft(theta) - L_ft(vartheta), as a fraction of L_ft(vartheta) (traces a front)."""
+    dual_rho: float = 0.5
+    """constrained: the dual ascent step (on the gap's excess over delta, relative to delta)."""
+    dual_smoothing: float = 0.9
+    """constrained: the exponential smoothing of the gap and of L_ft(vartheta) per upper step."""
     cache_dir: Optional[str] = None
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -148,6 +162,8 @@ class BilevelConfig:
         if (self.upper_lr is not None and self.upper_lr <= 0) or (self.upper_batch_size is not None
                                                                    and self.upper_batch_size < 1):
             raise ConfigError("upper_lr must be > 0 and upper_batch_size >= 1")
+        if self.dual_delta <= 0 or self.dual_rho <= 0 or not 0 <= self.dual_smoothing < 1:
+            raise ConfigError("dual_delta and dual_rho must be > 0 and dual_smoothing in [0, 1)")
         if self.upper_condition not in (None, "caption", "concept"):
             raise ConfigError(f"upper_condition must be caption or concept, got {self.upper_condition!r}")
 
@@ -254,7 +270,11 @@ def resolve(cfg: "BilevelConfig") -> ResolvedBilevel:
         "preset": cfg.preset, "double_loop": cfg.double_loop if one else None, "r": r, "lower_lr": cfg.train.lr,
         "upper_lr": upper_lr, "upper_every": every, "lam": cfg.lam if one else None,
         "lower_batch": cfg.train.micro_batch_size * cfg.train.grad_accum_steps, "upper_batch": batch})
-    return ResolvedBilevel(every, nested, cfg.track_vartheta or nested, upper_lr, batch, upper, r, balance)
+    constrained = cfg.preset == "constrained"
+    if constrained:
+        balance = MappingProxyType({**balance, "dual_delta": cfg.dual_delta, "dual_rho": cfg.dual_rho})
+    return ResolvedBilevel(every, nested, cfg.track_vartheta or nested or constrained, upper_lr, batch, upper, r,
+                           balance)
 
 
 IGNORED_HINT = {"xt_source": "upper_xt_source", "condition": "upper_condition", "train_method": "upper_train_method",
