@@ -20,9 +20,10 @@ from prunefit.experiments.table3.run import Table3
 
 
 def _operator(t3: Table3, concept: str):
-    """(the bilevel config of ``t3``'s ESD row, its resolved upper ESD section with the upper lr as its own)."""
+    """(the bilevel config of ``t3``'s ESD row, its resolved upper ESD section with the upper step's lr as its own:
+    the upper optimizer's, or the one optimizer's where there is no other)."""
     b = t3.bilevel_config("esd", concept, Path("-"), Path("-"))
-    return b, dataclasses.replace(b.resolved.upper, lr=b.resolved.upper_lr)
+    return b, dataclasses.replace(b.resolved.upper, lr=b.resolved.upper_lr or b.train.lr)
 
 
 def sequential_spec(t3: Table3, concept: str, steps: int) -> dict:
