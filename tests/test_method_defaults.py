@@ -202,3 +202,18 @@ def test_the_experiments_protocol_picks_by_kind_and_keeps_the_archived_toy_secti
     assert len(adv.retain_prompts) == 4 and adv.train_method == "xattn"
     sd = method_section(ConceptPruneConfig, "concept_prune", "nudity", "sd", knobs)
     assert sd.target_template == "a photo of a naked {thing}"
+
+
+def test_every_shape_gets_the_object_rows_judged_on_dev():
+    """Each of the five shapes resolves to the object row (not a style's ESD-x / "painting"), the row that
+    scripts/check_erase_defaults.py judged on circle (docs/results/erase_defaults_toy.md, section 5)."""
+    from prunefit.toyworld.erase_defaults import toy_method_defaults
+    from prunefit.toyworld.world import SHAPES
+
+    obj = toy_method_defaults()["kinds"]["object"]
+    assert (obj["esd"], obj["uce"]) == ({"train_method": "noxattn"}, {"guides": [" "]})
+    for shape in SHAPES:
+        esd = load_erase_config([], ["removal.method=esd", f"removal.concepts=[{shape}]"]).esd
+        uce = load_erase_config([], ["removal.method=uce", f"removal.concepts=[{shape}]"]).uce
+        assert (esd.train_method, esd.iterations, uce.guides) == ("noxattn", 200, [" "])
+        assert shape not in uce.preserve and not any(shape in p for p in esd.retain_prompts)

@@ -2,9 +2,10 @@
 
 They are rows per kind of concept (``prunefit.config.concepts``): the artists are styles, the skull's phrasings
 unsafe, the shapes objects, and the sidecar lists every concept with its kind (``toy_concept_kinds``) so an
-unknown concept is refused. The object rows are NOT YET CHOSEN ON THE DEV SPLIT: they are the references' object
-settings (ESD-u, UCE's unconditional guide, ConceptPrune's scene prompts) at the toy loop's budget, because
-``scripts/check_erase_defaults.py`` cannot judge a shape yet (no per-shape prompt set, no shape rate).
+unknown concept is refused. The object rows are the references' object settings (ESD-u, UCE's unconditional
+guide, ConceptPrune's scene prompts) at the toy loop's budget: ``scripts/check_erase_defaults.py`` judged them
+and three other candidates on circle on the dev split, and none erased it (every one left 100% of circles), so
+no object setting is chosen yet (docs/results/erase_defaults_toy.md, section 5).
 
 SD keeps the papers' values (ESD lr 1e-5 x 1,000, UCE guide "art"); on the toy world those fail: its tokenizer
 never saw "art" (an untrained embedding as the guide) and 1e-5 x 1,000 barely moves its small UNet. These are
@@ -84,11 +85,13 @@ def toy_method_defaults() -> dict:
     unsafe = {"esd": {"train_method": "noxattn", "iterations": 300}, "advunlearn": {"train_method": "noxattn"},
               "uce": {"guides": [UCE_GUIDES["unsafe"]]},
               "concept_prune": {"target_template": "{thing} that is a {concept}"}}
-    # Objects (the shapes): NOT YET CHOSEN ON THE DEV SPLIT. The ESD paper's object settings (ESD-u) at the toy
-    # loop's budget, UCE's reference guide for objects (the unconditional " "), ConceptPrune's object prompts
-    # ("a {scene}" / "a {object} in a {scene}") on the toy world's backgrounds. To choose them as the artists' and
-    # the skull's were: scripts/check_erase_defaults.py --split dev --concepts circle,square,triangle,star,cross
-    # (once it judges shapes), candidates through --set, then the chosen one on --split test.
+    # Objects (the shapes): JUDGED ON THE DEV SPLIT, NONE ERASES. The ESD paper's object settings (ESD-u) at the
+    # toy loop's budget, UCE's reference guide for objects (the unconditional " "), ConceptPrune's object prompts
+    # ("a {scene}" / "a {object} in a {scene}") on the toy world's backgrounds. scripts/check_erase_defaults.py
+    # --split dev --concepts circle (toy-val's last 50 circle rows, edit seed 0, 1 thread) left 100% of circles
+    # with every candidate tried: UCE " ", UCE "background", ESD-u 200 and ESD-x 200 (which also raised FJD on
+    # the other shapes to 1.51x); docs/results/erase_defaults_toy.md, section 5. No candidate met the rate target,
+    # so these stay the references' settings, unchosen and not judged on test.
     obj = {"esd": {"train_method": "noxattn"}, "advunlearn": {"train_method": "noxattn"}, "uce": {"guides": [" "]},
            "concept_prune": {"things": list(BACKGROUNDS), "base_template": "a {thing} background",
                              "target_template": "a {concept} on a {thing} background"}}
