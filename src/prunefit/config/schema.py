@@ -139,6 +139,13 @@ class ToyworldBuildConfig:
         require(0 < self.ema_decay < 1, f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
 
+TOY_SHAPES = ("circle", "square", "triangle", "star", "cross")
+TOY_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
+TOY_BACKGROUNDS = ("black", "white", "gray")
+"""The toy world's shapes, colours and backgrounds accepted by data.toy_* (prunefit.toyworld.world's, which sits
+above config; a test keeps the two equal)."""
+
+
 @dataclass
 class DataConfig:
     """Training data: the toy world (rendered on the fly), an image-caption folder, or COCO-2017 captions."""
@@ -164,10 +171,21 @@ class DataConfig:
     toy_p_unsafe: float = 0.15
     """toyworld: fraction of scenes showing the unsafe concept (0.15 = the teacher's training mix)."""
     toy_p_artist: float = 0.5
+    """toyworld: fraction of scenes in an artist's style (0.5 = the teacher's training mix)."""
     toy_exclude_artists: list[str] = field(default_factory=list)
     """toyworld: artists the data never shows (a scene drawn in their style is shown without an artist), so
     their share is 0 while the other artists keep theirs."""
-    """toyworld: fraction of scenes in an artist's style (0.5 = the teacher's training mix)."""
+    toy_shapes: list[str] = field(default_factory=list)
+    """toyworld: the shapes the data draws (a slice of the world); [] = every shape. The unsafe object is set by
+    toy_p_unsafe alone."""
+    toy_colours: list[str] = field(default_factory=list)
+    """toyworld: the colours the data draws; [] = every colour."""
+    toy_backgrounds: list[str] = field(default_factory=list)
+    """toyworld: the backgrounds the data draws; [] = every background."""
+    toy_size: int = 0
+    """toyworld: number of distinct images, a fixed set (a function of the index only, the same for every run
+    seed) shown in a seeded order per epoch, like a data set on disk; 0 = unlimited fresh scenes (each sample a
+    function of the run seed and its index)."""
     num_workers: int = 2
     """Worker processes that decode and resize images ahead of the step (0 = in the step); each sample stays a
     function of its index, so results do not depend on it."""
@@ -177,6 +195,14 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(0 <= self.toy_p_unsafe <= 1 and 0 <= self.toy_p_artist <= 1,
                "data.toy_p_unsafe and data.toy_p_artist must be in [0, 1]")
+        for key, known in (("toy_shapes", TOY_SHAPES), ("toy_colours", TOY_COLOURS),
+                           ("toy_backgrounds", TOY_BACKGROUNDS)):
+            bad = [x for x in getattr(self, key) if x not in known]
+            require(not bad, f"unknown data.{key} {bad}; available: {list(known)}")
+            require(len(set(getattr(self, key))) == len(getattr(self, key)), f"data.{key} lists a name twice")
+        require(self.toy_backgrounds != ["white"] or "yellow" not in (self.toy_colours or TOY_COLOURS),
+                "a yellow shape is never drawn on white: add a background to data.toy_backgrounds or drop yellow")
+        require(self.toy_size >= 0, f"data.toy_size must be >= 0 (0 = unlimited), got {self.toy_size}")
         require(self.num_workers >= 0, f"data.num_workers must be >= 0 (0 = load in the step), got {self.num_workers}")
         require(self.source in ("toyworld", "folder", "coco", "hf"),
                f"data.source must be toyworld, folder, coco or hf, got {self.source!r}")
@@ -380,7 +406,7 @@ class FinetuneConfig:
     model: str = "toyworld"
     """The teacher pipeline (also supplies VAE, text encoder and scheduler)."""
     student: Optional[str] = None
-    """An expert folder; None = fine-tune a copy of the teacher's UNet."""
+    """An expert folder or a plain diffusers UNet folder (e.g. a BK-SDM student); None = the teacher UNet's copy."""
     output_dir: str = "runs/finetune"
     resume: Optional[str] = None
     """'latest' or a checkpoint folder."""

@@ -26,22 +26,42 @@ from prunefit.utils.io import jsonl_lines
 
 @dataclass
 class ToyWorldData:
-    """Fresh toy-world scenes each step: batch ``step`` is a pure function of (seed, step)."""
+    """Toy-world scenes: fresh ones each step (batch ``step`` a pure function of (seed, step)), or, with ``size``, a
+    fixed set of ``size`` scenes (a slice of the world when ``shapes`` / ``colours`` / ``backgrounds`` are given)
+    shown in a seeded order per epoch."""
 
     seed: int = 0
     p_artist: float = 0.5
     p_unsafe: float = 0.15
     exclude_artists: tuple[str, ...] = ()
+    shapes: tuple[str, ...] = ()
+    """The shapes drawn; () = every shape."""
+    colours: tuple[str, ...] = ()
+    backgrounds: tuple[str, ...] = ()
+    size: int = 0
+    """Distinct scenes; 0 = unlimited. Scene j of the fixed set depends on j alone (not on ``seed``), so every run
+    sees the same data set; ``seed`` orders each epoch."""
     skipped: int = 0
+    _perm_epoch: int = field(default=-1, repr=False)
+    _perm: Optional[np.ndarray] = field(default=None, repr=False)
 
     def _scene(self, i: int):
-        from prunefit.toyworld.world import sample_scene
+        from prunefit.toyworld.world import BACKGROUNDS, COLOURS, SHAPES, sample_scene
 
-        rng = np.random.default_rng([self.seed, 7, i])
-        scene = sample_scene(rng, self.p_artist, self.p_unsafe)
+        rng = np.random.default_rng([self.seed, 7, i] if not self.size else [8, self._index(i)])
+        scene = sample_scene(rng, self.p_artist, self.p_unsafe, shapes=self.shapes or SHAPES,
+                             colours=self.colours or tuple(COLOURS), backgrounds=self.backgrounds or tuple(BACKGROUNDS))
         if scene.artist in self.exclude_artists:
             scene = dataclasses.replace(scene, artist=None)
         return scene, rng
+
+    def _index(self, i: int) -> int:
+        """Sample ``i``'s scene in the fixed set: epoch ``i // size`` is a seeded permutation of the set."""
+        epoch, pos = divmod(i, self.size)
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, 9, epoch]).permutation(self.size)
+            self._perm_epoch = epoch
+        return int(self._perm[pos])
 
     def captions(self, start: int, n: int) -> list[str]:
         """The captions of samples [start, start + n) without rendering."""
@@ -246,7 +266,8 @@ def build_data(cfg, resolution: int, seed: int = 0):
     """The data source a ``DataConfig`` names, at ``resolution`` pixels."""
     if cfg.source == "toyworld":
         return ToyWorldData(seed=seed, p_artist=cfg.toy_p_artist, p_unsafe=cfg.toy_p_unsafe,
-                            exclude_artists=tuple(cfg.toy_exclude_artists))
+                            exclude_artists=tuple(cfg.toy_exclude_artists), shapes=tuple(cfg.toy_shapes),
+                            colours=tuple(cfg.toy_colours), backgrounds=tuple(cfg.toy_backgrounds), size=cfg.toy_size)
     if cfg.source == "folder":
         return image_caption_folder(cfg.path, resolution, seed)
     if cfg.source == "hf":

@@ -13,7 +13,7 @@ from prunefit.generation.sample import sample_images
 from prunefit.models.components import Components, load_components
 from prunefit.toyworld.judge import Judge
 from prunefit.toyworld.metrics import concept_rate, fidelity, fjd, images_to_uint8, reference_renders
-from prunefit.toyworld.prompts import artist_slug, read_rows, scene_of
+from prunefit.toyworld.prompts import FJD_SETS, artist_slug, read_rows, scene_of
 from prunefit.toyworld.world import ARTISTS
 
 
@@ -30,7 +30,7 @@ def generate_rows(components: Components, rows: list[dict], sampler: SamplerConf
 def measure_set(components: Components, judge: Judge, name: str, rows: list[dict],
                 sampler: SamplerConfig) -> dict[str, float]:
     """Generate prompt set ``name``'s rows and judge them: n, fidelity, unsafe rate, the set's artist rate, and on
-    toy-val FJD and the rate of any artist."""
+    the FJD sets (toy-val, toy-world, toy-narrow) FJD and the rate of any artist."""
     imgs = generate_rows(components, rows, sampler, desc=name)
     pred = judge.predict(imgs)
     scenes = [scene_of(r) for r in rows]
@@ -38,7 +38,7 @@ def measure_set(components: Components, judge: Judge, name: str, rows: list[dict
     artist = scenes[0].artist
     if artist is not None:
         out["artist_rate"] = concept_rate(pred, artist)
-    if name == "toy-val":
+    if name in FJD_SETS:
         out["fjd"] = fjd(judge, imgs, reference_renders(scenes))
         out["any_artist_rate"] = (pred.artist != 0).float().mean().item()
     return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -72,13 +72,18 @@ class Scene:
 
 
 def sample_scene(rng: np.random.Generator, p_artist: float = 0.5, p_unsafe: float = 0.15,
-                 obj: Optional[str] = None, artist: Optional[str] = "random") -> Scene:
-    """Draw a scene; ``obj`` / ``artist`` fix those attributes (``artist=None`` means no artist)."""
+                 obj: Optional[str] = None, artist: Optional[str] = "random", shapes: Sequence[str] = SHAPES,
+                 colours: Sequence[str] = tuple(COLOURS), backgrounds: Sequence[str] = tuple(BACKGROUNDS)) -> Scene:
+    """Draw a scene; ``obj`` / ``artist`` fix those attributes (``artist=None`` means no artist). ``shapes``,
+    ``colours`` and ``backgrounds`` narrow the choices (a slice of the world); at their defaults the draws are the
+    whole world's."""
     if obj is None:
-        obj = UNSAFE if rng.random() < p_unsafe else SHAPES[rng.integers(len(SHAPES))]
-    colour = list(COLOURS)[rng.integers(len(COLOURS))]
-    backgrounds = [b for b in BACKGROUNDS if not (b == "white" and colour == "yellow")]
-    background = backgrounds[rng.integers(len(backgrounds))]
+        obj = UNSAFE if rng.random() < p_unsafe else shapes[rng.integers(len(shapes))]
+    colour = list(colours)[rng.integers(len(colours))]
+    allowed = [b for b in backgrounds if not (b == "white" and colour == "yellow")]
+    if not allowed:
+        raise ValueError("a yellow shape is never drawn on white: add a background other than white")
+    background = allowed[rng.integers(len(allowed))]
     if artist == "random":
         artist = ARTISTS[rng.integers(len(ARTISTS))] if rng.random() < p_artist else None
     position = "center" if rng.random() < 0.6 else list(POSITIONS)[1 + rng.integers(len(POSITIONS) - 1)]
