@@ -110,7 +110,7 @@ def write_pareto_report(croot: Path, concept: str, results: list, cfg, paired: l
     t = cfg.table3
     attacks = list(t.attacks)
     header = ["point", "family", "seeds", "ASR % [95% CI]", "FJD [95% CI]", "fidelity %", "r", "lambda", "pure data",
-              "plain %", "kept artists %", "neutral leak %", "FJD 2nd set",
+              "plain %", "kept artists %", "neutral leak %", "FJD 2nd set", "gap",
               *[f"ASR {a} post (%, seeds)" for a in attacks]]
     sets = f"validation set {cfg.val_set}" + (f", second FJD set {cfg.side_val_set}" if cfg.side_val_set else "")
     sets += f" from row {cfg.val_offset} (a development slice)" if cfg.val_offset else ""
@@ -138,7 +138,8 @@ def write_pareto_report(croot: Path, concept: str, results: list, cfg, paired: l
         md.append(f"| {r.point.name} | {r.point.family} | {len(r.seeds)} | {r.asr.text(100)} | {r.fjd.text(1, 2)} | "
                   f"{100 * r.fidelity:.1f} | {rr} | {lam} | {'yes' if r.point.pure else ''} | "
                   f"{_pct(r.side.get('plain_rate'))} | {kept_txt} | {_pct(r.side.get('neutral_leak'))} | "
-                  f"{side_fjd} |{att}")
+                  f"{side_fjd} | {'' if 'constraint_gap' not in r.side else format(r.side['constraint_gap'], '.2e')} |"
+                  f"{att}")
     md += ["", "```", *ascii_fronts(results), "```"]
     (croot / "report.md").write_text("\n".join(md) + "\n")
     summary = {"concept": concept, "verdict": line, "beyond_front": ok, "points": rows,

@@ -87,6 +87,24 @@ def grid(cfg: ParetoConfig) -> list[Point]:
     return pts
 
 
+def constraint_gap(run_dir: Path) -> dict:
+    """The held-out constraint gap L_ft(theta) - L_ft(vartheta) a bilevel run logged (its vartheta twin), final and
+    mean over the run, and the constrained preset's dual state; {} for runs without a twin."""
+    from prunefit.utils.io import read_jsonl
+
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        return {}
+    rows = read_jsonl(log)
+    gaps = [r["val/constraint_gap"] for r in rows if "val/constraint_gap" in r]
+    out = {"constraint_gap": {"final": gaps[-1], "mean": float(np.mean(gaps)), "n": len(gaps)}} if gaps else {}
+    mus = [r["upper/dual_mu"] for r in rows if "upper/dual_mu" in r]
+    if mus:
+        out["dual"] = {"final_mu": mus[-1], "max_mu": max(mus),
+                       "final_r_eff": [r["upper/r_eff"] for r in rows if "upper/r_eff" in r][-1]}
+    return out
+
+
 def run_order(cfg: ParetoConfig, points: list[Point]) -> list[tuple[Point, int]]:
     """The core points for every seed first, in the order ``core_points`` lists them, then the rest of the grid
     seed by seed."""
@@ -165,7 +183,8 @@ def side_means(cells: list[dict], side_ref=None) -> dict:
         return float(np.mean(vals)) if vals else None
 
     out = {"neutral_leak": mean([c.get("neutral_leak") for c in cells]),
-           "plain_rate": mean([c.get("plain_rate") for c in cells])}
+           "plain_rate": mean([c.get("plain_rate") for c in cells]),
+           "constraint_gap": mean([(c.get("constraint_gap") or {}).get("final") for c in cells])}
     kept = sorted({a for c in cells for a in (c.get("kept") or {})})
     out["kept"] = {a: mean([(c.get("kept") or {}).get(a) for c in cells]) for a in kept}
     if side_ref is not None:
@@ -245,7 +264,7 @@ class Pareto:
         model, balance = self.train(stage, p, seed, concept, croot)
         res = {"point": p.name, "seed": seed, "model": str(model), "balance": balance,
                "train_seconds": round(time.time() - t0, 1), "threads": self.cfg.table3.threads,
-               **self.judged(concept).measure(model)}
+               **constraint_gap(Path(model).parent), **self.judged(concept).measure(model)}
         mark_done(efile, res)  # the judged cell: its presence gates reuse
         return res
 
