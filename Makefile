@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-experiments test-fast lint demo bench clean-runs smoke-sd dist-check
+.PHONY: venv test test-experiments test-fast lint demo bench clean-runs smoke-sd table3-sd-smoke dist-check
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,12 @@ bench: $(STAMP)
 # one CPU thread, ~25 GB of disk in runs/). Writes runs/smoke-sd/smoke.md.
 smoke-sd: $(STAMP)
 	env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) scripts/smoke_sd.py --arch sd15 --arch sd21
+
+# Table 3 on the full-size random-weight SD 2.1 skeleton at 256 px, every stage its own `experiment table3
+# only=<stage>` process with a couple of steps (not part of `make test`; ~1 h on one CPU thread, ~20 GB of RAM).
+# Writes runs/table3-sd-smoke/stages.md and t3/nudity/report.md (random weights: the plumbing, not the numbers).
+table3-sd-smoke: $(STAMP)
+	env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) scripts/table3_sd_smoke.py
 
 # The package as a user gets it (not part of `make test`; needs the package registry): build the wheel, install it
 # with torch==2.13.0 in ONE pip command (so pip keeps the CPU torch) into a fresh build/dist-check/venv, check the

@@ -47,7 +47,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     # host-side architecture codes, token ids, labels
     ("pruning/baselines.py", "prune_to_target", "ones"): HOST_ARCH,
     ("pruning/expert.py", "build_expert_unet", "tensor"): HOST_ARCH,
-    ("experiments/table3/run.py", "Table3._prune_like", "tensor"): HOST_ARCH,
+    ("experiments/table3/run.py", "Table3.prune_like", "tensor"): HOST_ARCH,
     ("recipes/route.py", "route_file", "tensor"): HOST,
     ("data/cache.py", "LatentCache.samples", "arange"): "indexes the CPU latent cache; the batch moves after",
     ("attacks/soft_prompt.py", "prefix_token_ids", "tensor"): HOST_IDS,

@@ -16,9 +16,10 @@ from prunefit.recipes.attack import AttackConfig, AttackResult
 def attack_asr(model_path: str | Path, base_model: str, concept: str, attack: str = "unlearndiff",
                budget: Optional[dict] = None, n_prompts: int = 32, seed: int = 0,
                output_dir: Optional[str | Path] = None, prompts: Optional[str] = None,
-               device: str = "auto") -> AttackResult:
+               device: str = "auto", prompt_format: str = "auto") -> AttackResult:
     """Attack ``model_path`` (a pipeline or expert folder, or the base model itself) for ``concept`` and return its
     pre- and post-attack ASR. ``budget`` overrides the attack's config section (e.g. {"iterations": 20});
+    ``prompts`` / ``prompt_format``: the prompt file the attack starts from (None: the toy concept's plain set);
     ``output_dir`` defaults to <model_path>/attacks/<attack>-<concept> (finished runs are reused)."""
     if output_dir is None:
         root = Path(model_path) if Path(model_path).is_dir() else Path("runs") / "attacks" / str(model_path)
@@ -27,16 +28,17 @@ def attack_asr(model_path: str | Path, base_model: str, concept: str, attack: st
           f"attack={json.dumps(attack)}", f"concept={json.dumps(concept)}", f"n_prompts={n_prompts}",
           f"seed={seed}", f"device={device}", f"output_dir={json.dumps(str(output_dir))}"]
     if prompts:
-        ov.append(f"prompts={json.dumps(prompts)}")
+        ov += [f"prompts={json.dumps(prompts)}", f"prompt_format={json.dumps(prompt_format)}"]
     ov += [f"{attack}.{k}={json.dumps(v)}" for k, v in (budget or {}).items()]
     return attack_command.main(load_config(AttackConfig, [], ov))
 
 
 def add_attacks(entry: dict, *, model: str | Path, base_model: str, concept: str, attacks: list[str],
                 budgets: dict, n_prompts: int, seed: int, folder: Path, device: str = "auto", log=print,
-                prepare=None) -> bool:
+                prepare=None, prompts: Optional[str] = None, prompt_format: str = "auto") -> bool:
     """Add the missing "ASR under attack" entries of an experiment's judged row (``entry['attacks'][name]``,
-    each run in ``folder/attack-<name>``); ``prepare(name, i, todo)`` may seed a folder first. True if any ran."""
+    each run in ``folder/attack-<name>``); ``prepare(name, i, todo)`` may seed a folder first; ``prompts``: the
+    prompt file attacked (SD; None = the toy concept's plain set). True if any ran."""
     done = entry.setdefault("attacks", {})
     todo = [a for a in attacks if a not in done]
     for i, a in enumerate(todo):
@@ -45,7 +47,8 @@ def add_attacks(entry: dict, *, model: str | Path, base_model: str, concept: str
         if prepare is not None:
             prepare(a, i, todo)
         res = attack_asr(model, base_model, concept, a, budgets.get(a), n_prompts, seed,
-                         output_dir=folder / f"attack-{a}", device=device)
+                         output_dir=folder / f"attack-{a}", device=device, prompts=prompts,
+                         prompt_format=prompt_format)
         done[a] = {**result_row(res), "seconds": round(time.time() - t0, 1)}
     return bool(todo)
 

@@ -29,6 +29,8 @@ def main(cfg, log: Callable[[str], None] = print) -> list[str]:
     write_card(root)
     out = []
     for folder in [root / concept_slug(c) for c in results] if per_concept else [root]:
+        if not (folder / "report.md").is_file():  # a single stage (table3 only=<row>): its log says where it went
+            continue
         out += [(folder / "report.md").read_text(), f"report: {folder / 'report.md'}"]
         out += [f"{label}: {folder / file}" for label, _, file in (extra.partition(":") for extra in extras)]
     return out

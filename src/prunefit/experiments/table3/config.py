@@ -8,11 +8,17 @@ from typing import Optional
 
 from prunefit.config.schema import DataConfig, FinetuneLoss, TrainConfig
 from prunefit.errors import ConfigError
-from prunefit.experiments.common.protocol import TOY_ATTACK_BUDGETS
+from prunefit.experiments.common.protocol import TOY_ATTACK_BUDGETS, kind_of
+from prunefit.experiments.common.sd_judging import SDJudgingConfig
 from prunefit.utils.device import resolve_device, resolve_mixed_precision
 
 ALL_ROWS = ("distilled+esd", "esd+distilled", "distilled+uce", "distilled+cp", "distilled+advunlearn",
             "ours_esd", "ours_advunlearn")
+
+
+STAGES = ("prepare", "distilled", "esd_teacher", *ALL_ROWS, "report")
+"""What ``only`` may name: the evaluation data (SD: COCO captions and FID statistics), the distilled student, the
+erased dense teacher of "ESD + Distilled", a row (trained if missing, then judged), or the report of finished rows."""
 
 
 ROW_NAMES = {"distilled+esd": "Distilled + ESD", "esd+distilled": "ESD + Distilled", "distilled+uce": "Distilled + UCE",
@@ -33,8 +39,9 @@ class ExperimentConfig:
     """Starting expert; None = a magnitude-pruned expert of the teacher at ``target`` MACs."""
     target: float = 0.8
     output_dir: str = "runs/table3"
-    concepts: list[str] = field(default_factory=lambda: ["skull"])
-    """One table per concept: 'skull' (the unsafe concept; the paper's nudity) or an artist name."""
+    concepts: Optional[list[str]] = None
+    """One table per concept. Toy world: 'skull' (its unsafe concept, the paper's nudity) or a toy artist; SD:
+    'nudity' or an artist's name. None = ['skull'] on the toy world, ['nudity'] on SD."""
     rows: list[str] = field(default_factory=lambda: list(ALL_ROWS))
     lower_steps: int = 400
     """Lower (fine-tuning) steps of every row: the matched budget."""
@@ -43,6 +50,7 @@ class ExperimentConfig:
     """auto (default): accelerate's device under `accelerate launch`, else cuda when a GPU is visible, else cpu;
     or cpu, cuda, cuda:N. resolved_config.yaml records what it became (prunefit.utils.device)."""
     eval_prompts: int = 100
+    """Prompts per evaluation set (SD: the first N adversarial prompts; the paper: MMA-Diffusion's 1,000)."""
     sample_prompts: int = 6
     data: DataConfig = field(default_factory=lambda: DataConfig(toy_p_unsafe=0.01, toy_p_artist=0.05))
     """Lower-level (fine-tuning) data. The paper fine-tunes on COCO, where nudity and artist names are rare; the
@@ -75,7 +83,12 @@ class ExperimentConfig:
     """Parameters of the upper step (xattn, noxattn, selfattn, full); None = the two-stage ESD row's (ESD-u for
     the unsafe concept, ESD-x for artists)."""
     bilevel_xt_source: Optional[str] = None
-    """x_t of the upper step: model (ESD's own rollout) or images (the official code); None = the preset's."""
+    """x_t of the upper step: model (ESD's own rollout) or images (the official code); None = the preset's on the
+    toy world; on SD images when ``concept_images`` is given, else model (App. C: "a step identical to an ESD
+    step")."""
+    concept_images: Optional[str] = None
+    """SD: an image-caption folder of the concept (the official code's concept data) for the bilevel upper step's
+    x_t (bilevel_xt_source=images); the toy world renders its concepts."""
     upper_condition: Optional[str] = None
     """caption or concept; None = the preset's (official with images: each image's caption)."""
     track_vartheta: bool = True
@@ -86,8 +99,8 @@ class ExperimentConfig:
     value in [0, 1] (data.toy_p_unsafe); an artist: 0 (the artist is left out of the data)."""
     threads: int = 1
     """torch threads of the whole experiment (recorded in the report)."""
-    kept_artists: int = 2
-    """Kept artists whose rate is measured (erasure must not spill over)."""
+    kept_artists: Optional[int] = None
+    """Toy world only: kept artists whose rate is measured (erasure must not spill over); None = 2."""
     attacks: list[str] = field(default_factory=list)
     """Attacks run on every row ("ASR under attack" columns; see `prunefit list attacks`); [] = none. Added to
     finished rows on a re-run without retraining them."""
@@ -95,12 +108,33 @@ class ExperimentConfig:
     """Plain concept prompts attacked per row (the first N of the concept's plain set)."""
     attack_budgets: dict = field(default_factory=lambda: copy.deepcopy(TOY_ATTACK_BUDGETS))
     """Per-attack config overrides (``TOY_ATTACK_BUDGETS``)."""
+    sd: SDJudgingConfig = field(default_factory=SDJudgingConfig)
+    """How rows are judged on SD (any model but the toy world): nudity ASR on adversarial prompts or the artist
+    rate, FID and CLIP score on COCO-2017 val (experiments/common/sd_judging.py)."""
+    only: Optional[str] = None
+    """Run one stage and stop (a cluster job): prepare, distilled, esd_teacher, a row (trained where missing, then
+    judged into its row.json) or report (of the finished rows; refused while one is missing). None = everything."""
 
     def resolved_upper_lr(self) -> float:
         """The upper-level learning rate: ``upper_lr``, else r * upper_every * the lower lr."""
         return self.upper_lr if self.upper_lr is not None else self.r * self.upper_every * self.train.lr
 
+    @property
+    def toy(self) -> bool:
+        """Whether the experiment runs on the toy world (judge metrics) rather than SD (the paper's protocol)."""
+        return self.model == "toyworld"
+
     def __post_init__(self) -> None:
+        if self.concepts is None:
+            self.concepts = ["skull"] if self.toy else ["nudity"]
+        if self.toy and self.kept_artists is None:
+            self.kept_artists = 2
+        if not self.concepts:
+            raise ConfigError("concepts must name at least one concept")
+        if self.only is not None and self.only not in STAGES:
+            raise ConfigError(f"unknown table3 stage only={self.only!r}; available: {list(STAGES)}")
+        if not self.toy:
+            self._refuse_toy_settings()
         self.device = resolve_device(self.device)
         self.train.mixed_precision = resolve_mixed_precision(self.train.mixed_precision, self.device)
         bad = [r for r in self.rows if r not in ALL_ROWS]
@@ -120,6 +154,28 @@ class ExperimentConfig:
         if self.lower_concept_share is not None and not 0 <= self.lower_concept_share <= 1:
             raise ConfigError(f"lower_concept_share must be in [0, 1], got {self.lower_concept_share}")
 
+
+    def _refuse_toy_settings(self) -> None:
+        """SD: a concept or setting only the toy world has is refused before any work."""
+        from prunefit.toyworld.erase_defaults import toy_concept_kinds
+
+        toy = [c for c in self.concepts if c in toy_concept_kinds()]
+        if toy:
+            raise ConfigError(f"concept(s) {toy} belong to the toy world; on {self.model} erase nudity or an artist, "
+                              "e.g. concepts=[nudity]")
+        for c in self.concepts:
+            kind = kind_of(c, self.model)
+            if kind not in ("unsafe", "style"):
+                raise ConfigError(f"Table 3 on SD measures nudity or an artist; {c!r} is of kind {kind}")
+        if self.kept_artists is not None:
+            raise ConfigError("kept_artists is a toy-world metric (the judge's artist head); drop it on SD (the "
+                              "artist metric's labels are sd.artist.labels)")
+        if self.lower_concept_share is not None:
+            raise ConfigError("lower_concept_share sets the toy world's data mix; drop it on SD (the concept's share "
+                              "is the data's own: data.source=coco)")
+        if self.bilevel_xt_source == "images" and not self.concept_images:
+            raise ConfigError("bilevel_xt_source=images on SD needs concept_images (an image-caption folder of the "
+                              "concept), or drop it for ESD's own rollouts")
 
 
 Table3Config = ExperimentConfig

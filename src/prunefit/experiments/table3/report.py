@@ -1,4 +1,7 @@
-"""Write the Table-3 report of one concept from its judged rows: markdown + CSV, ASR-vs-FJD plot, training curves."""
+"""Write the Table-3 report of one concept from its judged rows: markdown + CSV, ASR-vs-quality plot, training curves.
+
+The toy world's rows carry the judge's metrics (ASR, FJD, fidelity, kept artists); SD rows the paper's protocol
+(NudeNet ASR or the artist rate, FID, CLIP score), each with the protocol it was measured under."""
 
 from __future__ import annotations
 
@@ -14,11 +17,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from prunefit.experiments.common.attacks import attack_label  # noqa: E402
 from prunefit.experiments.common.judging import guidance_label  # noqa: E402
 from prunefit.experiments.table3.config import PAPER_TABLE3, ROW_NAMES  # noqa: E402
-from prunefit.utils.io import read_jsonl  # noqa: E402
+from prunefit.utils.io import atomic_write_text, read_jsonl  # noqa: E402
 
 
 def write_table3_report(croot: Path, concept: str, rows: dict, cfg, start: Path) -> Path:
-    """report.md, report.csv, asr_vs_fjd.png and curves.png of ``rows`` (row -> judged result) in ``croot``."""
+    """report.md, report.csv, the ASR-vs-quality plot and curves.png of ``rows`` (row -> judged result) in
+    ``croot``."""
+    if not cfg.toy:
+        return _write_sd_report(croot, concept, rows, cfg, start)
     header = ["method", "ASR adversarial (%)", "rate plain (%)", "FJD", "fidelity (%)", "kept artists (%)",
               "train s", *[f"ASR {a} pre → post (%)" for a in cfg.attacks], "paper ASR (%)", "paper FID"]
     table = []
@@ -72,18 +78,69 @@ def write_table3_report(croot: Path, concept: str, rows: dict, cfg, start: Path)
     return croot / "report.md"
 
 
-def _scatter(croot: Path, rows: dict, concept: str) -> None:
+def _write_sd_report(croot: Path, concept: str, rows: dict, cfg, start: Path) -> Path:
+    """The SD table: the concept's rate on its prompts, FID and CLIP score on COCO-val, the paper's numbers beside."""
+    first = next(iter(rows.values()))
+    proto, what = first["protocol"], first["safety_metric"]
+    rate = "ASR adversarial (%)" if what == "nudity_asr" else "artist rate (%)"
+    header = ["method", rate, "FID", "CLIP score", "train s", *[f"ASR {a} pre → post (%)" for a in cfg.attacks],
+              "paper ASR (%)", "paper FID"]
+    table = []
+    for key, r in rows.items():
+        paper = PAPER_TABLE3.get(key, ("", "")) if what == "nudity_asr" else ("", "")
+        attacked = [attack_label(r["attacks"][a]) if a in r.get("attacks", {}) else "–" for a in cfg.attacks]
+        table.append([ROW_NAMES.get(key, "Distilled (no removal)"), f"{100 * r['asr_adversarial']:.1f}",
+                      f"{r['fid']:.2f}", f"{r['clip_score']:.2f}", f"{r['train_seconds']:.0f}", *attacked,
+                      *map(str, paper)])
+    fid, clip, smp = proto["fid"], proto["clip_score"], proto["sampler"]
+    random_fid = "random" in str(fid.get("weights"))
+    if what == "nudity_asr":
+        n = proto["nudity_asr"]
+        safety = (f"ASR = fraction of the first {proto['n_adversarial']} prompts of `{cfg.sd.adversarial_prompts}` "
+                  f"(format {cfg.sd.prompt_format}) whose image {n['detector']} flags ({len(n['labels'])} labels "
+                  f"{'/'.join(n['labels'])} above {n['threshold']})")
+    else:
+        a = proto["artist"]
+        safety = (f"artist rate = CLIP ({a['model']}) zero-shot accuracy towards `{concept}` among {len(a['labels'])} "
+                  f"artists on its {a['n']} prompts of `{cfg.sd.artist_prompts}`")
+    md = [f"# Table 3 on `{cfg.model}`: suppressing `{concept}`", ""]
+    if random_fid:
+        md += ["**Random-weight smoke: the FID Inception has random weights (fid.weights=random); every number here "
+               "is meaningless, only the plumbing is proven.**", ""]
+    md += [f"Starting expert: `{start}`; every row gets {cfg.lower_steps} lower (fine-tuning) steps. {safety}. "
+           f"FID ({fid['mode']}, {fid['features']}, weights: {fid['weights']}) of {proto['n_coco']} COCO-2017 val "
+           f"captions (one per image) against {fid['n_reference']} reference images; CLIP score ({clip['model']}, "
+           f"scale {clip['scale']}, clamp {clip['clamp']}). Sampling: {smp['scheduler']} {smp['steps']} steps, "
+           f"guidance {smp['guidance_scale'] if smp['guidance_scale'] is not None else 'the model default'}, "
+           f"{cfg.sd.dtype}. "
+           + (f"ASR under attack: the first {cfg.attack_prompts} prompts of `{cfg.sd.attack_source()[0]}`, "
+              "UnlearnDiffAtk's definition. " if cfg.attacks else "")
+           + ("The paper's columns: SD 2.1, MMA-Diffusion prompts, COCO-val-2017 FID." if what == "nudity_asr"
+              else "The paper's Table 3 is nudity only."), "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in table]
+    threads = {r.get("threads") for r in rows.values()} - {None}
+    md += ["", f"torch threads: {'/'.join(map(str, sorted(threads))) or 'unrecorded'}; one seed ({cfg.seed})."]
+    atomic_write_text(croot / "report.md", "\n".join(md) + "\n")
+    with (croot / "report.csv").open("w", newline="") as fh:
+        csv.writer(fh).writerows([header, *table])
+    _scatter(croot, rows, concept, quality="fid")
+    _curves(croot, rows)
+    return croot / "report.md"
+
+
+def _scatter(croot: Path, rows: dict, concept: str, quality: str = "fjd") -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for key, r in rows.items():
-        ax.scatter(r["fjd"], 100 * r["asr_adversarial"], s=60, marker="*" if key.startswith("ours") else "o")
-        ax.annotate(ROW_NAMES.get(key, "Distilled"), (r["fjd"], 100 * r["asr_adversarial"]), fontsize=8,
+        ax.scatter(r[quality], 100 * r["asr_adversarial"], s=60, marker="*" if key.startswith("ours") else "o")
+        ax.annotate(ROW_NAMES.get(key, "Distilled"), (r[quality], 100 * r["asr_adversarial"]), fontsize=8,
                     xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel("FJD (lower is better)")
+    ax.set_xlabel(f"{quality.upper()} (lower is better)")
     ax.set_ylabel(f"ASR of '{concept}' (%, lower is better)")
-    ax.set_title("Suppression vs quality (toy world)")
+    ax.set_title("Suppression vs quality" + (" (toy world)" if quality == "fjd" else ""))
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(croot / "asr_vs_fjd.png", dpi=120)
+    fig.savefig(croot / f"asr_vs_{quality}.png", dpi=120)
     plt.close(fig)
 
 

@@ -1,13 +1,18 @@
 """``prunefit experiment table3``: the paper's Table 3 from one starting expert, on the toy world or SD.
 
 Rows (each a composition of the other recipes, at the same lower-step budget):
-  Distilled+ESD, ESD+Distilled (unlearn -> prune -> distil), Distilled+UCE, Distilled+CP,
-  Distilled+AdvUnlearn, Ours (ESD), Ours (AdvUnlearn).
+  Distilled+ESD, ESD+Distilled (unlearn the dense model -> prune it like the expert -> distil), Distilled+UCE,
+  Distilled+CP, Distilled+AdvUnlearn, Ours (ESD), Ours (AdvUnlearn).
+The concept's kind (``config.concepts``) sets each method's parameters and guides: nudity -> ESD-u / UCE to
+"person", artists -> ESD-x / UCE to "art" (both bilevel rows train the two-stage ESD row's subset).
 Every stage lives in a folder named by a hash of the settings it depends on (``<output>/<concept>/<stage>-<hash>/``
 with ``spec.json``), so a finished row is reused only when its resolved settings match and a changed setting
-computes a new folder beside the old one (nothing is overwritten). Outputs:
-report.md (our table beside the paper's numbers), report.csv, asr_vs_fjd.png, curves.png (lower loss,
-upper loss, constraint gap of the bilevel rows) and samples.png (rows x adversarial prompts).
+computes a new folder beside the old one (nothing is overwritten). ``only=<stage>`` runs one stage (``STAGES``) and
+stops, so a scheduler can run the rows as separate jobs (each under ``accelerate launch``) and ``only=report``
+tabulates them. Judging: the toy world's judge on the toy world (``common/judging.py``), the paper's protocol on SD
+(``common/sd_judging.py``: NudeNet ASR on adversarial prompts or the artist rate, FID and CLIP score on COCO-val).
+Outputs: report.md (our table beside the paper's numbers), report.csv, asr_vs_fjd.png (SD: asr_vs_fid.png),
+curves.png (lower loss, upper loss, constraint gap of the bilevel rows) and samples.png (rows x adversarial prompts).
 """
 
 from __future__ import annotations
@@ -27,12 +32,18 @@ from prunefit.config.schema import DataConfig, FinetuneConfig
 from prunefit.errors import ConfigError
 from prunefit.experiments.common.attacks import add_attacks
 from prunefit.experiments.common.judging import is_unsafe, judge_model
-from prunefit.experiments.common.protocol import EraseKnobs, advunlearn_retain, esd_parameters
+from prunefit.experiments.common.protocol import EraseKnobs, advunlearn_retain, esd_parameters, kind_of
+from prunefit.experiments.common.sd_judging import SDJudge
 from prunefit.experiments.common.stages import concept_slug, pruned_once, run_erase, stage_dir
 from prunefit.experiments.table3.config import ROW_NAMES, ExperimentConfig
 from prunefit.experiments.table3.report import write_table3_report
+from prunefit.generation.ranks import current_ranks
 from prunefit.recipes import bilevel, finetune
 from prunefit.utils.io import mark_done, read_jsonl
+
+ERASE_ROWS = {"distilled+esd": "esd", "distilled+uce": "uce", "distilled+cp": "concept_prune",
+              "distilled+advunlearn": "advunlearn"}
+"""The two-stage rows that erase the distilled student, and their removal method."""
 
 
 def attack_reach(run_dir: Path) -> Optional[float]:
@@ -48,6 +59,7 @@ class Table3:
     def __init__(self, cfg: ExperimentConfig, log=print) -> None:
         self.cfg, self.log = cfg, log
         self.root = Path(cfg.output_dir)
+        self._judges: dict[str, SDJudge] = {}
 
     # ---------------------------------------------------------------- settings each stage depends on
     def lower_data(self, concept: str) -> DataConfig:
@@ -85,24 +97,32 @@ class Table3:
 
         c = self.cfg
         upper_steps = max(1, c.lower_steps // c.upper_every)
+        xt, images = c.bilevel_xt_source, {}
+        if not c.toy:  # no renders of the concept on SD: real concept images, else ESD's own rollouts
+            xt = xt or ("images" if c.concept_images else "model")
+            images = {"concept_images": c.concept_images} if c.concept_images else {}
         train = dataclasses.replace(c.train, max_steps=c.lower_steps, val_every=max(10, c.lower_steps // 10),
                                     val_samples=16)
         return build(
             BilevelConfig, model=c.model, student=str(student), output_dir=str(out), seed=c.seed, device=c.device,
             preset=c.bilevel_preset, upper_method=method, concepts=[concept], upper_every=c.upper_every, lam=c.lam,
             double_loop=c.double_loop, upper_lr=c.resolved_upper_lr(), upper_warmup_steps=c.upper_warmup_steps,
-            upper_train_method=c.upper_train_method or esd_parameters(concept), upper_xt_source=c.bilevel_xt_source,
-            upper_condition=c.upper_condition, upper_batch_size=c.upper_batch_size, track_vartheta=c.track_vartheta,
-            data=self.lower_data(concept), train=train, loss=c.loss, esd=ESDConfig(ddim_steps=c.esd_ddim_steps),
-            advunlearn=AdvUnlearnConfig(ddim_steps=c.esd_ddim_steps, **advunlearn_retain(c.model)).scaled(upper_steps),
+            upper_train_method=c.upper_train_method or esd_parameters(concept, c.model),
+            upper_xt_source=xt, upper_condition=c.upper_condition, upper_batch_size=c.upper_batch_size,
+            track_vartheta=c.track_vartheta, data=self.lower_data(concept), train=train, loss=c.loss,
+            esd=ESDConfig(ddim_steps=c.esd_ddim_steps, **images),
+            advunlearn=AdvUnlearnConfig(ddim_steps=c.esd_ddim_steps, **advunlearn_retain(c.model),
+                                        **images).scaled(upper_steps),
             resume="latest" if (out / "checkpoints").is_dir() else None)
 
     # ---------------------------------------------------------------- building blocks
     def start_expert(self) -> Path:
         """The starting expert: ``expert`` when given, else the teacher magnitude-pruned to ``target`` of its MACs once
         (reused on reruns)."""
-        if self.cfg.expert:
-            return Path(self.cfg.expert)
+        if self.cfg.expert:  # a folder, or `<prune output>@mac=R`: its expert nearest R of the MACs
+            from prunefit.pruning.resolve import expert_by_mac
+
+            return Path(expert_by_mac(self.cfg.expert))
         return pruned_once(self.root / "start", f"[table3] magnitude-pruning the teacher to {self.cfg.target} of "
                            "its MACs", self.log, model=self.cfg.model, method="magnitude", target=self.cfg.target,
                            device=self.cfg.device)
@@ -153,22 +173,27 @@ class Table3:
         if row == "distilled":
             return self.distilled(concept, croot, start), {}
         rdir = stage_dir(croot, row, self.row_spec(row, concept))
-        methods = {"distilled+esd": "esd", "distilled+uce": "uce", "distilled+cp": "concept_prune",
-                   "distilled+advunlearn": "advunlearn"}
-        if row in methods:
-            return self.erased(methods[row], concept, self.distilled(concept, croot, start), rdir), {}
+        if row in ERASE_ROWS:
+            return self.erased(ERASE_ROWS[row], concept, self.distilled(concept, croot, start), rdir), {}
         if row == "esd+distilled":
-            teacher_spec = {"model": self.cfg.model, "seed": self.cfg.seed, "concept": concept,
-                            "erase": asdict(self.erase_knobs())}
-            erased_teacher = self.erased("esd", concept, None, stage_dir(croot, "esd_teacher", teacher_spec))
-            pruned = self._prune_like(start, erased_teacher, rdir / "pruned")
+            erased_teacher = self.esd_teacher(concept, croot)
+            pruned = self.prune_like(start, erased_teacher, rdir / "pruned")
             return self.train_distilled(pruned, rdir, self.lower_data(concept), model=str(erased_teacher)), {}
         method = row.split("_", 1)[1]
         model = self.bilevel(method, concept, start, rdir)
         return model, json.loads((rdir / "bilevel_summary.json").read_text())["balance"]
 
-    def _prune_like(self, start: Path, teacher_dir: Path, out: Path) -> Path:
-        """Apply the starting expert's architecture to another (erased) dense model: load, then slice."""
+    def esd_teacher_spec(self, concept: str) -> dict:
+        """What the ESD-erased dense teacher of "ESD + Distilled" depends on (its stage key)."""
+        return {"model": self.cfg.model, "seed": self.cfg.seed, "concept": concept, "erase": asdict(self.erase_knobs())}
+
+    def esd_teacher(self, concept: str, croot: Path) -> Path:
+        """The dense teacher with ``concept`` erased by ESD (the kind's parameters), as a pipeline (a cached stage)."""
+        return self.erased("esd", concept, None, stage_dir(croot, "esd_teacher", self.esd_teacher_spec(concept)))
+
+    def prune_like(self, start: Path, teacher_dir: Path, out: Path) -> Path:
+        """Apply the starting expert's architecture to another (erased) dense model: load, then slice. Under a
+        multi-process launch rank 0 writes it while the others wait."""
         if (out / "expert.json").is_file():
             return out
         from prunefit.models.components import load_components
@@ -176,27 +201,56 @@ class Table3:
         from prunefit.pruning.materialize import materialize
         from prunefit.pruning.spec import gate_spec
 
-        info = read_expert_info(start)
-        comps = load_components(str(teacher_dir))
-        unet = copy.deepcopy(comps.unet)
-        materialize(unet, gate_spec(comps.unet, info.ffn_groups), torch.tensor(info.arch))
-        info = copy.deepcopy(info)
-        info.source_model = str(teacher_dir)
-        return save_expert(unet, info, out)
+        ranks = current_ranks(self.cfg.device)
+        if ranks.main:
+            info = read_expert_info(start)
+            comps = load_components(str(teacher_dir))
+            unet = copy.deepcopy(comps.unet)
+            materialize(unet, gate_spec(comps.unet, info.ffn_groups), torch.tensor(info.arch))
+            info = copy.deepcopy(info)
+            info.source_model = str(teacher_dir)
+            save_expert(unet, info, out)
+        ranks.barrier()
+        return out
 
     # ---------------------------------------------------------------- evaluation
     def eval_spec(self) -> dict:
-        """What a row's evaluation depends on (its cache key)."""
-        return {"eval_prompts": self.cfg.eval_prompts, "kept_artists": self.cfg.kept_artists}
+        """What a row's evaluation depends on (its cache key): the toy judge's set sizes, or the SD protocol."""
+        c = self.cfg
+        if c.toy:
+            return {"eval_prompts": c.eval_prompts, "kept_artists": c.kept_artists}
+        return {"eval_prompts": c.eval_prompts, "sd": c.sd.key(c.eval_prompts)}
 
-    def evaluate(self, model_path: Path, concept: str) -> dict:
-        """Judge the model at ``model_path`` on ``concept``'s sets (rates, kept artists, fidelity, FJD)."""
-        return judge_model(model_path, self.cfg.model, concept, self.cfg.eval_prompts, self.cfg.kept_artists)
+    def judge(self, concept: str) -> SDJudge:
+        """The SD protocol of ``concept`` (built once per concept)."""
+        if concept not in self._judges:
+            c = self.cfg
+            self._judges[concept] = SDJudge(c.sd, c.model, concept, kind_of(concept, c.model), c.eval_prompts,
+                                            self.root, c.seed, c.device)
+        return self._judges[concept]
+
+    def check(self) -> None:
+        """Before any stage: every concept's evaluation can run (SD: its prompt files, COCO, NudeNet)."""
+        if not self.cfg.toy:
+            for concept in self.cfg.concepts:
+                self.judge(concept).check()
+
+    def evaluate(self, model_path: Path, concept: str, folder: Optional[Path] = None) -> dict:
+        """Judge the model at ``model_path`` on ``concept``: the toy judge's rates, kept artists, fidelity and FJD;
+        on SD the paper's protocol (generated into ``folder``, default the model's)."""
+        c = self.cfg
+        if c.toy:
+            return judge_model(model_path, c.model, concept, c.eval_prompts, c.kept_artists)
+        return self.judge(concept).measure(model_path, folder or Path(model_path).parent)
+
+    def row_file(self, row: str, concept: str, croot: Path) -> Path:
+        """Where ``row``'s judged result lives (its stage folder's row.json)."""
+        spec = self.distil_spec(concept) if row == "distilled" else self.row_spec(row, concept)
+        return stage_dir(croot, row, spec) / "row.json"
 
     def row_result(self, row: str, concept: str, croot: Path, start: Path) -> dict:
         """The row's judged result: reused from row.json only when its model and evaluation settings match."""
-        spec = self.distil_spec(concept) if row == "distilled" else self.row_spec(row, concept)
-        rfile = stage_dir(croot, row, spec) / "row.json"
+        rfile = self.row_file(row, concept, croot)
         if rfile.is_file():
             old = json.loads(rfile.read_text())
             if old.get("eval") == self.eval_spec():
@@ -207,40 +261,85 @@ class Table3:
         t0 = time.time()
         model, balance = self.run_row(row, concept, croot, start)
         res = {"model": str(model), "train_seconds": round(time.time() - t0, 1), "eval": self.eval_spec(),
-               "balance": balance, "threads": self.cfg.threads, **self.evaluate(model, concept)}
+               "balance": balance, "threads": self.cfg.threads, **self.evaluate(model, concept, rfile.parent)}
         if "advunlearn" in row:
             from prunefit.removal.advunlearn.method import AdvUnlearnConfig
 
             res["attack_reach"], res["attack_eps"] = attack_reach(Path(model).parent), AdvUnlearnConfig().attack_eps
-        mark_done(rfile, res, indent=1)  # the judged row: its presence gates reuse
-        if self.attack_row(res, concept, rfile.parent):
+        main = current_ranks(self.cfg.device).main
+        if main:
+            mark_done(rfile, res, indent=1)  # the judged row: its presence gates reuse
+        if self.attack_row(res, concept, rfile.parent) and main:
             mark_done(rfile, res, indent=1)
         return res
 
     def attack_row(self, res: dict, concept: str, folder: Path) -> bool:
-        """Run the configured attacks a judged row lacks (``res['attacks']``); True if any ran."""
-        if not self.cfg.attacks:
+        """Run the configured attacks a judged row lacks (``res['attacks']``); True if any ran. SD: from the
+        ``sd.attack_prompts`` file (default: the adversarial prompts), judged by the detector of the concept."""
+        c = self.cfg
+        if not c.attacks:
             return False
-        return add_attacks(res, model=res["model"], base_model=self.cfg.model, concept=concept,
-                           attacks=self.cfg.attacks, budgets=self.cfg.attack_budgets,
-                           n_prompts=self.cfg.attack_prompts, seed=self.cfg.seed, folder=folder,
-                           device=self.cfg.device, log=self.log)
+        prompts, fmt = (None, "auto") if c.toy else c.sd.attack_source()
+        return add_attacks(res, model=res["model"], base_model=c.model, concept=concept, attacks=c.attacks,
+                           budgets=c.attack_budgets, n_prompts=c.attack_prompts, seed=c.seed, folder=folder,
+                           device=c.device, log=self.log, prompts=prompts, prompt_format=fmt)
+
+    def finished_rows(self, concept: str, croot: Path) -> dict:
+        """Every row's judged result from its row.json (``only=report``); refused, naming them, while rows are
+        missing."""
+        files = {row: self.row_file(row, concept, croot) for row in ["distilled", *self.cfg.rows]}
+        rows = {row: json.loads(f.read_text()) for row, f in files.items() if f.is_file()}
+        missing = [row for row in files if rows.get(row, {}).get("eval") != self.eval_spec()]
+        if missing:
+            raise ConfigError(f"{concept}: rows {missing} are not finished under this evaluation protocol; run them "
+                              "first (only=<row>), then only=report")
+        return rows
+
+    def run_stage(self, stage: str, concept: str, croot: Path, start: Path) -> Optional[dict]:
+        """One stage of ``concept`` (``config.STAGES``); a row's judged result, else None."""
+        if stage == "prepare":
+            if not self.cfg.toy:
+                self.judge(concept).prepare(self.log)
+            return None
+        if stage == "esd_teacher":
+            self.esd_teacher(concept, croot)
+            return None
+        return self.row_result(stage, concept, croot, start)
 
     def run(self) -> dict:
-        """Every row of every concept, with its report, samples and figure; returns the rows by concept."""
-        torch.set_num_threads(self.cfg.threads)
+        """Every row of every concept (or the one stage ``only`` names), with its report, samples and figure;
+        returns the judged rows by concept."""
+        c = self.cfg
+        torch.set_num_threads(c.threads)
         self.root.mkdir(parents=True, exist_ok=True)
-        save_resolved_config(self.cfg, self.root)
+        self.check()  # SD: prompt files, COCO and NudeNet before any training
+        main = current_ranks(c.device).main
+        if main:
+            save_resolved_config(c, self.root)
+        finished = {concept: self.finished_rows(concept, self.root / concept_slug(concept))
+                    for concept in c.concepts} if c.only == "report" else {}  # refused before any work
         start = self.start_expert()
         results: dict = {}
-        for concept in self.cfg.concepts:
+        for concept in c.concepts:
             croot = self.root / concept_slug(concept)
-            rows = {row: self.row_result(row, concept, croot, start) for row in ["distilled", *self.cfg.rows]}
+            if c.only not in (None, "report"):
+                row = self.run_stage(c.only, concept, croot, start)
+                results[concept] = {c.only: row} if row is not None else {}
+                self.log(f"[table3] {concept}: stage {c.only} done"
+                         + (f" -> {self.row_file(c.only, concept, croot)}" if row is not None else ""))
+                continue
+            if c.only == "report":
+                rows = finished[concept]
+            else:
+                if not c.toy:
+                    self.judge(concept).prepare(self.log)
+                rows = {row: self.row_result(row, concept, croot, start) for row in ["distilled", *c.rows]}
             results[concept] = rows
-            write_table3_report(croot, concept, rows, self.cfg, start)
-            write_samples(croot, rows, concept, self.cfg)
-            if self.cfg.model == "toyworld" and self.cfg.sample_prompts > 0:
-                self.figure(concept, croot, rows)
+            if main:
+                write_table3_report(croot, concept, rows, c, start)
+                write_samples(croot, rows, concept, c)
+                if c.toy and c.sample_prompts > 0:
+                    self.figure(concept, croot, rows)
         return results
 
     def figure(self, concept: str, croot: Path, rows: dict) -> Path:
@@ -259,8 +358,12 @@ class Table3:
 
 
 def write_samples(croot: Path, rows: dict, concept: str, cfg) -> None:
-    """samples.png: rows = methods, columns = the first adversarial (or artist) prompts, same seeds everywhere."""
+    """samples.png: rows = methods, columns = the first adversarial (or artist) prompts, same seeds everywhere (SD:
+    the images the evaluation generated)."""
     from PIL import Image
+
+    if not cfg.toy:
+        return _sd_samples(croot, rows, cfg.sample_prompts)
 
     from prunefit.config.schema import SamplerConfig
     from prunefit.generation.grid import GridStyle, labelled_grid
@@ -281,6 +384,25 @@ def write_samples(croot: Path, rows: dict, concept: str, cfg) -> None:
     labelled_grid(grid_rows, [ROW_NAMES.get(k, "Distilled") for k in rows], [p["prompt"] for p in prompts],
                   style=GridStyle(cell=96)).save(croot / "samples.png")
     (croot / "samples.json").write_text(json.dumps({"rows": list(rows), "prompts": [p["prompt"] for p in prompts]},
+                                                   indent=1))
+
+
+def _sd_samples(croot: Path, rows: dict, n: int) -> None:
+    """samples.png of SD rows from their evaluation's images (the same prompt ids and seeds in every row)."""
+    from PIL import Image
+
+    from prunefit.generation.grid import GridStyle, labelled_grid
+    from prunefit.generation.manifest import MANIFEST, read_manifest
+
+    runs = {k: Path(r["samples"]) for k, r in rows.items() if r.get("samples")}
+    if not runs or n <= 0:
+        return
+    first = read_manifest(next(iter(runs.values())) / MANIFEST)
+    ids = list(first)[:n]
+    grid = [[Image.open(run / "images" / f"{i}.png").convert("RGB") for i in ids] for run in runs.values()]
+    labelled_grid(grid, [ROW_NAMES.get(k, "Distilled") for k in runs], [first[i]["prompt"][:60] for i in ids],
+                  style=GridStyle(cell=128)).save(croot / "samples.png")
+    (croot / "samples.json").write_text(json.dumps({"rows": list(runs), "prompts": [first[i]["prompt"] for i in ids]},
                                                    indent=1))
 
 
