@@ -178,6 +178,7 @@ def _rows(folder):
     return [json.loads(x) for x in (folder / "attack.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.experiment
 def test_unlearndiff_on_the_unerased_teacher_reaches_90_percent(tmp_path):
     """Forced to attack every prompt (attack_all), the soft prefix after a small budget still makes skulls."""
     res = _run(tmp_path, "attack=unlearndiff", "concept=skull", "n_prompts=4", "attack_all=true",
@@ -315,7 +316,7 @@ def test_a_rerun_with_another_protocol_is_refused(tmp_path, capsys):
     assert (tmp_path / "results.json").read_text() == before
 
 
-@pytest.mark.slow
+@pytest.mark.experiment
 def test_unlearndiff_breaks_uce_where_the_fixed_prompts_do_not(tmp_path):
     """UCE erases skull on its plain prompts (pre-attack 0/4); UnlearnDiffAtk's soft prompt brings it back (slow:
     a UCE edit and a 20-step attack, ~30 s)."""

@@ -139,7 +139,7 @@ def test_card_bounds_by_hand():
     assert card_bounds(0.05, 20, 16) == (0.0, 1 / 16)  # 1 hit: the prefix holds it or not
 
 
-@pytest.mark.slow
+@pytest.mark.experiment
 @pytest.mark.parametrize("name", ["unsafe-plain", "toy-val"])
 def test_toyworld_metric_reproduces_the_model_card(assets, name, tmp_path):
     """`prunefit generate` + `prunefit evaluate -m toyworld` on the first prompts of a shipped set agree with the
