@@ -4,6 +4,7 @@ the twin on the lower level's batches, and the effective r recorded."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -84,3 +85,23 @@ def test_constrained_run_twin_on_the_same_batches_and_the_effective_r_logged(tmp
     assert summary["dual"]["r_max"] == pytest.approx(2.0) and summary["balance"]["dual_delta"] == 0.05
     state = json.loads(next((tmp_path / "c" / "checkpoints").iterdir()).joinpath("state.json").read_text())
     assert state["phase_steps"] == {"lower": 4, "vartheta": 4, "upper": 2}
+
+
+def test_pareto_points_of_the_constrained_family_and_of_advunlearn_as_the_upper_method():
+    from prunefit.errors import ConfigError
+    from prunefit.experiments.pareto.config import ParetoConfig
+    from prunefit.experiments.pareto.run import Point, grid, point_config
+    from prunefit.experiments.table3.run import Table3
+
+    cfg = ParetoConfig(constrained_delta_grid=[0.02, 0.1], constrained_r_max=1.0)
+    assert [p.name for p in grid(cfg) if p.family == "constrained"] == ["constrained-delta0.02", "constrained-delta0.1"]
+    t, row = point_config(cfg, Point("constrained", 0.02), 0)
+    b = Table3(t).bilevel_config("esd", "skull", Path("-"), Path("-"))
+    assert row == "ours_esd" and b.preset == "constrained" and b.dual_delta == 0.02 and b.tracks_vartheta
+    assert b.resolved.upper.train_method == "full" and b.balance_r() == pytest.approx(1.0)
+    adv = ParetoConfig(upper_method="advunlearn", official_r_grid=[0.5])
+    t, row = point_config(adv, Point("two-stage", 50), 0)
+    assert row == "distilled+advunlearn" and t.advunlearn_iterations == 50
+    assert point_config(adv, Point("official", 0.5), 0)[1] == "ours_advunlearn"
+    with pytest.raises(ConfigError, match="sequential and redistil controls run ESD"):
+        ParetoConfig(upper_method="advunlearn", sequential_grid=[50])

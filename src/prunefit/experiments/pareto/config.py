@@ -10,7 +10,9 @@ from prunefit.errors import ConfigError
 from prunefit.experiments.pareto.decision import DecisionRule
 from prunefit.experiments.table3.config import ExperimentConfig
 
-FAMILIES = ("two-stage", "official", "official-full", "appc", "nested", "interleaved", "sequential", "redistil")
+FAMILIES = ("two-stage", "official", "official-full", "appc", "constrained", "nested", "interleaved", "sequential",
+            "redistil")
+UPPER_METHODS = ("esd", "advunlearn")
 VAL_SETS = ("toy-val", "toy-world", "toy-narrow")
 
 
@@ -47,6 +49,13 @@ class ParetoConfig:
     """The App. C reading (bilevel preset ``appc``: ESD steps on rollouts, concept name, batch 1, every
     ``appc_every`` steps), one point per r."""
     appc_every: int = 20
+    constrained_delta_grid: list[float] = field(default_factory=list)
+    """The constrained preset (dual ascent on the distillation gap, all parameters), one point per allowed gap
+    delta (a fraction of L_ft(vartheta)); its r_max is ``constrained_r_max``."""
+    constrained_r_max: float = 1.0
+    upper_method: str = "esd"
+    """The unlearning method of every family: esd, or advunlearn (two-stage = distil then AdvUnlearn for each
+    ``esd_grid`` iteration count; the bilevel families' upper step is AdvUnlearn's)."""
     sequential_grid: list[int] = field(default_factory=list)
     """The sequential control: the ``sequential_of`` point's upper operator alone (same lr, parameters, batch,
     x_t source, conditioning and teacher reference), run after distillation for each number of steps."""
@@ -83,8 +92,15 @@ class ParetoConfig:
             raise ConfigError("esd_grid values must be >= 0 and r / lambda grid values > 0")
         if any(n < 1 for n in [*self.sequential_grid, *self.redistil_grid, self.redistil_steps, self.appc_every]):
             raise ConfigError("sequential_grid, redistil_grid, redistil_steps and appc_every must be >= 1")
-        if any(v <= 0 for v in [*self.official_full_r_grid, *self.appc_r_grid]):
-            raise ConfigError("official_full_r_grid and appc_r_grid values must be > 0")
+        if any(v <= 0 for v in [*self.official_full_r_grid, *self.appc_r_grid, *self.constrained_delta_grid,
+                                self.constrained_r_max]):
+            raise ConfigError("official_full_r_grid, appc_r_grid, constrained_delta_grid and constrained_r_max "
+                              "must be > 0")
+        if self.upper_method not in UPPER_METHODS:
+            raise ConfigError(f"upper_method must be one of {list(UPPER_METHODS)}, got {self.upper_method!r}")
+        if self.upper_method != "esd" and (self.sequential_grid or self.redistil_grid):
+            raise ConfigError("the sequential and redistil controls run ESD's operator: leave sequential_grid and "
+                              "redistil_grid empty with upper_method=advunlearn")
         for name in [self.val_set, self.side_val_set]:
             if name is not None and name not in VAL_SETS:
                 raise ConfigError(f"val_set / side_val_set must be one of {list(VAL_SETS)}, got {name!r}")

@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 COLOURS = {"two-stage": "tab:gray", "official": "tab:blue", "interleaved": "tab:orange", "nested": "tab:green",
-           "official-full": "tab:purple", "appc": "tab:red", "sequential": "tab:brown", "redistil": "tab:olive"}
+           "official-full": "tab:purple", "appc": "tab:red", "sequential": "tab:brown", "redistil": "tab:olive",
+           "constrained": "tab:cyan"}
 
 
 def could_dominate(q, p) -> bool:
@@ -153,7 +154,7 @@ def write_pareto_report(croot: Path, concept: str, results: list, cfg, paired: l
 
 
 MARKS = {"two-stage": "E", "official": "O", "interleaved": "I", "nested": "N", "official-full": "F", "appc": "A",
-         "sequential": "S", "redistil": "R"}
+         "sequential": "S", "redistil": "R", "constrained": "C"}
 
 
 def ascii_fronts(results: list, width: int = 64, height: int = 14) -> list[str]:
@@ -176,7 +177,7 @@ def ascii_fronts(results: list, width: int = 64, height: int = 14) -> list[str]:
     lines.append("       +" + "-" * width)
     lines.append(f"        FJD {10 ** lo:.2f} (log scale) {'':>{max(0, width - 34)}}{10 ** hi:.2f}")
     lines.append("        E two-stage ESD  O official (ESD subset)  F official (all parameters)  A App. C  "
-                 "S sequential control  R ESD + re-distil")
+                 "S sequential control  R ESD + re-distil  C constrained")
     lines.append("        I paper/interleaved  N paper/nested  (lower case: pure data)")
     return lines
 

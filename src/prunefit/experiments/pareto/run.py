@@ -56,7 +56,7 @@ class Point:
     def name(self) -> str:
         """The point's folder and label name: family, knob and value (and '-pure')."""
         knob = {"two-stage": "esd", "official": "r", "nested": "r", "interleaved": "lam", "official-full": "r",
-                "appc": "r", "sequential": "n", "redistil": "esd"}[self.family]
+                "appc": "r", "constrained": "delta", "sequential": "n", "redistil": "esd"}[self.family]
         return f"{self.family}-{knob}{self.value:g}" + ("-pure" if self.pure else "")
 
     @property
@@ -79,6 +79,7 @@ def grid(cfg: ParetoConfig) -> list[Point]:
     pts += [Point("nested", r) for r in cfg.paper_r_grid]
     pts += [Point("official-full", r) for r in cfg.official_full_r_grid]
     pts += [Point("appc", r) for r in cfg.appc_r_grid]
+    pts += [Point("constrained", d) for d in cfg.constrained_delta_grid]
     pts += [Point("sequential", n) for n in cfg.sequential_grid]
     pts += [Point("redistil", n) for n in cfg.redistil_grid]
     for p in cfg.purity_points:
@@ -120,18 +121,24 @@ def point_config(cfg: ParetoConfig, p: Point, seed: int) -> tuple[ExperimentConf
     t = cfg.table3
     base = dataclasses.replace(t, output_dir=cfg.output_dir, seed=seed,
                                lower_concept_share=0.0 if p.pure else t.lower_concept_share)
+    ours = f"ours_{cfg.upper_method}"
     if p.family == "two-stage":
         if p.value == 0:
             return base, "distilled"
+        if cfg.upper_method == "advunlearn":
+            return dataclasses.replace(base, advunlearn_iterations=int(p.value)), "distilled+advunlearn"
         return dataclasses.replace(base, esd_iterations=int(p.value)), "distilled+esd"
     if p.family == "official":
-        return dataclasses.replace(base, bilevel_preset="official", r=p.value, upper_lr=None), "ours_esd"
+        return dataclasses.replace(base, bilevel_preset="official", r=p.value, upper_lr=None), ours
+    if p.family == "constrained":
+        return dataclasses.replace(base, bilevel_preset="constrained", r=cfg.constrained_r_max, upper_lr=None,
+                                   upper_train_method="full", dual_delta=p.value), ours
     if p.family == "official-full":
         return dataclasses.replace(base, bilevel_preset="official", r=p.value, upper_lr=None,
-                                   upper_train_method="full"), "ours_esd"
+                                   upper_train_method="full"), ours
     if p.family == "appc":
         return dataclasses.replace(base, bilevel_preset="appc", r=p.value, upper_lr=None,
-                                   upper_every=cfg.appc_every), "ours_esd"
+                                   upper_every=cfg.appc_every), ours
     if p.family == "sequential":
         op, _ = point_config(cfg, parse_point(cfg.sequential_of), seed)
         return dataclasses.replace(op, lower_concept_share=base.lower_concept_share), "sequential"
@@ -139,8 +146,8 @@ def point_config(cfg: ParetoConfig, p: Point, seed: int) -> tuple[ExperimentConf
         return dataclasses.replace(base, esd_iterations=int(p.value)), "redistil"
     if p.family == "nested":
         return dataclasses.replace(base, bilevel_preset="paper", double_loop="nested", r=p.value,
-                                   upper_lr=None), "ours_esd"
-    return dataclasses.replace(base, bilevel_preset="paper", double_loop="interleaved", lam=p.value), "ours_esd"
+                                   upper_lr=None), ours
+    return dataclasses.replace(base, bilevel_preset="paper", double_loop="interleaved", lam=p.value), ours
 
 
 def verdict_cells(cells: dict, seeds: list[int]) -> tuple[dict, list[int], list[str]]:

@@ -94,6 +94,10 @@ class ExperimentConfig:
     track_vartheta: bool = True
     """Train the L_ft-only twin for the constraint-gap curve (a diagnostic: it doubles the lower-level cost of the
     bilevel rows' train_seconds; benchmarks/bilevel_wall.py times bilevel without it)."""
+    dual_delta: float = 0.05
+    """bilevel_preset=constrained: the allowed distillation gap as a fraction of L_ft(vartheta) (bilevel/dual.py)."""
+    dual_rho: float = 0.5
+    """bilevel_preset=constrained: the dual ascent step."""
     lower_concept_share: Optional[float] = None
     """Share of the erased concept in the lower-level data; None = ``data`` as given. The unsafe concept: any
     value in [0, 1] (data.toy_p_unsafe); an artist: 0 (the artist is left out of the data)."""
