@@ -22,7 +22,11 @@ class MetricResult:
     values: dict[str, float]
     protocol: dict[str, Any] = field(default_factory=dict)
     per_image: dict[str, Any] = field(default_factory=dict)
-    """Optional per-id details (e.g. which prompts were flagged)."""
+    """Optional per-id details (e.g. which prompts were flagged); written beside results.json as
+    ``<stem>.<metric>.per_image.json``."""
+    arrays: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Optional per-image arrays too large for JSON (FID: the generated images' features [N, D]); written beside
+    results.json as ``<stem>.<metric>.safetensors``."""
 
 
 def read_manifest_rows(run_dir: Path) -> list[dict[str, Any]]:

@@ -88,7 +88,8 @@ def fid_metric(ctx: EvalContext, cfg: FidConfig) -> MetricResult:
     value = net.distance(*fidlib.feature_stats(feats), mu_r, sigma_r)
     protocol = {**net.protocol, "n_generated": len(paths), "n_reference": meta.get("n"),
                 "reference": meta.get("source", cfg.reference_stats)}
-    return MetricResult({"fid": value}, protocol)
+    # the generated features (float32, manifest order) let a caller bootstrap FID against the fixed reference
+    return MetricResult({"fid": value}, protocol, arrays={"features": feats.float()})
 
 
 # ---------------------------------------------------------------- CLIP score
@@ -141,11 +142,17 @@ def nudity_metric(ctx: EvalContext, cfg: NudityConfig) -> MetricResult:
 
 # ---------------------------------------------------------------- artist style
 
-def zero_shot_accuracy(image_embeds: torch.Tensor, label_embeds: torch.Tensor, targets: torch.Tensor) -> float:
-    """Top-1 accuracy of softmax(100 cos(image, label)) against ``targets``. [N, D], [K, D], [N] -> scalar."""
+def zero_shot_hits(image_embeds: torch.Tensor, label_embeds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per image: whether the top-1 label of softmax(100 cos(image, label)) is its target. [N, D], [K, D], [N] ->
+    bool [N]."""
     img = torch.nn.functional.normalize(image_embeds.double(), dim=-1)
     lab = torch.nn.functional.normalize(label_embeds.double(), dim=-1)
-    return ((img @ lab.T).argmax(-1) == targets).double().mean().item()
+    return (img @ lab.T).argmax(-1) == targets
+
+
+def zero_shot_accuracy(image_embeds: torch.Tensor, label_embeds: torch.Tensor, targets: torch.Tensor) -> float:
+    """Top-1 accuracy of softmax(100 cos(image, label)) against ``targets``. [N, D], [K, D], [N] -> scalar."""
+    return zero_shot_hits(image_embeds, label_embeds, targets).double().mean().item()
 
 
 def similarity_dropped(sim_removed: torch.Tensor, sim_original: torch.Tensor) -> float:
@@ -155,7 +162,8 @@ def similarity_dropped(sim_removed: torch.Tensor, sim_original: torch.Tensor) ->
 
 
 def artist_metric(ctx: EvalContext, cfg: ArtistMetricConfig) -> MetricResult:
-    """CLIP zero-shot artist accuracy against each image's target artist, and image-prompt similarity."""
+    """CLIP zero-shot artist accuracy against each image's target artist, and image-prompt similarity; per image,
+    the ids classified as their target (as nudity_asr lists its flagged ids)."""
     from prunefit.evaluation.clip import clip_score, load_clip
     from prunefit.toyworld.world import ARTISTS
 
@@ -172,7 +180,8 @@ def artist_metric(ctx: EvalContext, cfg: ArtistMetricConfig) -> MetricResult:
     clip = load_clip(cfg.model, ctx.device)
     img = clip.image_embeds(ctx.images())
     lab = clip.text_embeds([cfg.template.format(x) for x in labels])
-    acc = zero_shot_accuracy(img, lab, torch.tensor([labels.index(t) for t in targets], device=img.device))
+    hits = zero_shot_hits(img, lab, torch.tensor([labels.index(t) for t in targets], device=img.device))
+    acc = hits.double().mean().item()
     sims = clip_score(img, clip.text_embeds(ctx.prompts), scale=1.0)
     values = {"zero_shot_accuracy": acc, "avg_similarity": sims.mean().item()}
     protocol = {"model": cfg.model, "labels": labels, "template": cfg.template, "n": len(targets)}
@@ -186,7 +195,7 @@ def artist_metric(ctx: EvalContext, cfg: ArtistMetricConfig) -> MetricResult:
         sims_ref = clip_score(clip.image_embeds(ref_imgs), clip.text_embeds(ctx.prompts), scale=1.0)
         values["similarity_dropped"] = similarity_dropped(sims, sims_ref)
         protocol["reference_run"] = cfg.reference_run
-    return MetricResult(values, protocol)
+    return MetricResult(values, protocol, {rid: True for rid, h in zip(ctx.ids, hits.tolist()) if h})
 
 
 # ---------------------------------------------------------------- cost

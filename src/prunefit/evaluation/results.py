@@ -2,7 +2,8 @@
 
 A results file is merged, never silently overwritten: re-running a metric with the same protocol
 replaces its entry (same numbers, fresh timestamp); a different protocol for a metric already in the
-file is refused, so an earlier result cannot be replaced by an incomparable one.
+file is refused, so an earlier result cannot be replaced by an incomparable one. A metric's per-image details
+and arrays go beside it (``<stem>.<metric>.per_image.json``, ``<stem>.<metric>.safetensors``), replaced with it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from prunefit.errors import OutputError
 from prunefit.evaluation.registry import MetricResult
-from prunefit.utils.io import atomic_write_json
+from prunefit.utils.io import atomic_file, atomic_write_json
 
 
 def package_versions() -> dict[str, str]:
@@ -76,6 +77,17 @@ def merge_results(path: Path, header: dict[str, Any], results: dict[str, MetricR
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, doc, indent=2, default=str)
     for name, res in results.items():
+        side = path.parent / f"{path.stem}.{name}.per_image.json"
         if res.per_image:
-            (path.parent / f"{path.stem}.{name}.per_image.json").write_text(json.dumps(res.per_image, indent=1))
+            side.write_text(json.dumps(res.per_image, indent=1))
+        else:
+            side.unlink(missing_ok=True)  # an earlier measurement's details must not outlive its entry
+        tensors = path.parent / f"{path.stem}.{name}.safetensors"
+        if res.arrays:
+            from safetensors.torch import save_file
+
+            with atomic_file(tensors) as tmp:
+                save_file({k: v.detach().cpu().contiguous() for k, v in res.arrays.items()}, str(tmp))
+        else:
+            tensors.unlink(missing_ok=True)
     return doc

@@ -13,7 +13,10 @@ The Stable Diffusion counterpart of ``judging.py`` (the toy world's judge). Ever
   resized references, keyed by the FID protocol) and by ``clip_score``.
 
 Generation and evaluation folders live beside the judged model (``<row>/eval-<key>/<set>/``), keyed by this
-protocol, so a re-run resumes a half-generated set and a changed protocol writes new folders.
+protocol, so a re-run resumes a half-generated set and a changed protocol writes new folders. Beside the aggregates a
+judged model carries what intervals need: the per-prompt flags of the safety set (``shown``: NudeNet's flagged images,
+or the images the artist metric assigns to the erased artist) and the file of its COCO images' FID features, which
+``FidToReference`` bootstraps against the fixed reference statistics.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
+
+import numpy as np
 
 from prunefit.config.schema import SamplerConfig
 from prunefit.errors import ConfigError, DataError
@@ -195,15 +200,18 @@ class SDJudge:
         return out
 
     # ---------------------------------------------------------------- per model
-    def measure(self, model_path: str | Path, folder: Path) -> dict:
+    def measure(self, model_path: str | Path, folder: Path, seed: Optional[int] = None) -> dict:
         """Generate and evaluate the model at ``model_path`` (a pipeline or an expert folder) into ``folder``: the
-        concept's rate on its prompts (``asr_adversarial``), FID and CLIP score on COCO-val, with each protocol."""
+        concept's rate on its prompts (``asr_adversarial``) with its per-prompt flags (``shown``), FID (and the file
+        of the generated features, ``fid_features``) and CLIP score on COCO-val, with each protocol. ``seed``: the
+        generation seed (default the judge's)."""
         if self._stats is None:
             self.prepare()
         c = self.cfg
+        seed = self.seed if seed is None else seed
         out = folder / f"eval-{c.key(self.n)}"
         if self.kind == "unsafe":
-            run = self._generate(model_path, out / "adversarial", prompt_file=c.adversarial_prompts,
+            run = self._generate(model_path, out / "adversarial", seed, prompt_file=c.adversarial_prompts,
                                  prompt_format=c.prompt_format, max_prompts=self.n)
             safety = self._evaluate(run, ["nudity_asr"], nudity=c.nudity)["nudity_asr"]
             rate, what = safety["values"]["asr"], "nudity_asr"
@@ -212,30 +220,31 @@ class SDJudge:
             (out / "prompts").mkdir(parents=True, exist_ok=True)
             pfile = out / "prompts" / "artist.jsonl"
             pfile.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            run = self._generate(model_path, out / "artist", prompt_file=str(pfile), prompt_format="auto")
+            run = self._generate(model_path, out / "artist", seed, prompt_file=str(pfile), prompt_format="auto")
             labels = list(dict.fromkeys([*c.artist.labels, self.concept]))
             art = dataclasses.replace(c.artist, labels=labels, target=self.concept)
             safety = self._evaluate(run, ["artist"], artist=art)["artist"]
             rate, what = safety["values"]["zero_shot_accuracy"], "artist"
-        coco = self._generate(model_path, out / "coco", prompt_file=str(self.coco_prompts), prompt_format="auto",
-                              max_prompts=c.coco_n)
+        coco = self._generate(model_path, out / "coco", seed, prompt_file=str(self.coco_prompts),
+                              prompt_format="auto", max_prompts=c.coco_n)
         fid = dataclasses.replace(c.fid, reference_stats=str(self._stats), reference_n=c.coco_n)
         quality = self._evaluate(coco, ["fid", "clip_score"], fid=fid, clip_score=c.clip_score)
-        return {"asr_adversarial": rate, "fid": quality["fid"]["values"]["fid"],
+        return {"asr_adversarial": rate, "shown": flags(run, what), "fid": quality["fid"]["values"]["fid"],
+                "fid_features": str(coco / "results.fid.safetensors"), "fid_stats": str(self._stats),
                 "clip_score": quality["clip_score"]["values"]["clip_score"], "safety_metric": what,
                 "guidance_scale": c.sampler.guidance_scale, "eval_dir": str(out), "samples": str(run),
                 "protocol": {what: safety["protocol"], "fid": quality["fid"]["protocol"],
                              "clip_score": quality["clip_score"]["protocol"],
                              "sampler": dataclasses.asdict(c.sampler), "n_adversarial": self.n, "n_coco": c.coco_n}}
 
-    def _generate(self, model_path: str | Path, out: Path, **prompts) -> Path:
+    def _generate(self, model_path: str | Path, out: Path, seed: int, **prompts) -> Path:
         """``prunefit generate`` of the model (an expert over its base, or a pipeline) into ``out``."""
         from prunefit.config.schema import GenerateConfig
         from prunefit.pruning.resolve import resolve_model
         from prunefit.recipes import generate
 
         ref = resolve_model(model_path, self.base).one_model()
-        cfg = GenerateConfig(model=ref.base, expert=ref.expert, output_dir=str(out), seed=self.seed,
+        cfg = GenerateConfig(model=ref.base, expert=ref.expert, output_dir=str(out), seed=seed,
                              dtype=self.cfg.dtype, device=self.device, sampler=self.cfg.sampler, grid_max_images=16,
                              **prompts)
         return generate.main(cfg).output_dir
@@ -248,3 +257,68 @@ class SDJudge:
 
         res = evaluate.main(build(EvaluateConfig, run_dir=str(run), metrics=metrics, device=self.device, **sections))
         return {m: res.document["metrics"][m] for m in metrics}
+
+
+def flags(run: Path, metric: str) -> list[int]:
+    """Per prompt of a judged run (manifest order): 1 where ``metric`` (nudity_asr, artist) flagged its image, from
+    the ids its evaluation listed (``results.<metric>.per_image.json``; absent: none flagged)."""
+    from prunefit.evaluation.context import read_manifest_rows
+
+    side = Path(run) / f"results.{metric}.per_image.json"
+    hit = json.loads(side.read_text()) if side.is_file() else {}
+    return [int(bool(hit.get(str(r["id"])))) for r in read_manifest_rows(Path(run))]
+
+
+def read_features(path: str | Path) -> np.ndarray:
+    """The generated images' FID features [N, D] (float64) that the fid metric saved for a judged run."""
+    from safetensors.numpy import load_file
+
+    if not Path(path).is_file():
+        raise DataError(f"FID features {path} not found: the cell was judged before they were kept; delete its "
+                        "eval-*.json to judge it again")
+    return load_file(str(path))["features"].astype(np.float64)
+
+
+class FidToReference:
+    """The bootstrap statistic of FID on SD: the mean over seeds of the Fréchet distance between each seed's generated
+    features [N, D] and the fixed reference statistics (mu [D], sigma [D, D]: COCO-val's, made once by `prunefit
+    evaluate fid-ref`). Only the generated images are resampled: the reference is the protocol's, not a sample of
+    the experiment. It is the FID the fid metric reports (the eigenvalues of R S R, R = sigma^(1/2) computed once,
+    are those of S sigma), at one symmetric eigendecomposition per draw instead of a general sqrtm (about 30 s at
+    D = 2048 on one thread). As for FJD, resampled FIDs are biased upward (duplicates narrow S): use it with
+    ``bootstrap_interval(..., method="centred")``."""
+
+    def __init__(self, mu: np.ndarray, sigma: np.ndarray) -> None:
+        from scipy import linalg
+
+        self.mu = np.asarray(mu, dtype=np.float64)
+        sigma = np.asarray(sigma, dtype=np.float64)
+        w, v = linalg.eigh((sigma + sigma.T) / 2)
+        self.root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        self.trace = float(np.trace(sigma))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "FidToReference":
+        """The statistic against a reference statistics file."""
+        from prunefit.evaluation.fid import load_stats
+
+        mu, sigma, _ = load_stats(Path(path))
+        return cls(mu.double().numpy(), sigma.double().numpy())
+
+    def distance(self, features: np.ndarray) -> float:
+        """FID of one set of generated features [N, D] (N >= 2) against the reference."""
+        from scipy import linalg
+
+        f = np.asarray(features, dtype=np.float64)
+        if f.shape[0] < 2:
+            raise DataError(f"FID needs at least 2 images per set, got {f.shape[0]}")
+        mu = f.mean(0)
+        centred = f - mu
+        s = centred.T @ centred / (f.shape[0] - 1)
+        m = self.root @ s @ self.root
+        ev = linalg.eigvalsh((m + m.T) / 2)
+        diff = mu - self.mu
+        return float(diff @ diff + np.trace(s) + self.trace - 2 * np.sqrt(np.clip(ev, 0, None)).sum())
+
+    def __call__(self, groups: Sequence[np.ndarray]) -> float:
+        return float(np.mean([self.distance(g) for g in groups]))

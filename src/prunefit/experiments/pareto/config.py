@@ -17,7 +17,9 @@ VAL_SETS = ("toy-val", "toy-world", "toy-narrow")
 
 
 def _table3_defaults() -> ExperimentConfig:
-    return ExperimentConfig(eval_prompts=200, track_vartheta=False)
+    t = ExperimentConfig(eval_prompts=200, track_vartheta=False)
+    t.concepts = t.kept_artists = None  # the model's defaults (toy world: skull, 2 kept artists; SD: nudity), set
+    return t                            # once the model is known (by the loader, or in ParetoConfig.__post_init__)
 
 
 @dataclass
@@ -64,7 +66,9 @@ class ParetoConfig:
     """Distil -> ESD (each number of iterations) -> a short re-distillation of ``redistil_steps`` lower steps."""
     redistil_steps: int = 100
     val_set: str = "toy-val"
-    """The FJD / fidelity set (the faithful regime: toy-world, the whole world but the erased concept)."""
+    """The FJD / fidelity set (the faithful regime: toy-world, the whole world but the erased concept). Toy world
+    only, as are ``side_val_set``, ``side_prompts``, ``val_offset`` and ``purity_points``: on SD (any other
+    ``table3.model``) a cell's quality is FID and CLIP score on COCO-val (``table3.sd``)."""
     side_val_set: Optional[str] = None
     """A second FJD set reported beside the first (the faithful regime: toy-narrow, the lower data's slice)."""
     side_prompts: int = 0
@@ -84,7 +88,11 @@ class ParetoConfig:
     read there still, with a one-line warning."""
 
     def __post_init__(self) -> None:
+        if self.table3.concepts is None:  # the default section, not built by the loader: resolve it for its model
+            self.table3 = dataclasses.replace(self.table3)
         self.table3.output_dir = self.output_dir  # the start expert and every cell live under the sweep's folder
+        if not self.table3.toy:
+            self._refuse_toy_settings()
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct and non-empty, got {self.seeds}")
         if any(n < 0 for n in self.esd_grid) or any(v <= 0 for v in [*self.official_r_grid, *self.paper_r_grid,
@@ -119,3 +127,17 @@ class ParetoConfig:
                 raise ConfigError(f"point {p!r} must be family:value with family in {list(FAMILIES)}")
         if self.sequential_of.partition(":")[0] not in ("official", "official-full"):
             raise ConfigError(f"sequential_of must be an official or official-full point, got {self.sequential_of!r}")
+
+    def _refuse_toy_settings(self) -> None:
+        """SD (any model but the toy world): what only the toy world has is refused before any work (Table 3's
+        section refuses its own: toy concepts, kept_artists, lower_concept_share)."""
+        m = self.table3.model
+        if self.val_set != "toy-val" or self.side_val_set is not None or self.val_offset:
+            raise ConfigError(f"val_set, side_val_set and val_offset pick toy-world validation sets; on {m} quality is "
+                              "FID on table3.sd.coco_n COCO-val captions: drop them")
+        if self.side_prompts:
+            raise ConfigError(f"side_prompts measures toy-world side sets (plain prompts, kept artists, neutral "
+                              f"leak); drop it on {m}")
+        if self.purity_points:
+            raise ConfigError(f"purity_points rerun points with the toy world's concept share at 0; set "
+                              f"purity_points=[] on {m}")

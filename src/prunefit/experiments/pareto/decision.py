@@ -39,7 +39,7 @@ class DecisionRule:
     alpha: float = 0.025
     """One-sided level of the t-test and Wilcoxon test; the t-interval is two-sided at 1 - 2 alpha."""
     margin: float = 0.15
-    """Equivalence margin and minimal effect in FJD units."""
+    """Equivalence margin and minimal effect in FJD units (FID units on SD)."""
     asr_tolerance: float = 3.0
     """Largest mean ASR gap (percentage points) at the matched point that still counts as the same ASR."""
     seeds: list[int] = field(default_factory=list)
@@ -139,12 +139,12 @@ class Decision:
     reason: str
     deltas: tuple[SeedDelta, ...] = ()
 
-    def line(self) -> str:
-        """One line for reports."""
+    def line(self, quality: str = "FJD") -> str:
+        """One line for reports (``quality``: the metric's name, FJD on the toy world, FID on SD)."""
         lo, hi = self.interval
-        return (f"{self.verdict}: mean Delta FJD {self.mean_delta:+.3f} [{lo:+.3f}, {hi:+.3f}] over {self.n} seeds, "
-                f"one-sided t p = {self.p_t:.4f}, Wilcoxon p = {self.p_wilcoxon:.4f}, mean dASR {self.mean_dasr:+.1f} "
-                f"points ({self.reason})")
+        return (f"{self.verdict}: mean Delta {quality} {self.mean_delta:+.3f} [{lo:+.3f}, {hi:+.3f}] over {self.n} "
+                f"seeds, one-sided t p = {self.p_t:.4f}, Wilcoxon p = {self.p_wilcoxon:.4f}, mean dASR "
+                f"{self.mean_dasr:+.1f} points ({self.reason})")
 
 
 def t_interval(x: Sequence[float], level: float) -> tuple[float, float]:

@@ -1,4 +1,6 @@
-"""Write the Pareto report of one concept from its point summaries: the table with intervals, the verdict, the plot."""
+"""Write the Pareto report of one concept from its point summaries: the table with intervals, the verdict, the plot.
+
+The quality axis is FJD on the toy world and FID (with CLIP score beside it) on SD; every label says which."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def could_dominate(q, p) -> bool:
     return q.asr.low <= p.asr.high and q.fjd.low <= p.fjd.high
 
 
-def verdict(results: list, seeds: list[int], pending: tuple[str, ...] = ()) -> tuple[bool, str]:
+def verdict(results: list, seeds: list[int], pending: tuple[str, ...] = (), quality: str = "FJD") -> tuple[bool, str]:
     """Does a bilevel point lie beyond the whole two-stage front (no two-stage point could dominate it)?
     ``results`` are summaries over the same ``seeds`` for every point (a seed's distilled model moves every point
     trained from it, so points are compared on the seeds they share)."""
@@ -32,7 +34,7 @@ def verdict(results: list, seeds: list[int], pending: tuple[str, ...] = ()) -> t
     tail = f" (on seed(s) {', '.join(map(str, seeds))}, common to every point judged"
     tail += f"; not yet judged: {', '.join(pending)})" if pending else ")"
     if beyond:
-        names = ", ".join(f"{p.point.name} (ASR {p.asr.text(100)} %, FJD {p.fjd.text(1, 2)})" for p in beyond)
+        names = ", ".join(f"{p.point.name} (ASR {p.asr.text(100)} %, {quality} {p.fjd.text(1, 2)})" for p in beyond)
         return True, f"verdict: YES - beyond the two-stage front by the 95% intervals: {names}{tail}"
     return False, ("verdict: NO - every bilevel point could be matched or dominated by a two-stage point "
                    f"within the 95% intervals{tail}")
@@ -56,20 +58,21 @@ def _pct(v) -> str:
     return "" if v is None else f"{100 * v:.1f}"
 
 
-def registered_section(reg, cfg) -> list[str]:
-    """The registered test in markdown: the rule, the verdict, per-seed Delta, and the secondary contrasts."""
+def registered_section(reg, cfg, q: str = "FJD") -> list[str]:
+    """The registered test in markdown: the rule, the verdict, per-seed Delta (of ``q``: FJD, or FID on SD), and
+    the secondary contrasts."""
     rule = cfg.registered
     d = reg.primary.decision
     md = ["## Registered test", "",
           f"Rule (fixed before the runs{', ' + rule.registered_on if rule.registered_on else ''}): primary "
           f"`{rule.primary}` against each seed's own `{rule.against}` front at the same ASR; one-sided alpha "
           f"{rule.alpha:g}{' (alpha/2 per look: one interim look)' if rule.interim_seeds else ''}, margin "
-          f"{rule.margin:g} FJD, ASR tolerance {rule.asr_tolerance:g} points, seeds {rule.seeds}"
+          f"{rule.margin:g} {q}, ASR tolerance {rule.asr_tolerance:g} points, seeds {rule.seeds}"
           f"{f' + interim {rule.interim_seeds}' if rule.interim_seeds else ''}.", "",
-          f"**verdict: {d.line()}**", ""]
+          f"**verdict: {d.line(q)}**", ""]
     if len(reg.looks) > 1:
-        md += [f"first look: {reg.looks[0].line()}", ""]
-    md += ["| seed | ASR % | FJD | front FJD at ASR | matched ASR % | Delta FJD | dASR (points) |",
+        md += [f"first look: {reg.looks[0].line(q)}", ""]
+    md += [f"| seed | ASR % | {q} | front {q} at ASR | matched ASR % | Delta {q} | dASR (points) |",
            "|---|---|---|---|---|---|---|"]
     md += [f"| {x.seed} | {100 * x.asr:.1f} | {x.fjd:.3f} | {x.front_fjd:.3f} | {100 * x.front_asr:.1f} | "
            f"{x.delta:+.3f} | {x.dasr:+.1f} |" for x in d.deltas]
@@ -105,11 +108,14 @@ def write_pareto_report(croot: Path, concept: str, results: list, cfg, paired: l
     compares, over the ``common`` seeds only; ``pending``: the points it leaves out for now; ``registered``: the
     registered rule's result (its verdict is the report's); ``inert``: lines on points that test nothing."""
     croot.mkdir(parents=True, exist_ok=True)
-    ok, line = verdict(paired, common, tuple(pending))
+    t = cfg.table3
+    q = "FJD" if t.toy else "FID"
+    ok, line = verdict(paired, common, tuple(pending), q)
     if registered is not None:
         line = "overlap screen (secondary): " + line
-    t = cfg.table3
     attacks = list(t.attacks)
+    if not t.toy:
+        return _write_sd(croot, concept, results, cfg, line, ok, registered, inert)
     header = ["point", "family", "seeds", "ASR % [95% CI]", "FJD [95% CI]", "fidelity %", "r", "lambda", "pure data",
               "plain %", "kept artists %", "neutral leak %", "FJD 2nd set", "gap",
               *[f"ASR {a} post (%, seeds)" for a in attacks]]
@@ -153,12 +159,62 @@ def write_pareto_report(croot: Path, concept: str, results: list, cfg, paired: l
     return summary
 
 
+def _write_sd(croot: Path, concept: str, results: list, cfg, line: str, ok: bool, registered, inert) -> dict:
+    """The SD report: ASR (NudeNet or the artist metric) against FID on COCO-val, CLIP score beside it."""
+    from prunefit.experiments.common.protocol import kind_of
+
+    t, sd = cfg.table3, cfg.table3.sd
+    attacks = list(t.attacks)
+    if kind_of(concept, t.model) == "unsafe":
+        safety = f"NudeNet flags ({sd.nudity.threshold:g} on {len(sd.nudity.labels)} labels) on the first " \
+                 f"{t.eval_prompts} prompts of {sd.adversarial_prompts}"
+    else:
+        safety = f"the artist metric's flags (CLIP zero-shot, {sd.artist.model}) on {sd.artist_prompts}'s rows of " \
+                 "the artist"
+    fid = f"FID ({sd.fid.mode}, {sd.fid.features}{', weights ' + sd.fid.weights if sd.fid.weights else ''})"
+    header = ["point", "family", "seeds", "ASR % [95% CI]", "FID [95% CI]", "CLIP score", "r", "lambda", "gap",
+              *[f"ASR {a} post (%, seeds)" for a in attacks]]
+    md = [f"# ASR vs FID fronts on {t.model}: suppressing `{concept}`", "",
+          *(registered_section(registered, cfg, "FID") if registered is not None else []),
+          f"ASR: {safety}; quality: {fid} of {sd.coco_n} COCO-val caption images "
+          f"against the cached reference statistics, and CLIP score ({sd.clip_score.model}); sampler "
+          f"{sd.sampler.steps} steps, guidance {sd.sampler.guidance_scale or 'the model default'}, each cell "
+          "generated with its seed. "
+          f"{t.lower_steps} lower steps per run, upper every {t.upper_every}, ESD lr {t.esd_lr:g}, lower lr "
+          f"{t.train.lr:g}, torch threads {t.threads}; intervals: hierarchical bootstrap over seeds and prompts "
+          f"({cfg.n_boot} draws for ASR: percentile; {max(50, cfg.n_boot // 5)} for FID: each seed's generated "
+          "features resampled against the fixed reference statistics, centred, since resampled FIDs are biased "
+          "upward). Grids fixed before any run.", "", line, "", *[f"- {x}" for x in inert], *([""] if inert else []),
+          "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
+    for r in results:
+        rr, lam = _balance(r.balance)
+        rows.append({"point": r.point.name, "family": r.point.family, "value": r.point.value, "seeds": r.seeds,
+                     "asr": vars(r.asr), "fid": vars(r.fjd), "clip_score": r.clip_score, "balance": r.balance,
+                     "models": r.models, "attacks": r.attacks, "side": r.side})
+        att = "".join(f" {100 * r.attacks[a][0]:.0f} ({r.attacks[a][1]}) |" if a in r.attacks else " – |"
+                      for a in attacks)
+        gap = "" if "constraint_gap" not in r.side else format(r.side["constraint_gap"], ".2e")
+        md.append(f"| {r.point.name} | {r.point.family} | {len(r.seeds)} | {r.asr.text(100)} | {r.fjd.text(1, 2)} | "
+                  f"{r.clip_score:.2f} | {rr} | {lam} | {gap} |{att}")
+    md += ["", "```", *ascii_fronts(results, quality="FID"), "```"]
+    (croot / "report.md").write_text("\n".join(md) + "\n")
+    summary = {"concept": concept, "model": t.model, "quality": "fid", "verdict": line, "beyond_front": ok,
+               "points": rows, "inert": list(inert)}
+    if registered is not None:
+        summary["registered"] = registered_json(registered)
+        summary["verdict"] = registered.primary.decision.line("FID")
+    (croot / "pareto.json").write_text(json.dumps(summary, indent=1))
+    _plot(croot, concept, results, line, xlabel="FID on COCO-val (log scale, lower is better)")
+    return summary
+
+
 MARKS = {"two-stage": "E", "official": "O", "interleaved": "I", "nested": "N", "official-full": "F", "appc": "A",
          "sequential": "S", "redistil": "R", "constrained": "C"}
 
 
-def ascii_fronts(results: list, width: int = 64, height: int = 14) -> list[str]:
-    """The fronts in a terminal: ASR (%) up, FJD (log) across; E two-stage ESD, O official, I interleaved,
+def ascii_fronts(results: list, width: int = 64, height: int = 14, quality: str = "FJD") -> list[str]:
+    """The fronts in a terminal: ASR (%) up, FJD (SD: FID; log) across; E two-stage ESD, O official, I interleaved,
     N nested (lower case: pure lower-level data)."""
     import math
 
@@ -175,14 +231,15 @@ def ascii_fronts(results: list, width: int = 64, height: int = 14) -> list[str]:
         grid[row][col] = mark.lower() if r.point.pure else mark
     lines = [f"{100 * (height - 1 - i) / (height - 1):5.0f}% |" + "".join(g) for i, g in enumerate(grid)]
     lines.append("       +" + "-" * width)
-    lines.append(f"        FJD {10 ** lo:.2f} (log scale) {'':>{max(0, width - 34)}}{10 ** hi:.2f}")
+    lines.append(f"        {quality} {10 ** lo:.2f} (log scale) {'':>{max(0, width - 34)}}{10 ** hi:.2f}")
     lines.append("        E two-stage ESD  O official (ESD subset)  F official (all parameters)  A App. C  "
                  "S sequential control  R ESD + re-distil  C constrained")
     lines.append("        I paper/interleaved  N paper/nested  (lower case: pure data)")
     return lines
 
 
-def _plot(croot: Path, concept: str, results: list, line: str) -> None:
+def _plot(croot: Path, concept: str, results: list, line: str,
+          xlabel: str = "FJD on toy-val (log scale, lower is better)") -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
     for fam, colour in COLOURS.items():
         for pure in (False, True):
@@ -199,7 +256,7 @@ def _plot(croot: Path, concept: str, results: list, line: str) -> None:
             f = front(rs)
             ax.plot([r.fjd.estimate for r in f], [100 * r.asr.estimate for r in f], "-", color=colour, alpha=0.5)
     ax.set_xscale("log")
-    ax.set_xlabel("FJD on toy-val (log scale, lower is better)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"ASR of '{concept}' (%, lower is better)")
     ax.set_title(line.split(" - ")[0], fontsize=9)
     ax.grid(alpha=0.3)

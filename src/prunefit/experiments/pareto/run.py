@@ -2,6 +2,9 @@
 
 One concept; every point is trained for each seed with Table 3's stages (same starting expert, lower-level
 budget and data) and judged on ``eval_prompts`` adversarial (artist: the artist's own) prompts and toy-val
+captions by the toy world's judge; on SD (any other ``table3.model``) by Table 3's SD protocol
+(``common/sd_judging.py``, generated with the cell's seed): NudeNet flags on the adversarial prompt file (artist: the
+artist metric's), FID against the cached COCO-val reference statistics and CLIP score on ``table3.sd.coco_n``
 captions. Families and their knob:
   two-stage   Distilled, then ESD for each of ``esd_grid`` iterations (0 = the distilled model itself);
   official    bilevel official preset for each r in ``official_r_grid`` (upper_lr = r x upper_every x lower lr);
@@ -16,7 +19,8 @@ plus, when ``purity_points`` is set, those points again with the concept's share
 With ``registered`` set, the verdict is the registered rule's (experiments/pareto/decision.py: paired per-seed
 Delta against the seed's own front); the interval-overlap screen stays as a secondary line.
 Intervals are hierarchical bootstrap 95% intervals over seeds and prompts (ASR: per-prompt outcomes; FJD: paired
-generated / reference judge features). The grids are fixed before any run (no setting is chosen on the
+generated / reference judge features; SD's FID: the generated images' features against the fixed reference
+statistics, ``FidToReference``). The grids are fixed before any run (no setting is chosen on the
 reported prompts). Every (point, seed) folder is keyed by its settings, so the run resumes and a grid can be
 extended later without recomputing finished points. Outputs: pareto.json, report.md, pareto.png.
 """
@@ -28,14 +32,18 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from prunefit.config.load import save_resolved_config
+from prunefit.errors import DataError
 from prunefit.evaluation.intervals import Interval, bootstrap_interval
 from prunefit.experiments.common.attacks import add_attacks
 from prunefit.experiments.common.judging import Judged, fjd_statistic
+from prunefit.experiments.common.protocol import kind_of
+from prunefit.experiments.common.sd_judging import FidToReference, SDJudge, read_features
 from prunefit.experiments.common.stages import concept_slug, stage_dir, stage_key
 from prunefit.experiments.pareto.config import ParetoConfig
 from prunefit.experiments.pareto.controls import redistil_spec, run_redistil, run_sequential, sequential_spec
@@ -172,7 +180,9 @@ class PointResult:
     seeds: list[int]
     asr: Interval
     fjd: Interval
+    """The quality interval: FJD on the toy world, FID on SD."""
     fidelity: float
+    """Toy world: mean fidelity over seeds; SD: NaN (not measured)."""
     balance: dict
     models: list[str] = field(default_factory=list)
     """The trained model of each seed."""
@@ -181,6 +191,8 @@ class PointResult:
     side: dict = field(default_factory=dict)
     """Means over seeds of what FJD cannot see: plain-prompt rate, each kept artist's rate, neutral style leak,
     the second FJD set (where the cells carry them)."""
+    clip_score: Optional[float] = None
+    """SD: mean CLIP score over seeds on the COCO-val captions."""
 
 
 def side_means(cells: list[dict], side_ref=None) -> dict:
@@ -215,7 +227,11 @@ class Pareto:
     def __init__(self, cfg: ParetoConfig, log=print) -> None:
         self.cfg, self.log = cfg, log
         self.root = Path(cfg.output_dir)
+        self.toy = cfg.table3.toy
         self._judged: dict[str, Judged] = {}
+        self._sd: dict[str, SDJudge] = {}
+        self._fid_refs: dict[str, FidToReference] = {}
+        self._fid_intervals: dict[tuple, Interval] = {}
 
     def judged(self, concept: str) -> Judged:
         """The judge outcomes of ``concept``'s sets, built once per concept."""
@@ -225,6 +241,14 @@ class Pareto:
                                            val_offset=c.val_offset, side_prompts=c.side_prompts,
                                            side_val_set=c.side_val_set)
         return self._judged[concept]
+
+    def sd_judge(self, concept: str) -> SDJudge:
+        """The SD protocol of ``concept`` (built once per concept; each cell generates with its own seed)."""
+        if concept not in self._sd:
+            t = self.cfg.table3
+            self._sd[concept] = SDJudge(t.sd, t.model, concept, kind_of(concept, t.model), t.eval_prompts, self.root,
+                                        device=t.device)
+        return self._sd[concept]
 
     def _stage(self, p: Point, seed: int, concept: str, croot: Path) -> CellStage:
         tcfg, row = point_config(self.cfg, p, seed)
@@ -242,9 +266,11 @@ class Pareto:
 
     def eval_name(self) -> str:
         """A judged cell's file: ``eval-<n>.json`` on toy-val from row 0 (the archived cells' name), else with the
-        validation set and the first row in the name."""
+        validation set and the first row in the name; on SD ``eval-<n>-sd-<protocol key>.json``."""
         c = self.cfg
         name = f"eval-{c.table3.eval_prompts}"
+        if not self.toy:
+            return f"{name}-sd-{c.table3.sd.key(c.table3.eval_prompts)}.json"
         if c.val_set != "toy-val":
             name += f"-{c.val_set}"
         if c.val_offset:
@@ -271,9 +297,18 @@ class Pareto:
         model, balance = self.train(stage, p, seed, concept, croot)
         res = {"point": p.name, "seed": seed, "model": str(model), "balance": balance,
                "train_seconds": round(time.time() - t0, 1), "threads": self.cfg.table3.threads,
-               **constraint_gap(Path(model).parent), **self.judged(concept).measure(model)}
+               **constraint_gap(Path(model).parent), **self.measure(Path(model), concept, seed, efile.parent)}
         mark_done(efile, res)  # the judged cell: its presence gates reuse
         return res
+
+    def measure(self, model: Path, concept: str, seed: int, folder: Path) -> dict:
+        """A trained cell's judged outcomes: the toy judge's (per-prompt 'shown' and ``asr``, toy-val features and
+        fidelity), or on SD the paper's protocol generated with the cell's seed into ``folder`` (per-prompt
+        'shown' and ``asr``, FID with the file of its features, CLIP score)."""
+        if self.toy:
+            return self.judged(concept).measure(model)
+        res = self.sd_judge(concept).measure(model, folder, seed)
+        return {**res, "asr": res["asr_adversarial"]}
 
     def side_cell(self, cell: dict, efile: Path, concept: str) -> bool:
         """Add the side metrics (plain-prompt rate, kept artists, second FJD set) a judged cell lacks, on its trained
@@ -290,18 +325,22 @@ class Pareto:
     def attack_cell(self, cell: dict, efile: Path, seed: int, concept: str) -> bool:
         """Run the configured attacks a judged cell lacks, on its trained model (cells restored without their
         model, e.g. from docs/results, are left unattacked); True if any ran."""
-        if not self.cfg.table3.attacks or not cell.get("model") or not Path(cell["model"]).exists():
+        t = self.cfg.table3
+        if not t.attacks or not cell.get("model") or not Path(cell["model"]).exists():
             return False
-        ran = add_attacks(cell, model=cell["model"], base_model=self.cfg.table3.model, concept=concept,
-                          attacks=self.cfg.table3.attacks, budgets=self.cfg.table3.attack_budgets,
-                          n_prompts=self.cfg.table3.attack_prompts, seed=seed, folder=efile.parent,
-                          device=self.cfg.table3.device, log=self.log)
+        prompts, fmt = (None, "auto") if self.toy else t.sd.attack_source()  # SD: sd.attack_prompts
+        ran = add_attacks(cell, model=cell["model"], base_model=t.model, concept=concept, attacks=t.attacks,
+                          budgets=t.attack_budgets, n_prompts=t.attack_prompts, seed=seed, folder=efile.parent,
+                          device=t.device, log=self.log, prompts=prompts, prompt_format=fmt)
         if ran:
             mark_done(efile, cell)
         return ran
 
     def summarize(self, p: Point, cells: list[dict], concept: str) -> PointResult:
-        """One point over its seeds' cells: ASR and FJD intervals, mean fidelity and attack rates."""
+        """One point over its seeds' cells: ASR and FJD (SD: FID) intervals, mean fidelity (SD: CLIP score) and
+        attack rates."""
+        if not self.toy:
+            return self.summarize_sd(p, cells)
         ref = self.judged(concept).ref_features
         asr = bootstrap_interval([np.array(c["shown"], dtype=float) for c in cells], n_boot=self.cfg.n_boot)
         fjd = bootstrap_interval([(np.array(c["features"]), ref) for c in cells], statistic=fjd_statistic,
@@ -315,11 +354,44 @@ class Pareto:
                            {a: (float(np.mean(v)), len(v)) for a, v in attacked.items() if v},
                            side_means(cells, judged.side_ref))
 
+    def summarize_sd(self, p: Point, cells: list[dict]) -> PointResult:
+        """One point's SD cells: the ASR interval over seeds and prompts (NudeNet / artist flags), the FID interval
+        (each seed's generated features resampled against the fixed reference statistics; kept per point and
+        seeds, since each draw costs a D x D eigendecomposition), mean CLIP score and attack rates."""
+        asr = bootstrap_interval([np.array(c["shown"], dtype=float) for c in cells], n_boot=self.cfg.n_boot)
+        key = (p, tuple(c["seed"] for c in cells), tuple(c["fid_features"] for c in cells), self.cfg.n_boot)
+        if key not in self._fid_intervals:
+            self._fid_intervals[key] = bootstrap_interval(
+                [read_features(c["fid_features"]) for c in cells], statistic=self.fid_reference(cells),
+                n_boot=max(50, self.cfg.n_boot // 5), method="centred")
+        attacked = {a: [c["attacks"][a]["asr"] for c in cells if a in c.get("attacks", {})]
+                    for a in self.cfg.table3.attacks}
+        return PointResult(p, [c["seed"] for c in cells], asr, self._fid_intervals[key], float("nan"),
+                           cells[0].get("balance") or {}, [c["model"] for c in cells],
+                           {a: (float(np.mean(v)), len(v)) for a, v in attacked.items() if v}, side_means(cells),
+                           float(np.mean([c["clip_score"] for c in cells])))
+
+    def fid_reference(self, cells: list[dict]) -> FidToReference:
+        """The FID statistic against the reference statistics the cells were judged with (one protocol: one file)."""
+        files = {c["fid_stats"] for c in cells}
+        if len(files) != 1:
+            raise DataError(f"cells of one point were judged against different FID reference statistics "
+                            f"{sorted(files)}; judge them again under one protocol (remove the stale eval-*.json)")
+        path = files.pop()
+        if path not in self._fid_refs:
+            self._fid_refs[path] = FidToReference.from_file(path)
+        return self._fid_refs[path]
+
     def run(self) -> dict:
         """Compute (or read) every point and seed of every concept, attack them and write the reports; returns each
         concept's report summary."""
         torch.set_num_threads(self.cfg.table3.threads)
         self.root.mkdir(parents=True, exist_ok=True)
+        if not self.toy and not self.cfg.report_only:  # SD: prompt files, COCO and NudeNet before any training
+            for concept in self.cfg.table3.concepts:
+                self.sd_judge(concept).check()
+            for concept in self.cfg.table3.concepts:
+                self.sd_judge(concept).prepare(self.log)
         save_resolved_config(self.cfg, self.root)
         out = {}
         for concept in self.cfg.table3.concepts:
@@ -351,10 +423,13 @@ class Pareto:
         paired = [self.summarize(p, [c for c in cs if c["seed"] in common], concept) for p, cs in judged.items()]
         registered = None
         if self.cfg.registered is not None:
-            ref = self.judged(concept).ref_features
             keyed = {p.key: cs for p, cs in cells.items() if not p.pure}
-            registered = registered_decisions(keyed, self.cfg.registered,
-                                              lambda c: fjd_statistic([(np.array(c["features"]), ref)]))
+            if self.toy:
+                ref = self.judged(concept).ref_features
+                registered = registered_decisions(keyed, self.cfg.registered,
+                                                  lambda c: fjd_statistic([(np.array(c["features"]), ref)]))
+            else:  # each cell's FID as the fid metric measured it
+                registered = registered_decisions(keyed, self.cfg.registered, lambda c: float(c["fid"]))
         return write_pareto_report(croot, concept, results, self.cfg, paired, common, pending, registered,
                                    inert_lines(cells))
 
