@@ -109,23 +109,9 @@ def tiny_run(tmp_path_factory, tiny):
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel
+    from tiny_clip import save_tiny_clip
 
-    from prunefit.models.tokenizer import byte_level_tokenizer
-
-    tok = byte_level_tokenizer()
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, max_position_embeddings=77,
-                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                      pad_token_id=tok.pad_token_id),
-                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, image_size=32, patch_size=8),
-                     projection_dim=16)
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("clip")
-    CLIPModel(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return str(d)
+    return str(save_tiny_clip(tmp_path_factory.mktemp("clip")))
 
 
 def test_clip_score_metric_on_a_local_clip(tiny_run, tiny_clip):

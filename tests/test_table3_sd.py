@@ -21,23 +21,10 @@ from prunefit.experiments.table3.run import Table3
 @pytest.fixture(scope="module")
 def sd_inputs(tmp_path_factory) -> dict:
     """A random local CLIP, three COCO-style val images with captions, and an MMA-Diffusion-format prompt file."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
-    from prunefit.models.tokenizer import byte_level_tokenizer
+    from tiny_clip import save_tiny_clip
 
     root = tmp_path_factory.mktemp("sd-inputs")
-    tok = byte_level_tokenizer()
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                      num_attention_heads=2, max_position_embeddings=77,
-                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                      pad_token_id=tok.pad_token_id),
-                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, image_size=32, patch_size=8),
-                     projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(cfg).save_pretrained(root / "clip")
-    tok.save_pretrained(root / "clip")
+    save_tiny_clip(root / "clip")
     (root / "val2017").mkdir()
     rng = np.random.default_rng(0)
     anns, caps = [], ["a cat on a sofa", "a red bus in the street", "two people on a beach"]
