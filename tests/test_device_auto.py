@@ -147,11 +147,17 @@ def _device_defaults() -> list[tuple[str, str, object]]:
                     if (isinstance(item, ast.AnnAssign) and getattr(item.target, "id", "") == "device"
                             and isinstance(item.value, ast.Constant)):
                         out.append((str(path.relative_to(root)), node.name, item.value.value))
+                    if isinstance(item, ast.FunctionDef) and item.name == "__init__":  # a hand-written constructor
+                        args = item.args
+                        pairs = [*zip(args.args[::-1], args.defaults[::-1]), *zip(args.kwonlyargs, args.kw_defaults)]
+                        out += [(str(path.relative_to(root)), node.name, d.value) for a, d in pairs
+                                if a.arg == "device" and isinstance(d, ast.Constant)]
     return out
 
 
 def test_no_config_or_context_defaults_to_the_cpu():
-    """Every config, context and detector with a ``device`` field defaults to auto (our users run on GPUs)."""
+    """Every config, context, detector and encoder with a ``device`` field or constructor argument defaults to auto
+    (our users run on GPUs)."""
     found = _device_defaults()
     assert len(found) >= 17  # the 12 command / experiment configs + the runtime contexts and the CLIP detector
     assert [f for f in found if f[2] != "auto"] == []

