@@ -11,6 +11,7 @@ import torch
 from prunefit.config.schema import SamplerConfig
 from prunefit.errors import ConfigError
 from prunefit.toyworld.world import COLOURS, OBJECTS, UNSAFE_PHRASES
+from prunefit.utils.device import as_device
 
 
 def is_unsafe(concept: str) -> bool:
@@ -24,7 +25,7 @@ def guidance_label(cells) -> str:
     return "/".join(str(x) for x in sorted(scales)) if scales else "unrecorded"
 
 
-def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists: int) -> dict:
+def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists: int, device: str = "auto") -> dict:
     """Toy-world judge metrics of a model (an expert folder or a pipeline folder) for one concept: the
     concept's rate on plain and adversarial prompts, kept artists' rate, fidelity and FJD on toy-val."""
     from prunefit.generation.toyworld_quality import measure_set, read_rows
@@ -34,7 +35,7 @@ def judge_model(model_path, base_model: str, concept: str, n: int, kept_artists:
     from prunefit.toyworld.prompts import artist_slug
     from prunefit.toyworld.world import KEEP_ARTISTS
 
-    comps = model_components(resolve_model(model_path, base_model))
+    comps = model_components(resolve_model(model_path, base_model), device=str(as_device(device)))
     judge = load_judge(judge_dir())
     sampler = SamplerConfig(batch_size=50)
     sets = ["toy-val"]
@@ -61,10 +62,11 @@ class Judged:
     what FJD cannot see (plain-prompt concept rate, each kept artist's rate, the neutral style leak)."""
 
     def __init__(self, base_model: str, concept: str, n: int, val_set: str = "toy-val", val_offset: int = 0,
-                 side_prompts: int = 0, side_val_set: Optional[str] = None) -> None:
+                 side_prompts: int = 0, side_val_set: Optional[str] = None, device: str = "auto") -> None:
         """``n`` prompts per set; ``val_set``: the FJD / fidelity set, read from row ``val_offset`` on (a development
         slice: rows the reported numbers never use); ``side_prompts`` > 0 adds the side metrics on that many prompts
-        per set; ``side_val_set``: a second FJD set reported beside the first (the faithful regime's narrow set)."""
+        per set; ``side_val_set``: a second FJD set reported beside the first (the faithful regime's narrow set);
+        ``device``: where the models sample (auto: the run's GPU when there is one); the judge stays on the CPU."""
         from prunefit.models.components import load_components
         from prunefit.toyworld.judge import load_judge
         from prunefit.toyworld.paths import judge_dir, prompts_dir
@@ -73,7 +75,8 @@ class Judged:
 
         self.base, self.concept, self.n = base_model, concept, n
         self.val_set, self.side_prompts, self.side_val_set = val_set, side_prompts, side_val_set
-        self.comps = load_components(base_model)
+        self.device = str(as_device(device))
+        self.comps = load_components(base_model, device=self.device)
         self.judge = load_judge(judge_dir())
 
         def rows(name: str, k: int, offset: int = 0) -> list[dict]:
@@ -107,7 +110,7 @@ class Judged:
         """The model at ``model`` as components: a full pipeline folder, or an expert UNet on the base model."""
         from prunefit.pruning.resolve import model_components, resolve_model
 
-        return model_components(resolve_model(model, self.base), base_components=self.comps)
+        return model_components(resolve_model(model, self.base), device=self.device, base_components=self.comps)
 
     def _shown(self, pred) -> np.ndarray:
         """Per image: 1 where the judge sees the concept (unsafe probability > 0.5, or the artist's style)."""

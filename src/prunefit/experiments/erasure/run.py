@@ -96,7 +96,7 @@ def main(cfg: ErasureConfig, log=print) -> dict:
                 model_path = run_erase(method, concept, cfg.model, None, croot / variant, cfg.knobs(), cfg.seed,
                                        cfg.device, train_method=params)
                 seconds = time.time() - t0
-            metrics = judge_model(model_path, cfg.model, concept, cfg.eval_prompts, cfg.kept_artists)
+            metrics = judge_model(model_path, cfg.model, concept, cfg.eval_prompts, cfg.kept_artists, cfg.device)
             cells[variant] = {"model": str(model_path), "seconds": round(seconds, 1), **metrics}
             _write_cell(cfile, cells[variant])
             if attack_cells(cells[variant], cfg, concept, cfile.parent, log):

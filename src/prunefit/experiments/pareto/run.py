@@ -239,7 +239,7 @@ class Pareto:
             c = self.cfg
             self._judged[concept] = Judged(c.table3.model, concept, c.table3.eval_prompts, val_set=c.val_set,
                                            val_offset=c.val_offset, side_prompts=c.side_prompts,
-                                           side_val_set=c.side_val_set)
+                                           side_val_set=c.side_val_set, device=c.table3.device)
         return self._judged[concept]
 
     def sd_judge(self, concept: str) -> SDJudge:

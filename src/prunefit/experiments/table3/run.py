@@ -241,7 +241,7 @@ class Table3:
         on SD the paper's protocol (generated into ``folder``, default the model's)."""
         c = self.cfg
         if c.toy:
-            return judge_model(model_path, c.model, concept, c.eval_prompts, c.kept_artists)
+            return judge_model(model_path, c.model, concept, c.eval_prompts, c.kept_artists, c.device)
         return self.judge(concept).measure(model_path, folder or Path(model_path).parent)
 
     def row_file(self, row: str, concept: str, croot: Path) -> Path:
