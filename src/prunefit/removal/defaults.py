@@ -99,11 +99,7 @@ def erase_carried_defaults(merged: dict, explicit: set[str]) -> dict:
     keys, and ``removal.model_defaults`` recording them."""
     removal = merged.get("removal") or {}
     method = removal.get("method")
-    section = merged.get(method) if isinstance(method, str) else None
-    if not isinstance(section, dict):
-        return {}
-    concepts = list(section.get("concepts") or removal.get("concepts") or [])
-    values = carried_section(merged.get("model", ""), method, concepts, explicit, removal.get("concept_kind"))
+    values = _method_layer(merged, method, removal.get("concepts"), removal.get("concept_kind"), explicit)
     return {method: values, "removal": {"model_defaults": [f"{method}.{k}" for k in sorted(values)]}} if values else {}
 
 
@@ -111,9 +107,15 @@ def bilevel_carried_defaults(merged: dict, explicit: set[str]) -> dict:
     """``BilevelConfig``'s layer of model defaults: the upper method's carried keys (e.g. the toy world's 20-step
     ESD rollouts and ESD-u for the unsafe concept; ESD-u for nudity on SD)."""
     method = merged.get("upper_method")
+    values = _method_layer(merged, method, merged.get("concepts"), merged.get("concept_kind"), explicit)
+    return {method: values} if values else {}
+
+
+def _method_layer(merged: dict, method, concepts, kind, explicit: set[str]) -> dict:
+    """The carried keys of ``method``'s section of a merged config ({} when it has none): the section's own concepts,
+    else ``concepts``, of the stated ``kind``."""
     section = merged.get(method) if isinstance(method, str) else None
     if not isinstance(section, dict):
         return {}
-    concepts = list(section.get("concepts") or merged.get("concepts") or [])
-    values = carried_section(merged.get("model", ""), method, concepts, explicit, merged.get("concept_kind"))
-    return {method: values} if values else {}
+    concepts = list(section.get("concepts") or concepts or [])
+    return carried_section(merged.get("model", ""), method, concepts, explicit, kind)
