@@ -123,20 +123,31 @@ def _training_captions(cfg, p, seed: int, concept: str, n: int = 300) -> dict[st
     from prunefit.experiments.table3.run import Table3
 
     tcfg, row = point_config(cfg, p, seed)
+    assert row in ("distilled", "distilled+esd", "distilled+advunlearn", "redistil", "sequential") or \
+        row.startswith("ours_"), f"the leak check does not know row {row}: teach it this row's training paths"
     t3 = Table3(tcfg)
     out = {"lower": build_data(t3.lower_data(concept), 32, seed).captions(0, n)}
     uppers = []
-    if row.startswith("ours_") or row == "sequential":
+    if row == "ours_advunlearn":  # the upper step is AdvUnlearn's: its concept, its retain set
+        uppers.append(t3.bilevel_config("advunlearn", concept, Path("-"), Path("-")).resolved.upper)
+    elif row.startswith("ours_") or row == "sequential":
         uppers.append(_operator(t3, concept)[1])
     if row in ("distilled+esd", "redistil"):
         from prunefit.removal.esd.method import ESDConfig
 
         uppers.append(ESDConfig(concepts=[concept]))
+    if row == "distilled+advunlearn":
+        from prunefit.experiments.common.protocol import method_section
+        from prunefit.removal.advunlearn.method import AdvUnlearnConfig
+
+        uppers.append(method_section(AdvUnlearnConfig, "advunlearn", concept, tcfg.model, t3.erase_knobs()))
     for up in uppers:
         if up.xt_source == "images" and up.condition == "caption":
             out[f"upper:{row}"] = _concept_captions(up, seed, n)
         else:
             out[f"upper:{row}"] = list(up.concepts)
+        if hasattr(up, "retain_prompts"):  # AdvUnlearn keeps the model's outputs on these
+            out[f"retain:{row}"] = list(up.retain_prompts)
     return out
 
 
@@ -222,3 +233,24 @@ def test_control_rows_use_the_operator_of_the_point_they_control():
     # each control is its own stage: no two points share a folder
     keys = {str(sorted(sequential_spec(Table3(seq), "skull", n).items())) for n in (50, 100)}
     assert len(keys) == 2
+
+
+def test_a_second_registered_test_on_the_same_cells_writes_its_own_report(tmp_path):
+    """``report_dir``: the constrained test reads the decisive test's cells (one output_dir, cells trained once) and
+    must not overwrite that test's report or resolved config."""
+    from prunefit.config.load import load_config
+    from prunefit.experiments.pareto.config import ParetoConfig
+    from prunefit.experiments.pareto.run import Pareto
+
+    cells, mine = tmp_path / "cells", tmp_path / "mine"
+    (cells / "skull").mkdir(parents=True)
+    (cells / "skull" / "report.md").write_text("the first test's report\n")
+    cfg = load_config(ParetoConfig, [], [f"output_dir={cells}", f"report_dir={mine}", "table3.concepts=[skull]",
+                                          "seeds=[0]", "esd_grid=[0]", "official_r_grid=[]", "paper_r_grid=[]",
+                                          "paper_lam_grid=[]", "purity_points=[]", "core_points=[]",
+                                          "report_only=true"])
+    Pareto(cfg, log=lambda *a: None).run()
+    assert (cells / "skull" / "report.md").read_text() == "the first test's report\n"
+    assert not (cells / "resolved_config.yaml").exists()
+    assert (mine / "skull" / "report.md").is_file() and (mine / "resolved_config.yaml").is_file()
+    assert (mine / "skull" / "pareto.json").is_file()

@@ -79,6 +79,10 @@ class ParetoConfig:
     (rows 0 .. eval_prompts - 1) never use."""
     registered: Optional[DecisionRule] = None
     """The decision rule fixed before the runs (experiments/pareto/decision.py); None: the overlap screen only."""
+    report_dir: Optional[str] = None
+    """Where the report (report.md, pareto.json, pareto.png, one folder per concept) and the resolved config go;
+    None: ``output_dir``. A second registered test on the same cells keeps ``output_dir`` (so the points it shares
+    with the first, the start expert and the two-stage fronts, are trained once) and writes its own report here."""
     n_boot: int = 1000
     report_only: bool = False
     """Write the report from the cells finished so far (e.g. while a sweep runs elsewhere); train nothing."""

@@ -260,7 +260,8 @@ def _plot(croot: Path, concept: str, results: list, line: str,
     ax.set_ylabel(f"ASR of '{concept}' (%, lower is better)")
     ax.set_title(line.split(" - ")[0], fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if results:  # an empty report (no cell judged yet) has nothing to label
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(croot / "pareto.png", dpi=120)
     plt.close(fig)

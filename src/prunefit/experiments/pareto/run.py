@@ -227,6 +227,7 @@ class Pareto:
     def __init__(self, cfg: ParetoConfig, log=print) -> None:
         self.cfg, self.log = cfg, log
         self.root = Path(cfg.output_dir)
+        self.report_root = Path(cfg.report_dir or cfg.output_dir)
         self.toy = cfg.table3.toy
         self._judged: dict[str, Judged] = {}
         self._sd: dict[str, SDJudge] = {}
@@ -392,7 +393,8 @@ class Pareto:
                 self.sd_judge(concept).check()
             for concept in self.cfg.table3.concepts:
                 self.sd_judge(concept).prepare(self.log)
-        save_resolved_config(self.cfg, self.root)
+        self.report_root.mkdir(parents=True, exist_ok=True)
+        save_resolved_config(self.cfg, self.report_root)
         out = {}
         for concept in self.cfg.table3.concepts:
             croot = self.root / concept_slug(concept)
@@ -430,8 +432,8 @@ class Pareto:
                                                   lambda c: fjd_statistic([(np.array(c["features"]), ref)]))
             else:  # each cell's FID as the fid metric measured it
                 registered = registered_decisions(keyed, self.cfg.registered, lambda c: float(c["fid"]))
-        return write_pareto_report(croot, concept, results, self.cfg, paired, common, pending, registered,
-                                   inert_lines(cells))
+        return write_pareto_report(self.report_root / croot.name, concept, results, self.cfg, paired, common, pending,
+                                   registered, inert_lines(cells))
 
 
 def inert_lines(cells: dict) -> list[str]:
