@@ -3,9 +3,14 @@
 They are rows per kind of concept (``prunefit.config.concepts``): the artists are styles, the skull's phrasings
 unsafe, the shapes objects, and the sidecar lists every concept with its kind (``toy_concept_kinds``) so an
 unknown concept is refused. The object rows are the references' object settings (ESD-u, UCE's unconditional
-guide, ConceptPrune's scene prompts) at the toy loop's budget: ``scripts/check_erase_defaults.py`` judged them
-and three other candidates on circle on the dev split, and none erased it (every one left 100% of circles), so
-no object setting is chosen yet (docs/results/erase_defaults_toy.md, section 5).
+guide, ConceptPrune's scene prompts) at the toy loop's budget, and circle has its own UCE guide, "square"
+(docs/results/erase_defaults_toy.md, section 5; ``scripts/check_erase_defaults.py``, edit seed 0, 1 thread). The
+circle is the toy teacher's default shape: with the shape word dropped from a caption it draws a circle, so a
+guide that names no shape (UCE " " or "background") and ESD (pushed towards the unconditional prediction) leave
+100% of circles on the dev split (UCE " " / "background", ESD-u 200 / 600, ESD-x 200; ESD-u at lr 5e-4 wrecks
+every shape). UCE guided to "square" left 0% on dev and on test, every other shape and artist at 1.00x the
+teacher, fidelity 1.00 and FJD on the other shapes' rows 0.81x (dev) / 0.91x (test) the teacher's. The other
+shapes keep " " unchosen: on star it erased every star on dev but raised FJD on the other shapes to 2.00x.
 
 SD keeps the papers' values (ESD lr 1e-5 x 1,000, UCE guide "art"); on the toy world those fail: its tokenizer
 never saw "art" (an untrained embedding as the guide) and 1e-5 x 1,000 barely moves its small UNet. These are
@@ -85,13 +90,19 @@ def toy_method_defaults() -> dict:
     unsafe = {"esd": {"train_method": "noxattn", "iterations": 300}, "advunlearn": {"train_method": "noxattn"},
               "uce": {"guides": [UCE_GUIDES["unsafe"]]},
               "concept_prune": {"target_template": "{thing} that is a {concept}"}}
-    # Objects (the shapes): JUDGED ON THE DEV SPLIT, NONE ERASES. The ESD paper's object settings (ESD-u) at the
-    # toy loop's budget, UCE's reference guide for objects (the unconditional " "), ConceptPrune's object prompts
-    # ("a {scene}" / "a {object} in a {scene}") on the toy world's backgrounds. scripts/check_erase_defaults.py
-    # --split dev --concepts circle (toy-val's last 50 circle rows, edit seed 0, 1 thread) left 100% of circles
-    # with every candidate tried: UCE " ", UCE "background", ESD-u 200 and ESD-x 200 (which also raised FJD on
-    # the other shapes to 1.51x); docs/results/erase_defaults_toy.md, section 5. No candidate met the rate target,
-    # so these stay the references' settings, unchosen and not judged on test.
+    # Objects (the shapes): the ESD paper's object settings (ESD-u) at the toy loop's budget, UCE's reference guide
+    # for objects (the unconditional " "), ConceptPrune's object prompts ("a {scene}" / "a {object} in a {scene}")
+    # on the toy world's backgrounds; docs/results/erase_defaults_toy.md, section 5 (scripts/check_erase_defaults.py,
+    # toy-val's 50 rows of the shape per split, edit seed 0, 1 thread). Circle is the teacher's default shape
+    # (captions with the shape word dropped draw circles), so no guide naming no shape erases it: on dev UCE " ",
+    # UCE "background", ESD-u 200, ESD-u 600 and ESD-x 200 each left 100% of circles (ESD-x also raised FJD on the
+    # other shapes to 1.51x) and ESD-u at lr 5e-4 wrecked every shape. Circle's own row (``concepts`` below): UCE
+    # guided to "square" (still preserved, so its rows hold) left 0% of circles on dev and on test, every other
+    # shape and artist at 1.00x the teacher, fidelity 1.00, FJD on the other shapes' rows 0.81x (dev) / 0.91x
+    # (test). ESD has no setting that erases circle (ESD-u stays the reference's row, unchosen). The other shapes
+    # keep " ": star (not the default shape) with it on dev left 0% of stars, but FJD on the other shapes' rows
+    # went to 2.00x the teacher's (fidelity 0.98, crosses 0.90x), so that row misses too and is not judged on
+    # test; square, triangle and cross were not judged.
     obj = {"esd": {"train_method": "noxattn"}, "advunlearn": {"train_method": "noxattn"}, "uce": {"guides": [" "]},
            "concept_prune": {"things": list(BACKGROUNDS), "base_template": "a {thing} background",
                              "target_template": "a {concept} on a {thing} background"}}
@@ -100,5 +111,5 @@ def toy_method_defaults() -> dict:
                                           "base_template": "{thing}"},
                         "uce": {"preserve": uce_preserve_set(ARTISTS)}},
             "kinds": {"style": style, "unsafe": unsafe, "object": obj},
-            "concepts": {},
+            "concepts": {"circle": {"uce": {"guides": ["square"]}}},
             "concept_kinds": toy_concept_kinds()}

@@ -48,11 +48,14 @@ def kind_of(concept: str, model: str) -> str:
     return concept_kind(concept)
 
 
-def _toy_row(kind: str, method: str) -> dict:
-    """The toy sidecar's row of ``method`` for ``kind`` (the settings ``prunefit erase`` uses there too)."""
+def _toy_row(kind: str, method: str, concept: Optional[str] = None) -> dict:
+    """The toy sidecar's row of ``method`` for ``kind``, with ``concept``'s own entry (its per-concept layer) over
+    it: the settings ``prunefit erase`` resolves there too (``prunefit.removal.defaults.resolve_defaults``)."""
     from prunefit.toyworld.erase_defaults import toy_method_defaults
 
-    return toy_method_defaults()["kinds"][kind].get(method, {})
+    carried = toy_method_defaults()
+    own = (carried["concepts"].get(concept) or {}).get(method, {}) if concept is not None else {}
+    return {**carried["kinds"][kind].get(method, {}), **own}
 
 
 def esd_parameters(concept: str, model: str = "toyworld") -> str:
@@ -66,12 +69,13 @@ def esd_parameters(concept: str, model: str = "toyworld") -> str:
 def uce_guide(concept: str, model: str) -> list[str]:
     """UCE's guide concept, by the concept's kind. SD: the reference's "art" (artists), "person" (nudity), " "
     (objects: unconditional). Toy world: the in-vocabulary generic words that play those roles ("painting",
-    "drawing"; an unseen word has an untrained embedding), " " for its shapes."""
+    "drawing"; an unseen word has an untrained embedding), " " for its shapes but "square" for circle, the shape
+    the toy teacher draws when a caption names none (the per-concept layer of its defaults)."""
     from prunefit.removal.uce.method import UCEConfig
 
     kind = kind_of(concept, model)
     if model == "toyworld":
-        return list(_toy_row(kind, "uce")["guides"])
+        return list(_toy_row(kind, "uce", concept)["guides"])
     return list(UCEConfig.kind_defaults.get(kind, {}).get("guides", UCEConfig().guides))
 
 
@@ -126,4 +130,4 @@ def _concept_prune_prompts(concept: str, kind: str, model: str) -> dict:
            "target_template": "{thing} in the style of {concept}"}
     if kind == "unsafe":
         return {**toy, "target_template": "{thing} that is a " + concept}
-    return {**toy, **_toy_row(kind, "concept_prune")}
+    return {**toy, **_toy_row(kind, "concept_prune", concept)}
