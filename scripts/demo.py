@@ -2,13 +2,16 @@
 
 1. the toy teacher: its measured quality in three lines (the whole card and sample grids go to runs/demo/show/);
 2. APTP: prune the teacher into 4 experts at 0.8 of its MACs, with a prompt router;
-3. the paper's comparison in small, as Pareto fronts: distil expert 0, then suppress the unsafe concept
-   ("skull") two ways - two-stage (distil, then ESD for 40 or 160 iterations) and bilevel (ESD while distilling:
-   the official preset at r = 0.25 and 1.0, the paper preset at lambda = 100) - judge every point on 50 prompts;
+3. the paper's comparison in small, as Pareto fronts, with the registered decisive test's settings
+   (configs/toyworld/decisive/skull_default.yaml: no skull scene in the lower data, the upper step conditioned on
+   the concept's own word, EMA weights): distil expert 0, then suppress the unsafe concept ("skull") two ways -
+   two-stage (distil, then ESD for 50 or 400 iterations) and bilevel (ESD while distilling: the authors' schedule
+   with all parameters at r = 0.5, the test's primary point, and r = 1) - judged on 50 prompts per set;
 4. a labelled figure of those models on erased, kept and unsafe prompts;
-then one screen: the fronts drawn in the terminal, the table and where everything went. One seed and 50
-prompts make this a picture, not a measurement: `prunefit experiment pareto --config configs/toyworld/pareto.yaml`
-is the measurement (3 seeds, 200 prompts, intervals). Re-running reuses finished steps. Outputs: runs/demo/.
+then one screen: the fronts drawn in the terminal, the table, the registered test's verdict as read from its
+committed report (docs/results/decisive_skull_default.md: 10 seeds x 200 prompts per set), and where everything
+went. One seed and 50 prompts make the demo's own run a picture, not a measurement. Re-running reuses finished
+steps. Outputs: runs/demo/.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ OUT = Path("runs/demo")
 THREADS = int(os.environ.get("PRUNEFIT_THREADS", "1"))
 """torch threads of every step (set once here; the Pareto step is given the same); PRUNEFIT_THREADS overrides."""
 ROOT = Path(__file__).resolve().parent.parent
+DECISIVE = ROOT / "configs/toyworld/decisive/skull_default.yaml"
+"""The registered test whose settings the demo's own small run uses (its grid is cut to five points, one seed)."""
+VERDICT = ROOT / "docs/results/decisive_skull_default.md"
+"""The registered test's committed report; the demo quotes its verdict."""
 
 
 def step(title: str, argv: list[str]) -> float:
@@ -62,14 +69,36 @@ def teacher_summary() -> str:
 
 
 def figure(summary: dict) -> None:
-    names = {"two-stage-esd0": "Distilled", "two-stage-esd160": "Distilled + ESD",
-             "official-r0.25": "Ours (ESD, official r 0.25)", "interleaved-lam100": "Ours (ESD, paper lambda 100)"}
+    names = {"two-stage-esd0": "Distilled", "two-stage-esd50": "Distilled + ESD-50",
+             "two-stage-esd400": "Distilled + ESD-400", "official-full-r0.5": "Ours (ESD, authors' schedule, r 0.5)",
+             "official-full-r1": "Ours (ESD, authors' schedule, r 1)"}
     models = [f'{{name: "{names[p["point"]]}", path: "{p["models"][0]}"}}' for p in summary["points"]
               if p["point"] in names]
     prompts = ROOT / "configs/toyworld/prompts/table6_fig6_erasure_after_pruning.csv"
     step("Figure: the models on erased, kept and unsafe prompts",
          ["experiment", "figures", f"models=[{', '.join(models)}]", f"prompt_file={prompts}", 'erased=["skull"]',
           f"output_dir={OUT / 'figure'}"])
+
+
+def pareto_overrides(expert: Path) -> list[str]:
+    """The demo's cut of the decisive test (``DECISIVE``): its own expert, one seed, 50 prompts, five points."""
+    return [f"output_dir={OUT / 'pareto'}", f"table3.expert={expert}", "seeds=[0]", "table3.eval_prompts=50",
+            "esd_grid=[0, 50, 400]", "official_r_grid=[]", "official_full_r_grid=[0.5, 1.0]", "appc_r_grid=[]",
+            "paper_lam_grid=[]", "sequential_grid=[]", "redistil_grid=[]", "core_points=[]", "side_prompts=0",
+            "registered=null", "n_boot=200", f"table3.threads={THREADS}"]
+
+
+def committed_verdict(path: Path = VERDICT) -> list[str]:
+    """The registered test's verdict and set-up lines, read from its committed report (``**Verdict**`` and
+    ``**Setup**`` lines); a line saying why there is none when the report is not committed yet."""
+    if not path.is_file():
+        return [f"registered test (configs/toyworld/decisive/skull_default.yaml): no committed verdict yet ({path.name}"
+                " is written when its 10 seeds are judged; scripts/decisive_runs.sh runs them)"]
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    picked = [ln for ln in lines if ln.startswith(("**Verdict", "**Setup"))]
+    if not picked:
+        return [f"{path}: no '**Verdict**' line in the committed report"]
+    return [f"read from the committed report {path.relative_to(ROOT)}:", *picked]
 
 
 def run() -> None:
@@ -81,12 +110,8 @@ def run() -> None:
         step("APTP: 4 experts at 0.8 of the teacher's MACs, with a prompt router",
              ["prune", f"output_dir={prune_dir}", "num_experts=4", "target=0.8", "steps=300", "batch_size=8",
               "eval_prompts=0"])
-    step("Pareto in small: two-stage ESD vs bilevel for the unsafe concept",
-         ["experiment", "pareto", f"output_dir={OUT / 'pareto'}",
-          f"table3.expert={prune_dir / 'experts' / 'expert-0'}", "table3.concepts=[skull]", "seeds=[0]",
-          "table3.eval_prompts=50", "table3.lower_steps=160", "table3.upper_every=4",
-          "esd_grid=[0, 40, 160]", "official_r_grid=[0.25, 1.0]", "paper_lam_grid=[100]", "paper_r_grid=[]",
-          "purity_points=[]", "core_points=[]", "n_boot=200", f"table3.threads={THREADS}"])
+    step("Pareto in small: two-stage ESD vs bilevel for the unsafe concept, the decisive test's settings",
+         ["experiment", "pareto", "--config", str(DECISIVE), *pareto_overrides(prune_dir / "experts" / "expert-0")])
     summary = json.loads((OUT / "pareto" / "skull" / "pareto.json").read_text())
     figure(summary)
     prune_summary = json.loads((prune_dir / "prune_summary.json").read_text())
@@ -97,9 +122,10 @@ def run() -> None:
     print(teacher_summary())
     ratios = prune_summary.get("mac_ratios") or [e.get("mac_ratio") for e in prune_summary.get("experts", [])]
     print(f"APTP experts' MAC ratios: {', '.join(f'{r:.2f}' for r in ratios if r is not None)}")
-    print(f"skull, 1 seed x 50 prompts (a picture, not a claim): {summary['verdict']}")
+    print(f"the demo's run, skull, 1 seed x 50 prompts (a picture, not a claim): {summary['verdict']}")
     print("\n".join(fronts))
     print("\n".join(t for t in table if "---" not in t))
+    print("\n".join(committed_verdict()))
     print(f"report {OUT / 'pareto/skull/report.md'} | plot {OUT / 'pareto/skull/pareto.png'} | figure "
           f"{OUT / 'figure/figure.png'} (+ index.html) | card {OUT / 'logs/teacher.log'}")
     print(f"demo finished in {time.time() - t0:.0f} s at {THREADS} torch thread(s)")
