@@ -7,8 +7,10 @@ so), NudeNet's real shipped detector, random images as COCO-2017 val with made-u
 in MMA-Diffusion's CSV layout standing in for its adversarial set. Every stage runs as its own
 ``python -m prunefit experiment table3 ... only=<stage>`` process (as a cluster scheduler would run them, one job
 each), with a couple of steps each; then ``only=report`` writes the table. OUT/stages.md lists each stage's wall
-time and peak RSS; OUT/t3/nudity/report.md is the table. Weight files are deleted at the end of a run where
-every stage succeeded (``--keep`` keeps them); after a failure they stay and a re-run resumes at the failed stage.
+time and peak RSS; OUT/t3/nudity/report.md is the table. After each stage its training checkpoints and a row's own
+weights are deleted, and at the end of a run where every stage succeeded every weight file (``--keep`` keeps them);
+after a failure the start, distilled and erased-teacher weights stay and a re-run resumes at the failed stage.
+A re-run after the weights were deleted runs every stage afresh (the finished folders would point at nothing).
 
 Run it under the heavy-jobs lock with one thread:
     flock /tmp/prunefit-heavy.lock env OMP_NUM_THREADS=1 .venv/bin/python scripts/table3_sd_smoke.py
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,7 +29,16 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from smoke_sd import ROOT, clip_vit_l, drop_weights, prunefit, reduced_view, run_child, skeleton  # noqa: E402
+from smoke_sd import (  # noqa: E402
+    ROOT,
+    WEIGHT_SUFFIXES,
+    clip_vit_l,
+    drop_weights,
+    prunefit,
+    reduced_view,
+    run_child,
+    skeleton,
+)
 
 STAGES = ("prepare", "distilled", "esd_teacher", "distilled+esd", "esd+distilled", "distilled+uce", "distilled+cp",
           "distilled+advunlearn", "ours_esd", "ours_advunlearn", "report")
@@ -68,6 +80,28 @@ def adversarial_csv(path: Path) -> Path:
     return path
 
 
+def weightless(t3: Path) -> bool:
+    """True when a finished run's weights were deleted (``drop_weights``): the distilled expert that the later stages
+    read is gone while its folder would be reused as finished."""
+    return t3.is_dir() and any(not any(f.suffix in WEIGHT_SUFFIXES for f in d.rglob("*"))
+                               for d in t3.glob("*/distilled-*/expert") if d.is_dir())
+
+
+def drop_finished(t3: Path, stage: str) -> float:
+    """After ``stage`` succeeded: delete every training checkpoint (only an interrupted stage resumes from one) and,
+    for a row, the row's own weights (its judged row.json is what the report reads); the start, the distilled
+    expert and the erased teacher stay for the stages that read them. Full-size stage folders are 12-16 GB each,
+    most of it checkpoints: without this the run needs ~60 GB of disk. Returns the GB deleted."""
+    gone = 0.0
+    for ck in [d for d in t3.rglob("checkpoints") if d.is_dir()]:
+        gone += drop_weights(ck)
+        shutil.rmtree(ck, ignore_errors=True)
+    if stage not in ("prepare", "distilled", "esd_teacher", "report"):
+        for d in t3.glob(f"*/{stage}-*"):
+            gone += drop_weights(d)
+    return gone
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--skeletons", type=Path, default=ROOT / "runs" / "skeletons")
@@ -78,6 +112,9 @@ def main() -> int:
     args = p.parse_args()
     out, t_start = args.output, time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    if weightless(out / "t3"):
+        print(f"{out / 't3'}: an earlier run's stage weights were deleted; running every stage afresh", flush=True)
+        shutil.rmtree(out / "t3")
     args.skeletons.mkdir(parents=True, exist_ok=True)
     view = reduced_view(skeleton("sd21", args.skeletons), out / f"sd21-{args.resolution}px", args.resolution)
     clip = clip_vit_l(args.skeletons / "clip-vit-l14-random")
@@ -104,6 +141,8 @@ def main() -> int:
         if code:
             failed = True
             break
+        if not args.keep:
+            drop_finished(out / "t3", stage)
     total = time.perf_counter() - t_start
     lines += ["", f"total wall time {total:.0f} s (stages plus building the inputs), OMP_NUM_THREADS=1, "
               f"{args.resolution} px, random weights: the numbers are meaningless, the plumbing is what is proven."]
