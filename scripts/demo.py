@@ -5,8 +5,8 @@
 3. the paper's comparison in small, as Pareto fronts, with the registered decisive test's settings
    (configs/toyworld/decisive/skull_default.yaml: no skull scene in the lower data, the upper step conditioned on
    the concept's own word, EMA weights): distil expert 0, then suppress the unsafe concept ("skull") two ways -
-   two-stage (distil, then ESD for 50 or 400 iterations) and bilevel (ESD while distilling: the authors' schedule
-   with all parameters at r = 0.5, the test's primary point, and r = 1) - judged on 50 prompts per set;
+   two-stage (distil, then ESD for 400 iterations) and bilevel (ESD while distilling: the authors' schedule with all
+   parameters at r = 0.5, the test's primary point) - judged on 50 prompts per set;
 4. a labelled figure of those models on erased, kept and unsafe prompts;
 then one screen: the fronts drawn in the terminal, the table, the registered test's verdict as read from its
 committed report (docs/results/decisive_skull_default.md: 10 seeds x 200 prompts per set), and where everything
@@ -81,9 +81,9 @@ def figure(summary: dict) -> None:
 
 
 def pareto_overrides(expert: Path) -> list[str]:
-    """The demo's cut of the decisive test (``DECISIVE``): its own expert, one seed, 50 prompts, five points."""
+    """The demo's cut of the decisive test (``DECISIVE``): its own expert, one seed, 50 prompts, three points."""
     return [f"output_dir={OUT / 'pareto'}", f"table3.expert={expert}", "seeds=[0]", "table3.eval_prompts=50",
-            "esd_grid=[0, 50, 400]", "official_r_grid=[]", "official_full_r_grid=[0.5, 1.0]", "appc_r_grid=[]",
+            "esd_grid=[0, 400]", "official_r_grid=[]", "official_full_r_grid=[0.5]", "appc_r_grid=[]",
             "paper_lam_grid=[]", "sequential_grid=[]", "redistil_grid=[]", "core_points=[]", "side_prompts=0",
             "registered=null", "n_boot=200", f"table3.threads={THREADS}"]
 
