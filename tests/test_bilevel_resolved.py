@@ -49,7 +49,7 @@ def test_settings_the_preset_does_read_are_accepted():
     assert _load("preset=official", "esd.xt_source=images").resolved.upper.xt_source == "images"
     cfg = load_config(BilevelConfig, ["configs/sd21/bilevel_monet_official.yaml"], [])
     assert cfg.resolved.upper.xt_source == "images" and cfg.resolved.upper_batch == 16
-    assert load_config(BilevelConfig, ["configs/sd21/bilevel_nudity.yaml"], []).resolved.upper.train_method == "noxattn"
+    assert load_config(BilevelConfig, ["configs/sd21/bilevel_nudity.yaml"], []).resolved.upper.train_method == "full"
 
 
 def test_the_cli_refuses_an_ignored_setting_in_one_line(capsys):

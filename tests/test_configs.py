@@ -42,7 +42,8 @@ def test_sd21_configs_hold_the_papers_settings():
     assert (ft.loss.ddpm, ft.loss.output_kd, ft.loss.feature_kd) == (1.0, 2.0, 0.1)
     assert ft.train.micro_batch_size * 8 * ft.train.grad_accum_steps == 64  # effective batch on 8 GPUs
     bl = _load(root / "bilevel_nudity.yaml")
-    assert (bl.lam, bl.every, bl.upper_lr, bl.train.lr) == (100.0, 20, 5e-6, 1e-6)
+    assert (bl.preset, bl.every, bl.upper_lr, bl.train.lr) == ("official", 10, 5e-6, 1e-6)  # r = 0.5, the code's
+    assert bl.resolved.upper.train_method == "full" and bl.resolved.upper.xt_source == "images"
     gen = _load(root / "generate_coco.yaml")
     assert (gen.sampler.scheduler, gen.sampler.steps, gen.sampler.guidance_scale) == ("pndm", 25, 7.5)
     esd = _load(root / "erase_esd_nudity.yaml")
