@@ -3,10 +3,11 @@
 1. the toy teacher: its measured quality in three lines (the whole card and sample grids go to runs/demo/show/);
 2. APTP: prune the teacher into 4 experts at 0.8 of its MACs, with a prompt router;
 3. the paper's comparison in small, as Pareto fronts, with the registered decisive test's settings
-   (configs/toyworld/decisive/skull_default.yaml: no skull scene in the lower data, the upper step conditioned on
-   the concept's own word, EMA weights): distil expert 0, then suppress the unsafe concept ("skull") two ways -
-   two-stage (distil, then ESD for 400 iterations) and bilevel (ESD while distilling: the authors' schedule with all
-   parameters at r = 0.5, the test's primary point) - judged on 50 prompts per set;
+   (configs/toyworld/decisive/skull_default.yaml: its start, the teacher magnitude-pruned to 0.8 of its MACs; no
+   skull scene in the lower data, the upper step conditioned on the concept's own word, EMA weights): distil, then
+   suppress the unsafe concept ("skull") two ways - two-stage (distil, then ESD for 400 iterations) and bilevel (ESD
+   while distilling: the authors' schedule with all parameters at r = 0.5, the test's primary point) - judged on 50
+   prompts per set;
 4. a labelled figure of those models on erased, kept and unsafe prompts;
 then one screen: the fronts drawn in the terminal, the table, the registered test's verdict as read from its
 committed report (docs/results/decisive_skull_default.md: 10 seeds x 200 prompts per set), and where everything
@@ -80,22 +81,25 @@ def figure(summary: dict) -> None:
           f"output_dir={OUT / 'figure'}"])
 
 
-def pareto_overrides(expert: Path) -> list[str]:
-    """The demo's cut of the decisive test (``DECISIVE``): its own expert, one seed, 50 prompts, three points."""
-    return [f"output_dir={OUT / 'pareto'}", f"table3.expert={expert}", "seeds=[0]", "table3.eval_prompts=50",
+def pareto_overrides() -> list[str]:
+    """The demo's cut of the decisive test (``DECISIVE``): its start (the teacher magnitude-pruned to 0.8 of its MACs;
+    the demo's 300-step APTP experts are a picture of APTP, not the registered start), one seed, 50 prompts, three
+    points."""
+    return [f"output_dir={OUT / 'pareto'}", "seeds=[0]", "table3.eval_prompts=50",
             "esd_grid=[0, 400]", "official_r_grid=[]", "official_full_r_grid=[0.5]", "appc_r_grid=[]",
             "paper_lam_grid=[]", "sequential_grid=[]", "redistil_grid=[]", "core_points=[]", "side_prompts=0",
             "registered=null", "n_boot=200", f"table3.threads={THREADS}"]
 
 
 def committed_verdict(path: Path = VERDICT) -> list[str]:
-    """The registered test's verdict and set-up lines, read from its committed report (``**Verdict**`` and
-    ``**Setup**`` lines); a line saying why there is none when the report is not committed yet."""
+    """The registered test's verdict and set-up, read from its committed report (the paragraphs that start with
+    ``**Verdict**`` and ``**Setup**``, each joined into one line); a line saying why there is none when the report
+    is not committed yet."""
     if not path.is_file():
         return [f"registered test (configs/toyworld/decisive/skull_default.yaml): no committed verdict yet ({path.name}"
                 " is written when its 10 seeds are judged; scripts/decisive_runs.sh runs them)"]
-    lines = [ln.strip() for ln in path.read_text().splitlines()]
-    picked = [ln for ln in lines if ln.startswith(("**Verdict", "**Setup"))]
+    paragraphs = [" ".join(ln.strip() for ln in block.splitlines()) for block in path.read_text().split("\n\n")]
+    picked = [p for p in paragraphs if p.startswith(("**Verdict", "**Setup"))]
     if not picked:
         return [f"{path}: no '**Verdict**' line in the committed report"]
     return [f"read from the committed report {path.relative_to(ROOT)}:", *picked]
@@ -111,7 +115,7 @@ def run() -> None:
              ["prune", f"output_dir={prune_dir}", "num_experts=4", "target=0.8", "steps=300", "batch_size=8",
               "eval_prompts=0"])
     step("Pareto in small: two-stage ESD vs bilevel for the unsafe concept, the decisive test's settings",
-         ["experiment", "pareto", "--config", str(DECISIVE), *pareto_overrides(prune_dir / "experts" / "expert-0")])
+         ["experiment", "pareto", "--config", str(DECISIVE), *pareto_overrides()])
     summary = json.loads((OUT / "pareto" / "skull" / "pareto.json").read_text())
     figure(summary)
     prune_summary = json.loads((prune_dir / "prune_summary.json").read_text())
