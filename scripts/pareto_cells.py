@@ -8,6 +8,13 @@ whose stage key no longer matches its settings is simply not found by the sweep 
 
   python scripts/pareto_cells.py pack runs/toyworld/pareto docs/results/pareto_cells
   python scripts/pareto_cells.py unpack docs/results/pareto_cells runs/toyworld/pareto
+
+``rekey ROOT``: move the stage folders under ROOT (runs or packed cells) whose spec.json recorded the resolved
+device of a bilevel row (``bilevel.device``: "cpu", before the device left the stage key) to the key their
+settings have now, rewriting their spec.json and the model paths their judged files hold; a stage whose new folder
+exists already is left as it is.
+
+  python scripts/pareto_cells.py rekey docs/results/decisive_cells
 """
 
 from __future__ import annotations
@@ -50,17 +57,43 @@ def unpack(dest: Path, run: Path) -> int:
     return n
 
 
+def rekey(root: Path, _unused: Path | None = None) -> int:
+    from prunefit.experiments.common.stages import stage_key
+
+    n = 0
+    for sfile in sorted(root.rglob("spec.json")):
+        spec = json.loads(sfile.read_text())
+        if not isinstance(spec.get("bilevel"), dict) or spec["bilevel"].get("device") is None:
+            continue
+        old = sfile.parent
+        name, _, _ = old.name.rpartition("-")
+        spec["bilevel"]["device"] = None
+        new = old.with_name(f"{name}-{stage_key(spec)}")
+        if new.exists():
+            print(f"pareto_cells: {new} exists; {old} left as it is", file=sys.stderr)
+            continue
+        for f in old.glob("*.json"):  # judged files name their model by its folder
+            f.write_text(f.read_text().replace(f"/{old.name}/", f"/{new.name}/"))
+        sfile.write_text(json.dumps(spec, indent=1, sort_keys=True, default=str))
+        old.rename(new)
+        n += 1
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("action", choices=["pack", "unpack"])
+    p.add_argument("action", choices=["pack", "unpack", "rekey"])
     p.add_argument("source", type=Path)
-    p.add_argument("target", type=Path)
+    p.add_argument("target", type=Path, nargs="?", help="pack / unpack: where the cells go")
     a = p.parse_args(argv)
     if not a.source.is_dir():
         print(f"pareto_cells: error: {a.source} is not a folder", file=sys.stderr)
         return 2
-    n = (pack if a.action == "pack" else unpack)(a.source, a.target)
-    print(f"{a.action}ed {n} cell(s) -> {a.target}")
+    if a.action != "rekey" and a.target is None:
+        print(f"pareto_cells: error: {a.action} needs a target folder", file=sys.stderr)
+        return 2
+    n = {"pack": pack, "unpack": unpack, "rekey": rekey}[a.action](a.source, a.target)
+    print(f"{a.action}ed {n} cell(s) -> {a.target or a.source}")
     return 0
 
 

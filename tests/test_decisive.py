@@ -254,3 +254,24 @@ def test_a_second_registered_test_on_the_same_cells_writes_its_own_report(tmp_pa
     assert not (cells / "resolved_config.yaml").exists()
     assert (mine / "skull" / "report.md").is_file() and (mine / "resolved_config.yaml").is_file()
     assert (mine / "skull" / "pareto.json").is_file()
+
+
+def test_a_stage_key_does_not_depend_on_where_it_ran():
+    """A bilevel row's spec holds no resolved device: the same settings trained on a GPU or on the CPU share one key
+    (the archived cells recorded "cpu" and were moved by ``scripts/pareto_cells.py rekey``)."""
+    from prunefit.config.load import load_config
+    from prunefit.experiments.pareto.config import ParetoConfig
+    from prunefit.experiments.pareto.run import parse_point, point_config
+    from prunefit.experiments.table3.run import Table3
+
+    cfg = load_config(ParetoConfig, [str(DECISIVE[0])], [])
+
+    def devices(x, path=""):
+        if isinstance(x, dict):
+            return [d for k, v in x.items() for d in ([(path + k, v)] if k == "device" else []) + devices(v, k + ".")]
+        return []
+
+    for point in ("official-full:0.5", "appc:0.25", "constrained:0.05"):
+        tcfg, row = point_config(cfg, parse_point(point), 0)
+        placed = [(k, v) for k, v in devices(Table3(tcfg).row_spec(row, "skull")) if v is not None]
+        assert not placed, f"{point}: {placed}"

@@ -165,7 +165,9 @@ class Table3:
             spec["erase"] = asdict(self.erase_knobs())
         if row.startswith("ours_"):
             b = self.bilevel_config(row.split("_", 1)[1], concept, Path("-"), Path("-"))
-            spec["bilevel"] = {**asdict(b), "student": None, "output_dir": None, "resume": None,
+            # placement is not a setting: the same row trained on a GPU or the CPU has one key (archived stages
+            # that recorded the resolved device are renamed by `scripts/pareto_cells.py rekey`)
+            spec["bilevel"] = {**asdict(b), "student": None, "output_dir": None, "resume": None, "device": None,
                                "balance": b.balance()}
         return spec
 
